@@ -1,0 +1,71 @@
+"""Liveness (``/healthz``: no I/O at all) and readiness (``/readyz``: database, Redis and the
+channel layer answer within ``CODEXGW_READYZ_TIMEOUT``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from codexgw import redis as gwredis
+
+logger = logging.getLogger(__name__)
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok", content_type="text/plain")
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _check_redis() -> None:
+    client = gwredis.async_client()
+    if client is None:
+        return
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _check_channel_layer() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel("readyz.")
+    token = secrets.token_hex(8)
+    await layer.send(channel, {"type": "readyz.ping", "token": token})
+    message = await layer.receive(channel)
+    if message.get("token") != token:
+        raise RuntimeError("channel layer returned another message")
+
+
+async def readyz(request: HttpRequest) -> HttpResponse:
+    checks = {
+        "database": database_sync_to_async(_check_database)(),
+        "redis": _check_redis(),
+        "channel_layer": _check_channel_layer(),
+    }
+    timeout = settings.CODEXGW_READYZ_TIMEOUT
+    results = await asyncio.gather(
+        *(asyncio.wait_for(check, timeout) for check in checks.values()), return_exceptions=True
+    )
+    report = {}
+    for name, result in zip(checks, results, strict=True):
+        if isinstance(result, BaseException):
+            logger.warning("readiness check failed", extra={"check": name, "error": repr(result)})
+            report[name] = "fail"
+        else:
+            report[name] = "ok"
+    ready = all(value == "ok" for value in report.values())
+    return JsonResponse({"ready": ready, "checks": report}, status=200 if ready else 503)

@@ -1,0 +1,39 @@
+"""Secrets for the embedded default: generated once, kept in the data directory (mode 0600).
+
+Only used when ``CODEXGW_LOCAL_SECRETS`` is on (the default when no ``DATABASE_URL`` is set),
+so the quick start needs no environment while a production deployment, which sets
+``DATABASE_URL``, never runs on a secret nobody chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+LOCAL_SECRET_NAMES = (
+    "DJANGO_SECRET_KEY",
+    "CODEXGW_TOKEN_ENCRYPTION_KEYS",
+    "CXG_CAPTOKEN_HMAC_SECRET",
+    "CXG_INTERNAL_SHARED_SECRET",
+    "CXG_AGENTSERVER_INTERNAL_SECRET",
+)
+
+
+def load_or_create(path: Path) -> dict[str, str]:
+    """Return the stored local secrets, generating (and storing) any that are missing."""
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    missing = [name for name in LOCAL_SECRET_NAMES if not stored.get(name)]
+    if missing:
+        for name in missing:
+            stored[name] = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(stored, handle, indent=2)
+        os.replace(temporary, path)
+    return stored

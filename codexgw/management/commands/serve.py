@@ -1,0 +1,57 @@
+"""``manage.py serve``: run the gateway under daphne with the WebSocket limits it needs.
+
+daphne's defaults do not fit a gateway for ``codex exec-server``: its 1 MiB message cap would
+drop executor frames (exec-server allows 16 MiB frames and 64 MiB messages) and its 24-hour
+socket timeout would cut executors that stay connected for days.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from daphne.endpoints import build_endpoint_description_strings
+from daphne.server import Server
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class Command(BaseCommand):
+    help = "Run the gateway (HTTP and WebSocket) under daphne."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=None, help="Address to bind (default: CXG_BIND).")
+        parser.add_argument("--port", type=int, default=None, help="Port (default: CXG_PORT; 0 picks a free one).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from codexgw.asgi import application
+
+        host = options["host"] or settings.CXG_BIND
+        port = settings.CXG_PORT if options["port"] is None else options["port"]
+        server = Server(
+            application=application,
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            websocket_timeout=-1,
+            websocket_max_frame_size=MAX_FRAME_BYTES,
+            websocket_max_message_size=MAX_MESSAGE_BYTES,
+            ping_interval=20,
+            ping_timeout=30,
+            application_close_timeout=10,
+            ready_callable=lambda: self._announce(server),
+            server_name="codexgw",
+        )
+        server.run()
+
+    def _announce(self, server: Server) -> None:
+        for address in server.listening_addresses:
+            # One machine-readable line tests and scripts wait for.
+            self.stdout.write(f"codexgw listening on http://{address[0]}:{address[1]}", ending="\n")
+            self.stdout.flush()
+        if settings.LOCAL_SECRETS:
+            self.stdout.write(f"local secrets (embedded default): {settings.LOCAL_SECRETS_FILE}")
+            self.stdout.flush()

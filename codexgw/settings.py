@@ -1,0 +1,225 @@
+"""Settings, read from the environment (every variable is listed in ``.env.example``).
+
+With no environment at all the gateway runs on the embedded default: SQLite, the in-memory
+channel layer, in-process stores, periodic jobs on an in-process timer and generated local
+secrets. ``DATABASE_URL`` switches to PostgreSQL, ``REDIS_URL`` to the Redis channel layer,
+Redis-backed stores and the Celery broker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from codexgw.env import (
+    env_bool,
+    env_choice,
+    env_duration,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+)
+from codexgw.local_secrets import LOCAL_SECRET_NAMES, load_or_create
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("CODEXGW_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+DATABASE_URL = env_str("DATABASE_URL") or env_str("CXG_DATABASE_URL")
+REDIS_URL = env_str("REDIS_URL")
+
+# --- secrets -----------------------------------------------------------------------------
+LOCAL_SECRETS = env_bool("CODEXGW_LOCAL_SECRETS", default=not DATABASE_URL)
+_secrets = {name: env_secret(name) for name in LOCAL_SECRET_NAMES}
+LOCAL_SECRETS_FILE = DATA_DIR / "local-secrets.json"
+if LOCAL_SECRETS and not all(_secrets.values()):
+    _generated = load_or_create(LOCAL_SECRETS_FILE)
+    _secrets = {name: value or _generated[name] for name, value in _secrets.items()}
+
+SECRET_KEY = _secrets["DJANGO_SECRET_KEY"]
+if not SECRET_KEY:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when CODEXGW_LOCAL_SECRETS is off")
+# Keys for encrypting registration tokens at rest; the first encrypts, all decrypt (rotation).
+TOKEN_ENCRYPTION_KEYS = [k.strip() for k in _secrets["CODEXGW_TOKEN_ENCRYPTION_KEYS"].split(",") if k.strip()]
+if not TOKEN_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("CODEXGW_TOKEN_ENCRYPTION_KEYS is required when CODEXGW_LOCAL_SECRETS is off")
+# An empty value means "not configured": the routes guarded by it refuse every request.
+CXG_CAPTOKEN_HMAC_SECRET = _secrets["CXG_CAPTOKEN_HMAC_SECRET"]
+CXG_INTERNAL_SHARED_SECRET = _secrets["CXG_INTERNAL_SHARED_SECRET"]
+CXG_AGENTSERVER_INTERNAL_SECRET = _secrets["CXG_AGENTSERVER_INTERNAL_SECRET"]
+
+# --- gateway behaviour ---------------------------------------------------------------------
+CODEXGW_ROLES = set(env_list("CODEXGW_ROLES", ["exec", "app"]))
+if not CODEXGW_ROLES <= {"exec", "app"}:
+    raise ImproperlyConfigured(f"CODEXGW_ROLES={sorted(CODEXGW_ROLES)} may only name exec and app")
+CXG_PORT = env_int("CXG_PORT", 6060, minimum=0, maximum=65535)
+CXG_BIND = env_str("CXG_BIND", "127.0.0.1" if LOCAL_SECRETS else "0.0.0.0")  # noqa: S104 - a server binds all
+CXG_PUBLIC_WS_BASE_URL = env_str("CXG_PUBLIC_WS_BASE_URL")
+CXG_PUBLIC_HTTPS_BASE_URL = env_str("CXG_PUBLIC_HTTPS_BASE_URL")
+CXG_AGENTSERVER_INTERNAL_URL = env_str("CXG_AGENTSERVER_INTERNAL_URL")
+CXG_RELAY_DEFAULT_TTL = env_duration("CXG_RELAY_DEFAULT_TTL", 300.0, minimum=1.0)
+CXG_RELAY_MAX_PER_WORKSPACE = env_int("CXG_RELAY_MAX_PER_WORKSPACE", 16, minimum=1)
+CXG_REVOKED_SET_CAPACITY = env_int("CXG_REVOKED_SET_CAPACITY", 10_000, minimum=1)
+CXG_REVOKED_PRUNE_INTERVAL = env_duration("CXG_REVOKED_PRUNE_INTERVAL", 60.0, minimum=1.0)
+CXG_SIGV4_MAX_SKEW = env_duration("CXG_SIGV4_MAX_SKEW", 300.0, minimum=1.0)
+CXG_WS_TICKET_TTL = env_duration("CXG_WS_TICKET_TTL", 300.0, minimum=1.0)
+CXG_PRESENCE_TTL = env_duration("CXG_PRESENCE_TTL", 90.0, minimum=5.0)
+CXG_BCRYPT_ROUNDS = env_int("CXG_BCRYPT_ROUNDS", 10, minimum=4, maximum=15)
+CXG_EXECUTOR_CONCURRENT_REQUESTS = env_int("CXG_EXECUTOR_CONCURRENT_REQUESTS", 16, minimum=1)
+CODEXGW_REDIS_PREFIX = env_str("CODEXGW_REDIS_PREFIX", "cxg:")
+CODEXGW_READYZ_TIMEOUT = env_duration("CODEXGW_READYZ_TIMEOUT", 2.0, minimum=0.1)
+
+# --- Django --------------------------------------------------------------------------------
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["*"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("CXG_TRUST_X_FORWARDED_PROTO", True) else None
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "codexgw",
+    "executors",
+    "bridge",
+    "sdk",
+    "appgateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "codexgw.urls"
+ASGI_APPLICATION = "codexgw.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CODEXGW_DB_CONN_MAX_AGE", 60))}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / "codexgw.sqlite3"),
+            "OPTIONS": {"timeout": 20},
+        }
+    }
+DATABASES["default"].setdefault("OPTIONS", {})
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database outage must answer 503 quickly, not hang a request for the OS TCP timeout.
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("CODEXGW_DB_CONNECT_TIMEOUT", 3, minimum=1))
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# --- channel layer ---------------------------------------------------------------------------
+CHANNEL_LAYERS: dict[str, Any]
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"{CODEXGW_REDIS_PREFIX}layer:",
+                "capacity": env_int("CODEXGW_CHANNEL_CAPACITY", 5000, minimum=100),
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- REST framework and OpenAPI --------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Every API route authenticates with its own scheme (internal secret, shared secret, bearer
+    # tokens); none uses Django sessions, so no API request touches the database to authenticate.
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "codexgw.api_errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "codexgw",
+    "DESCRIPTION": "Gateway that lets coding agents run their tools on remote Codex executors.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Celery ----------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# Without a broker the tasks run in the calling process; the ASGI app then drives the beat
+# schedule on an in-process timer (codexgw/periodic.py).
+CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+CELERY_BEAT_SCHEDULE = {
+    "prune-revoked-set": {
+        "task": "executors.tasks.prune_revoked_set",
+        "schedule": CXG_REVOKED_PRUNE_INTERVAL,
+    },
+}
+
+# --- logging ---------------------------------------------------------------------------------
+LOG_LEVEL = env_choice("CXG_LOG_LEVEL", "info", {"debug", "info", "warn", "warning", "error"})
+LOG_FORMAT = env_choice("CODEXGW_LOG_FORMAT", "json", {"json", "text"})
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "codexgw.logging.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["stderr"], "level": {"warn": "WARNING"}.get(LOG_LEVEL, LOG_LEVEL.upper())},
+    "loggers": {
+        # daphne and django.server log each request with its full path; keep them at warning.
+        "django.server": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}
+
+os.makedirs(DATA_DIR, exist_ok=True)

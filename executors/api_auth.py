@@ -1,0 +1,65 @@
+"""Guards for the internal REST routes. Both trust scopes refuse every request while their
+secret is not configured: an unset secret never leaves a route open."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from django.conf import settings
+from rest_framework import exceptions, status
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+logger = logging.getLogger(__name__)
+
+
+class Unauthorized(exceptions.APIException):
+    # A plain APIException with 401: DRF would turn NotAuthenticated into 403 for routes
+    # without an authentication class.
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = "unauthorized"
+
+
+class NotConfigured(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "this route is disabled: its secret is not configured on the gateway"
+
+
+def secret_matches(presented: str | None, expected: str) -> bool:
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (exact, case-sensitive prefix)."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    return header[len("Bearer ") :] or None
+
+
+class AgentserverSecret(BasePermission):
+    """``X-Internal-Secret`` must equal ``CXG_AGENTSERVER_INTERNAL_SECRET`` (agentserver-facing routes)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        expected = settings.CXG_AGENTSERVER_INTERNAL_SECRET
+        if not expected:
+            logger.error("CXG_AGENTSERVER_INTERNAL_SECRET is not set: refusing %s", request.path)
+            raise NotConfigured()
+        if not secret_matches(request.headers.get("X-Internal-Secret"), expected):
+            raise Unauthorized()
+        return True
+
+
+class SharedSecretBearer(BasePermission):
+    """``Authorization: Bearer`` must equal ``CXG_INTERNAL_SHARED_SECRET`` (cluster-internal routes)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        expected = settings.CXG_INTERNAL_SHARED_SECRET
+        if not expected:
+            logger.error("CXG_INTERNAL_SHARED_SECRET is not set: refusing %s", request.path)
+            raise NotConfigured()
+        if not secret_matches(bearer_token(request), expected):
+            raise Unauthorized()
+        return True

@@ -1,0 +1,164 @@
+"""Which gateway process holds each executor's WebSocket, shared by every process.
+
+An entry names the holder's channel-layer channel and a connection id. It expires unless the
+holder refreshes it (``CXG_PRESENCE_TTL``), so a process that dies without a goodbye stops
+counting as the executor's holder within one TTL. The newest connection wins: ``claim``
+replaces any holder and returns it, and ``release``/``refresh`` only act while the caller is
+still the holder, so an evicted connection can never clobber its successor's entry.
+
+Redis: one key per executor (``<prefix>presence:<exe_id>``) holding JSON, with a TTL.
+Embedded default: the same in process memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Protocol
+
+from django.conf import settings
+
+from codexgw import redis as gwredis
+
+
+@dataclass(frozen=True)
+class Holder:
+    channel_name: str
+    connection_id: str
+    since: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Holder:
+        data = json.loads(raw)
+        return cls(channel_name=data["channel_name"], connection_id=data["connection_id"], since=data["since"])
+
+
+class PresenceStore(Protocol):
+    def claim(self, exe_id: str, holder: Holder) -> Holder | None:
+        """Make ``holder`` the executor's holder; returns the holder it replaced, if any."""
+
+    def release(self, exe_id: str, connection_id: str) -> bool:
+        """Remove the entry if ``connection_id`` still holds it."""
+
+    def refresh(self, exe_id: str, connection_id: str) -> bool:
+        """Extend the entry's TTL if ``connection_id`` still holds it."""
+
+    def get(self, exe_id: str) -> Holder | None: ...
+
+    def online(self, exe_ids: Iterable[str]) -> set[str]: ...
+
+    def all_online(self) -> set[str]: ...
+
+
+class MemoryPresenceStore:
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[Holder, float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, exe_id: str) -> Holder | None:
+        entry = self._entries.get(exe_id)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._entries[exe_id]
+            return None
+        return entry[0]
+
+    def claim(self, exe_id: str, holder: Holder) -> Holder | None:
+        with self._lock:
+            previous = self._live(exe_id)
+            self._entries[exe_id] = (holder, time.monotonic() + self._ttl)
+            return previous
+
+    def release(self, exe_id: str, connection_id: str) -> bool:
+        with self._lock:
+            current = self._live(exe_id)
+            if current is None or current.connection_id != connection_id:
+                return False
+            del self._entries[exe_id]
+            return True
+
+    def refresh(self, exe_id: str, connection_id: str) -> bool:
+        with self._lock:
+            current = self._live(exe_id)
+            if current is None or current.connection_id != connection_id:
+                return False
+            self._entries[exe_id] = (current, time.monotonic() + self._ttl)
+            return True
+
+    def get(self, exe_id: str) -> Holder | None:
+        with self._lock:
+            return self._live(exe_id)
+
+    def online(self, exe_ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {exe_id for exe_id in exe_ids if self._live(exe_id) is not None}
+
+    def all_online(self) -> set[str]:
+        with self._lock:
+            return {exe_id for exe_id in list(self._entries) if self._live(exe_id) is not None}
+
+
+# Act only while ARGV[1] is still the holder's connection id (JSON field "connection_id").
+_IF_HOLDER = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+if cjson.decode(raw)['connection_id'] ~= ARGV[1] then return 0 end
+if ARGV[2] == 'release' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+class RedisPresenceStore:
+    def __init__(self, ttl: float) -> None:
+        client = gwredis.sync_client()
+        assert client is not None
+        self._client = client
+        self._ttl_ms = int(ttl * 1000)
+        self._if_holder = client.register_script(_IF_HOLDER)
+
+    @staticmethod
+    def _key(exe_id: str) -> str:
+        return gwredis.key("presence", exe_id)
+
+    def claim(self, exe_id: str, holder: Holder) -> Holder | None:
+        previous = self._client.set(self._key(exe_id), holder.to_json(), px=self._ttl_ms, get=True)
+        return Holder.from_json(previous) if previous else None
+
+    def release(self, exe_id: str, connection_id: str) -> bool:
+        return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "release", 0]))
+
+    def refresh(self, exe_id: str, connection_id: str) -> bool:
+        return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "refresh", self._ttl_ms]))
+
+    def get(self, exe_id: str) -> Holder | None:
+        raw = self._client.get(self._key(exe_id))
+        return Holder.from_json(raw) if raw else None
+
+    def online(self, exe_ids: Iterable[str]) -> set[str]:
+        ids = list(exe_ids)
+        if not ids:
+            return set()
+        values = self._client.mget([self._key(exe_id) for exe_id in ids])
+        return {exe_id for exe_id, value in zip(ids, values, strict=True) if value}
+
+    def all_online(self) -> set[str]:
+        prefix = self._key("")
+        return {key[len(prefix) :] for key in self._client.scan_iter(match=prefix + "*", count=1000)}
+
+
+@cache
+def _presence_store(redis_url: str, ttl: float) -> PresenceStore:
+    return RedisPresenceStore(ttl) if redis_url else MemoryPresenceStore(ttl)
+
+
+def presence_store() -> PresenceStore:
+    return _presence_store(settings.REDIS_URL, settings.CXG_PRESENCE_TTL)

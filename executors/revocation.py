@@ -1,0 +1,128 @@
+"""The set of revoked turns: a capability token whose ``turn_id`` is in it is refused.
+
+Bounded (``CXG_REVOKED_SET_CAPACITY``). An entry is kept until its ``exp`` (the latest expiry of
+the turn's tokens) has passed: after that the tokens are refused as expired anyway, and the
+Celery task ``prune_revoked_set`` removes it. When the set is full, the entries closest to
+expiry are evicted first; evicting one that has not expired yet un-revokes a live turn, which
+is logged and returned so the caller can see it.
+
+Redis: one sorted set (member = turn_id, score = exp) shared by every gateway process.
+Embedded default: the same structure in process memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import cache
+from typing import Protocol
+
+from django.conf import settings
+
+from codexgw import redis as gwredis
+
+logger = logging.getLogger(__name__)
+
+
+class RevokedSet(Protocol):
+    def add(self, turn_id: str, exp: int) -> int:
+        """Revoke ``turn_id`` until ``exp``; returns how many unexpired entries were evicted."""
+
+    def contains(self, turn_id: str) -> bool: ...
+
+    def prune(self, now: float | None = None) -> int:
+        """Remove entries whose exp has passed; returns how many."""
+
+    def size(self) -> int: ...
+
+
+class MemoryRevokedSet:
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, turn_id: str, exp: int) -> int:
+        now = time.time()
+        evicted_live = 0
+        with self._lock:
+            self._entries[turn_id] = exp
+            while len(self._entries) > self._capacity:
+                victim = min(self._entries, key=lambda key: (self._entries[key], key))
+                if self._entries.pop(victim) >= now:
+                    evicted_live += 1
+        return evicted_live
+
+    def contains(self, turn_id: str) -> bool:
+        with self._lock:
+            return turn_id in self._entries
+
+    def prune(self, now: float | None = None) -> int:
+        cutoff = time.time() if now is None else now
+        with self._lock:
+            expired = [key for key, exp in self._entries.items() if exp < cutoff]
+            for key in expired:
+                del self._entries[key]
+        return len(expired)
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+# Add and evict atomically: ZADD, then pop the lowest scores while over capacity and count
+# the popped entries that had not expired yet.
+_ADD_SCRIPT = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+local live = 0
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], over)
+  for i = 2, #popped, 2 do
+    if tonumber(popped[i]) >= tonumber(ARGV[4]) then live = live + 1 end
+  end
+end
+return live
+"""
+
+
+class RedisRevokedSet:
+    def __init__(self, capacity: int) -> None:
+        client = gwredis.sync_client()
+        assert client is not None
+        self._client = client
+        self._capacity = capacity
+        self._key = gwredis.key("revoked")
+        self._add = client.register_script(_ADD_SCRIPT)
+
+    def add(self, turn_id: str, exp: int) -> int:
+        return int(self._add(keys=[self._key], args=[turn_id, exp, self._capacity, int(time.time())]))
+
+    def contains(self, turn_id: str) -> bool:
+        return self._client.zscore(self._key, turn_id) is not None
+
+    def prune(self, now: float | None = None) -> int:
+        cutoff = time.time() if now is None else now
+        return int(self._client.zremrangebyscore(self._key, "-inf", f"({cutoff}"))
+
+    def size(self) -> int:
+        return int(self._client.zcard(self._key))
+
+
+@cache
+def _revoked_set(redis_url: str, capacity: int) -> RevokedSet:
+    return RedisRevokedSet(capacity) if redis_url else MemoryRevokedSet(capacity)
+
+
+def revoked_set() -> RevokedSet:
+    return _revoked_set(settings.REDIS_URL, settings.CXG_REVOKED_SET_CAPACITY)
+
+
+def revoke_turn(turn_id: str, exp: int) -> None:
+    evicted_live = revoked_set().add(turn_id, exp)
+    if evicted_live:
+        logger.warning(
+            "revoked set full: evicted unexpired revocations",
+            extra={"evicted_live": evicted_live, "capacity": settings.CXG_REVOKED_SET_CAPACITY},
+        )

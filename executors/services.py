@@ -1,0 +1,157 @@
+"""Executor registry operations used by the REST views, the admin and the registration routes."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from executors import secretbox
+from executors.models import Executor, WorkspaceExecutor
+from executors.presence import presence_store
+
+# Compared against when the executor does not exist, so an unknown id costs the same bcrypt
+# time as a wrong token and the two cannot be told apart.
+_DUMMY_HASH = bcrypt.hashpw(b"codexgw-dummy-token", bcrypt.gensalt(rounds=10))
+_UA = re.compile(r"^(?P<product>[\w.-]+)/(?P<version>[^\s/]+)(?:\s+\((?P<os>[^)]*)\))?")
+
+
+class ExecutorNotFound(Exception):
+    pass
+
+
+class NameTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NewExecutor:
+    executor: Executor
+    registration_token: str
+
+
+def register_executor(user_id: str, display_name: str = "") -> NewExecutor:
+    token = secrets.token_hex(32)
+    executor = Executor.objects.create(
+        user_id=user_id,
+        display_name=display_name,
+        registration_token_hash=bcrypt.hashpw(token.encode(), bcrypt.gensalt(rounds=settings.CXG_BCRYPT_ROUNDS)).decode(),
+        registration_token_encrypted=secretbox.encrypt(token),
+    )
+    return NewExecutor(executor=executor, registration_token=token)
+
+
+def delete_executor(exe_id: str) -> None:
+    Executor.objects.filter(exe_id=exe_id).delete()
+
+
+def bind_executor(workspace_id: str, exe_id: str, name: str, description: str, is_default: bool) -> WorkspaceExecutor:
+    """Create or update the (workspace, executor) binding."""
+    if not Executor.objects.filter(exe_id=exe_id).exists():
+        raise ExecutorNotFound(exe_id)
+    try:
+        with transaction.atomic():
+            binding, _ = WorkspaceExecutor.objects.update_or_create(
+                workspace_id=workspace_id,
+                executor_id=exe_id,
+                defaults={"name": name, "description": description, "is_default": is_default},
+            )
+    except IntegrityError:
+        # Either the name is taken in this workspace or the executor vanished meanwhile.
+        if not Executor.objects.filter(exe_id=exe_id).exists():
+            raise ExecutorNotFound(exe_id) from None
+        raise NameTaken(name) from None
+    return binding
+
+
+def unbind_executor(workspace_id: str, exe_id: str) -> None:
+    WorkspaceExecutor.objects.filter(workspace_id=workspace_id, executor_id=exe_id).delete()
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def binding_json(binding: WorkspaceExecutor, online: set[str]) -> dict[str, Any]:
+    """The reference's ConnectedExecutor shape; absent timestamps and metadata are omitted."""
+    executor = binding.executor
+    entry: dict[str, Any] = {
+        "exe_id": executor.exe_id,
+        "name": binding.name,
+        "description": binding.description,
+        "is_default": binding.is_default,
+        "is_online": executor.exe_id in online,
+    }
+    for field in ("last_seen_at", "connected_at", "disconnected_at"):
+        stamp = _iso(getattr(executor, field))
+        if stamp:
+            entry[field] = stamp
+    for field, value in (
+        ("display_name", executor.display_name),
+        ("client_ip", executor.client_ip),
+        ("client_ua", executor.client_ua),
+        ("codex_version", executor.codex_version),
+        ("os", executor.client_os),
+    ):
+        if value:
+            entry[field] = value
+    return entry
+
+
+def list_bindings(workspace_id: str, *, online_only: bool = False) -> list[dict[str, Any]]:
+    bindings = list(WorkspaceExecutor.objects.filter(workspace_id=workspace_id).select_related("executor"))
+    online = presence_store().online(b.executor_id for b in bindings)
+    return [binding_json(b, online) for b in bindings if not online_only or b.executor_id in online]
+
+
+def check_registration_token(exe_id: str, token: str) -> bool:
+    """bcrypt check of a bearer registration token; unknown ids take the same time."""
+    stored = Executor.objects.filter(exe_id=exe_id).values_list("registration_token_hash", flat=True).first()
+    candidate = stored.encode() if stored else _DUMMY_HASH
+    return bcrypt.checkpw(token.encode(), candidate) and stored is not None
+
+
+def registration_secret(exe_id: str) -> str | None:
+    """The raw registration token (the SigV4 secret), or None for an unknown executor."""
+    encrypted = Executor.objects.filter(exe_id=exe_id).values_list("registration_token_encrypted", flat=True).first()
+    return secretbox.decrypt(encrypted) if encrypted else None
+
+
+@dataclass(frozen=True)
+class ClientMeta:
+    ip: str
+    user_agent: str
+
+    @property
+    def codex_version(self) -> str:
+        match = _UA.match(self.user_agent)
+        return match.group("version") if match else ""
+
+    @property
+    def os(self) -> str:
+        match = _UA.match(self.user_agent)
+        return (match.group("os") or "") if match else ""
+
+
+def client_meta(headers: dict[str, str], remote_addr: str) -> ClientMeta:
+    """Client IP (first X-Forwarded-For hop, then X-Real-IP, then the peer) and user agent.
+    ``headers`` is keyed by lower-case name."""
+    forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
+    ip = forwarded or headers.get("x-real-ip", "").strip() or remote_addr
+    return ClientMeta(ip=ip[:64], user_agent=headers.get("user-agent", "")[:512])
+
+
+def record_registration(exe_id: str, meta: ClientMeta) -> None:
+    Executor.objects.filter(exe_id=exe_id).update(
+        last_seen_at=timezone.now(),
+        client_ip=meta.ip,
+        client_ua=meta.user_agent,
+        codex_version=meta.codex_version[:64],
+        client_os=meta.os[:255],
+    )

@@ -1,0 +1,25 @@
+"""Test settings: the project's settings on the machine's real PostgreSQL and Redis.
+
+Defaults point at 127.0.0.1:5432 (trust auth, user postgres) and Redis 127.0.0.1:6379 db 15;
+override with DATABASE_URL / REDIS_URL. Secrets are fixed test values so tests can sign with them.
+"""
+
+import os
+
+_TEST_ENV = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/codexgw",
+    "REDIS_URL": "redis://127.0.0.1:6379/15",
+    "CODEXGW_LOCAL_SECRETS": "false",
+    "DJANGO_SECRET_KEY": "test-django-secret-key-not-for-production",
+    "CODEXGW_TOKEN_ENCRYPTION_KEYS": "test-encryption-key",
+    "CXG_CAPTOKEN_HMAC_SECRET": "test-captoken-secret",
+    "CXG_INTERNAL_SHARED_SECRET": "test-shared-secret",
+    "CXG_AGENTSERVER_INTERNAL_SECRET": "test-agentserver-secret",
+    "CODEXGW_REDIS_PREFIX": f"cxgtest{os.getpid()}:",
+    "CXG_BCRYPT_ROUNDS": "4",
+    "CODEXGW_LOG_FORMAT": "text",
+}
+for _name, _value in _TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+from codexgw.settings import *  # noqa: E402, F403
