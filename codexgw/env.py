@@ -85,9 +85,7 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def env_duration(
-    name: str, default: float, *, minimum: float = 0.0, environ: Mapping[str, str] | None = None
-) -> float:
+def env_duration(name: str, default: float, *, minimum: float = 0.0, environ: Mapping[str, str] | None = None) -> float:
     """Seconds, from a Go-style duration string or a plain number of seconds."""
     value = _raw(name, environ)
     if value is None:

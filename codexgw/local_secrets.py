@@ -30,10 +30,21 @@ def load_or_create(path: Path) -> dict[str, str]:
     if missing:
         for name in missing:
             stored[name] = secrets.token_urlsafe(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(stored, handle, indent=2)
-        os.replace(temporary, path)
+        _write(path, stored)
     return stored
+
+
+def store_extra(path: Path, name: str, value: str) -> None:
+    """Add one more generated value (e.g. the local admin password) to the file."""
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored[name] = value
+    _write(path, stored)
+
+
+def _write(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(values, handle, indent=2)
+    os.replace(temporary, path)

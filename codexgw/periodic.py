@@ -31,13 +31,14 @@ def run_due(last_run: dict[str, float], now: float) -> list[str]:
     """Run every entry whose interval has passed since its last run; return the names run."""
     from codexgw.celery import app
 
+    app.loader.import_default_modules()  # registers the autodiscovered tasks; idempotent
     ran = []
     for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
         if now - last_run.get(name, now - _interval(entry["schedule"]) - 1) < _interval(entry["schedule"]):
             continue
         last_run[name] = now
         try:
-            app.tasks[entry["task"]].apply()
+            app.tasks[str(entry["task"])].apply()
         except Exception:
             logger.exception("periodic task failed", extra={"task": entry["task"]})
         ran.append(name)
@@ -51,9 +52,6 @@ def start_in_process_beat(tick: float = 1.0) -> bool:
     _started.set()
 
     def loop() -> None:
-        from codexgw.celery import app
-
-        app.loader.import_default_modules()  # registers the autodiscovered tasks
         last_run: dict[str, float] = {}
         while True:
             run_due(last_run, time.monotonic())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from codexgw.env import (
@@ -25,6 +26,9 @@ from codexgw.env import (
     env_str,
 )
 from codexgw.local_secrets import LOCAL_SECRET_NAMES, load_or_create
+
+# Lets typed code subscript Django generics at runtime (admin.ModelAdmin[Executor], ...).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("CODEXGW_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -54,7 +58,7 @@ CXG_AGENTSERVER_INTERNAL_SECRET = _secrets["CXG_AGENTSERVER_INTERNAL_SECRET"]
 
 # --- gateway behaviour ---------------------------------------------------------------------
 CODEXGW_ROLES = set(env_list("CODEXGW_ROLES", ["exec", "app"]))
-if not CODEXGW_ROLES <= {"exec", "app"}:
+if not {"exec", "app"} >= CODEXGW_ROLES:
     raise ImproperlyConfigured(f"CODEXGW_ROLES={sorted(CODEXGW_ROLES)} may only name exec and app")
 CXG_PORT = env_int("CXG_PORT", 6060, minimum=0, maximum=65535)
 CXG_BIND = env_str("CXG_BIND", "127.0.0.1" if LOCAL_SECRETS else "0.0.0.0")  # noqa: S104 - a server binds all

@@ -45,7 +45,9 @@ class Executor(models.Model):
 class WorkspaceExecutor(models.Model):
     workspace_id = models.CharField(max_length=255, db_index=True)
     executor = models.ForeignKey(Executor, on_delete=models.CASCADE, related_name="bindings", db_column="exe_id")
-    name = models.CharField(max_length=128, help_text="Environment name the workspace's tools use; unique per workspace.")
+    name = models.CharField(
+        max_length=128, help_text="Environment name the workspace's tools use; unique per workspace."
+    )
     description = models.TextField(blank=True, default="", help_text="Shown to the model.")
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

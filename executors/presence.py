@@ -131,7 +131,7 @@ class RedisPresenceStore:
 
     def claim(self, exe_id: str, holder: Holder) -> Holder | None:
         previous = self._client.set(self._key(exe_id), holder.to_json(), px=self._ttl_ms, get=True)
-        return Holder.from_json(previous) if previous else None
+        return Holder.from_json(str(previous)) if isinstance(previous, str) and previous else None
 
     def release(self, exe_id: str, connection_id: str) -> bool:
         return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "release", 0]))
@@ -141,7 +141,7 @@ class RedisPresenceStore:
 
     def get(self, exe_id: str) -> Holder | None:
         raw = self._client.get(self._key(exe_id))
-        return Holder.from_json(raw) if raw else None
+        return Holder.from_json(raw) if isinstance(raw, str) and raw else None
 
     def online(self, exe_ids: Iterable[str]) -> set[str]:
         ids = list(exe_ids)

@@ -35,7 +35,9 @@ class DirectRegisterView(APIView):
         except sigv4.SigV4Error as exc:
             logger.info("executor registration refused", extra={"exe_id": exe_id, "reason": str(exc)})
             return error_response("unauthorized", status.HTTP_401_UNAUTHORIZED)
-        transport = request.data.get("transport", registration.DIRECT_TRANSPORT) if isinstance(request.data, dict) else None
+        transport = (
+            request.data.get("transport", registration.DIRECT_TRANSPORT) if isinstance(request.data, dict) else None
+        )
         if transport != registration.DIRECT_TRANSPORT:
             return error_response(f"unsupported transport; this gateway speaks {registration.DIRECT_TRANSPORT}", 400)
         registration.record(request, exe_id, headers)
@@ -53,7 +55,6 @@ class DirectRegisterView(APIView):
 
 class BearerRegisterView(APIView):
     @extend_schema(
-        operation_id="cloud_bearer_register",
         request=None,
         responses={200: serializers.BearerRegisterResponse, **ERRORS},
         description="Older Codex builds: Authorization: Bearer <registration token>. The returned URL "

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rest_framework import serializers
 
+# DRF's stubs make Serializer generic, the runtime class is not subscriptable.
+if TYPE_CHECKING:
+    Serializer = serializers.Serializer[Any]
+else:
+    Serializer = serializers.Serializer
 
-class RegisterRequest(serializers.Serializer):
+
+class RegisterRequest(Serializer):
     display_name = serializers.CharField(required=False, allow_blank=True, default="", max_length=255)
 
 
-class RegisterResponse(serializers.Serializer):
+class RegisterResponse(Serializer):
     exe_id = serializers.CharField()
     registration_token = serializers.CharField(help_text="Shown once; the gateway keeps only a hash and a sealed copy.")
 
 
-class BindRequest(serializers.Serializer):
+class BindRequest(Serializer):
     exe_id = serializers.CharField(max_length=64, allow_blank=True, default="")
     name = serializers.CharField(max_length=128, allow_blank=True, default="")
     description = serializers.CharField(allow_blank=True, default="", max_length=4096)
@@ -33,11 +41,11 @@ class BindRequest(serializers.Serializer):
         return value
 
 
-class StatusResponse(serializers.Serializer):
+class StatusResponse(Serializer):
     status = serializers.CharField()
 
 
-class ConnectedExecutor(serializers.Serializer):
+class ConnectedExecutor(Serializer):
     exe_id = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()
@@ -53,7 +61,7 @@ class ConnectedExecutor(serializers.Serializer):
     os = serializers.CharField(required=False)
 
 
-class RevokeTurnRequest(serializers.Serializer):
+class RevokeTurnRequest(Serializer):
     turn_id = serializers.CharField(allow_blank=True, default="", max_length=255)
     exp = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0)
 
@@ -63,22 +71,22 @@ class RevokeTurnRequest(serializers.Serializer):
         return value
 
 
-class ErrorResponse(serializers.Serializer):
+class ErrorResponse(Serializer):
     error = serializers.CharField()
 
 
-class DirectRegisterRequest(serializers.Serializer):
+class DirectRegisterRequest(Serializer):
     transport = serializers.CharField(required=False, default="direct_jsonrpc_v1")
 
 
-class DirectRegisterResponse(serializers.Serializer):
+class DirectRegisterResponse(Serializer):
     environment_id = serializers.CharField()
     transport = serializers.CharField()
     registration_id = serializers.CharField()
     url = serializers.CharField()
 
 
-class BearerRegisterResponse(serializers.Serializer):
+class BearerRegisterResponse(Serializer):
     id = serializers.CharField()
     executor_id = serializers.CharField()
     environment_id = serializers.CharField()

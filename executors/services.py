@@ -41,7 +41,9 @@ def register_executor(user_id: str, display_name: str = "") -> NewExecutor:
     executor = Executor.objects.create(
         user_id=user_id,
         display_name=display_name,
-        registration_token_hash=bcrypt.hashpw(token.encode(), bcrypt.gensalt(rounds=settings.CXG_BCRYPT_ROUNDS)).decode(),
+        registration_token_hash=bcrypt.hashpw(
+            token.encode(), bcrypt.gensalt(rounds=settings.CXG_BCRYPT_ROUNDS)
+        ).decode(),
         registration_token_encrypted=secretbox.encrypt(token),
     )
     return NewExecutor(executor=executor, registration_token=token)

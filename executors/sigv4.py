@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 _AUTH_FIELD = re.compile(r"\s*(Credential|SignedHeaders|Signature)=([^,\s]+)\s*")
@@ -55,10 +55,12 @@ def parse_authorization(value: str) -> ParsedAuthorization:
 
 
 def _canonical_query(raw_query: str) -> str:
+    """Each name and value decoded as the signer decoded it, then percent-encoded once and sorted.
+    codex (Rust aws-sigv4) parses the query as form data, so a raw ``+`` is a space (``%20``)."""
     pairs = []
     for item in raw_query.split("&") if raw_query else []:
         name, _, value = item.partition("=")
-        pairs.append((quote(unquote(name), safe=_UNRESERVED), quote(unquote(value), safe=_UNRESERVED)))
+        pairs.append((quote(unquote_plus(name), safe=_UNRESERVED), quote(unquote_plus(value), safe=_UNRESERVED)))
     return "&".join(f"{name}={value}" for name, value in sorted(pairs))
 
 
@@ -132,9 +134,7 @@ def verify(
                 body_hash,
             ]
         )
-        string_to_sign = "\n".join(
-            [ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
-        )
+        string_to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
         expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
         if hmac.compare_digest(expected, parsed.signature):
             return parsed

@@ -21,7 +21,7 @@ REVOKE_DEFAULT_TTL = 3600
 ERRORS = {400: serializers.ErrorResponse, 401: serializers.ErrorResponse, 503: serializers.ErrorResponse}
 
 
-def _validated(serializer_class: type[serializers.serializers.Serializer], data: Any) -> dict[str, Any]:
+def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
@@ -63,7 +63,12 @@ class WorkspaceExecutorsView(APIView):
     @extend_schema(
         operation_id="codex_exec_bind",
         request=serializers.BindRequest,
-        responses={201: serializers.StatusResponse, 404: serializers.ErrorResponse, 409: serializers.ErrorResponse, **ERRORS},
+        responses={
+            201: serializers.StatusResponse,
+            404: serializers.ErrorResponse,
+            409: serializers.ErrorResponse,
+            **ERRORS,
+        },
     )
     def post(self, request: Request, workspace_id: str) -> Response:
         body = _validated(serializers.BindRequest, request.data)
@@ -75,7 +80,9 @@ class WorkspaceExecutorsView(APIView):
             return error_response("bind failed (name may already be taken in this workspace)", status.HTTP_409_CONFLICT)
         return Response({"status": "ok"}, status=status.HTTP_201_CREATED)
 
-    @extend_schema(operation_id="codex_exec_list_bindings", responses={200: serializers.ConnectedExecutor(many=True), **ERRORS})
+    @extend_schema(
+        operation_id="codex_exec_list_bindings", responses={200: serializers.ConnectedExecutor(many=True), **ERRORS}
+    )
     def get(self, request: Request, workspace_id: str) -> Response:
         return Response(services.list_bindings(workspace_id))
 
@@ -107,7 +114,9 @@ class ConnectedView(APIView):
 class RevokeTurnView(APIView):
     permission_classes = [SharedSecretBearer]
 
-    @extend_schema(operation_id="exec_gateway_revoke_turn", request=serializers.RevokeTurnRequest, responses={204: None, **ERRORS})
+    @extend_schema(
+        operation_id="exec_gateway_revoke_turn", request=serializers.RevokeTurnRequest, responses={204: None, **ERRORS}
+    )
     def post(self, request: Request) -> Response:
         body = _validated(serializers.RevokeTurnRequest, request.data)
         exp = body["exp"] or int(time.time()) + REVOKE_DEFAULT_TTL

@@ -53,7 +53,7 @@ def shared_headers() -> dict[str, str]:
 
 
 @pytest.fixture
-def database_down(db: None) -> Iterator[None]:
+def database_down(transactional_db: None) -> Iterator[None]:
     """Point the default connection at a port where no database listens, as in an outage."""
     connection = connections["default"]
     saved = dict(connection.settings_dict)
@@ -66,6 +66,12 @@ def database_down(db: None) -> Iterator[None]:
         connection.close()
         connection.settings_dict.clear()
         connection.settings_dict.update(saved)
+
+
+@pytest.fixture
+def redis_down(settings) -> None:
+    """Point the Redis-backed stores at a port where nothing listens, as in an outage."""
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
 
 
 @dataclass

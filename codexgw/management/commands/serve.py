@@ -33,7 +33,7 @@ class Command(BaseCommand):
 
         host = options["host"] or settings.CXG_BIND
         port = settings.CXG_PORT if options["port"] is None else options["port"]
-        server = Server(
+        server: Server = Server(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             websocket_timeout=-1,

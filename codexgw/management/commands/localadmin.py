@@ -1,0 +1,40 @@
+"""``manage.py localadmin``: on the embedded default, make sure an admin login exists.
+
+Creates the superuser ``admin`` once, with a password generated into the local secrets file,
+and prints where to log in. Does nothing when local secrets are off (production): operators
+there create their accounts with ``createsuperuser``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from codexgw.local_secrets import store_extra
+
+USERNAME = "admin"
+
+
+class Command(BaseCommand):
+    help = "Create the local admin login of the embedded default (no-op in production)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.LOCAL_SECRETS:
+            return
+        stored = json.loads(settings.LOCAL_SECRETS_FILE.read_text(encoding="utf-8"))
+        password = stored.get("CODEXGW_LOCAL_ADMIN_PASSWORD")
+        users = get_user_model().objects
+        if not users.filter(username=USERNAME).exists():
+            password = password or secrets.token_urlsafe(16)
+            store_extra(settings.LOCAL_SECRETS_FILE, "CODEXGW_LOCAL_ADMIN_PASSWORD", password)
+            users.create_superuser(USERNAME, "", password)
+        if password:
+            self.stdout.write(
+                f"admin: http://{settings.CXG_BIND}:{settings.CXG_PORT}/admin/ "
+                f"(user {USERNAME}, password in {settings.LOCAL_SECRETS_FILE})"
+            )

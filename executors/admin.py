@@ -1,0 +1,241 @@
+"""Operator admin: executors (with live presence), their workspace bindings, and registration.
+
+The registration token hash and its encrypted copy never appear here: registering shows the raw
+token once, in the response to the POST that created it, and nothing can display it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.helpers import AdminForm
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
+from django.core.exceptions import PermissionDenied
+from django.db import models, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.cache import patch_cache_control
+
+from executors import services
+from executors.executor_command import executor_launch, public_base_url
+from executors.models import Executor, WorkspaceExecutor
+from executors.presence import presence_store
+
+# Instance attribute carrying an executor's presence, looked up once per changelist page.
+_ONLINE_ATTR = "_cxg_online"
+
+
+class OnlineFilter(admin.SimpleListFilter):
+    title = "presence"
+    parameter_name = "online"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
+        return [("yes", "Online"), ("no", "Offline")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(exe_id__in=presence_store().all_online())
+        if self.value() == "no":
+            return queryset.exclude(exe_id__in=presence_store().all_online())
+        return queryset
+
+
+class ExecutorChangeList(ChangeList):
+    """Looks up the page's presence in one store round trip rather than one per row."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        # Evaluating the page's queryset fills its cache, so rendering reuses these instances.
+        page: list[Executor] = list(self.result_list)
+        online = presence_store().online(executor.exe_id for executor in page)
+        for executor in page:
+            setattr(executor, _ONLINE_ATTR, executor.exe_id in online)
+
+
+class WorkspaceExecutorInline(admin.TabularInline[WorkspaceExecutor, Executor]):
+    model = WorkspaceExecutor
+    fields = ["workspace_id", "name", "description", "is_default", "created_at"]
+    readonly_fields = ["created_at"]
+    extra = 0
+    verbose_name = "workspace binding"
+    formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 40})}}
+
+
+_REGISTER_FIELDSETS: list[tuple[str | None, dict[str, Any]]] = [
+    (None, {"fields": ["user_id", "display_name"]}),
+    ("Workspace binding (optional)", {"fields": ["workspace_id", "binding_name", "description", "is_default"]}),
+]
+
+
+class RegisterExecutorForm(forms.ModelForm[Executor]):
+    """Validates the executor's fields like its model; saving goes through ``services.register_executor``."""
+
+    workspace_id = forms.CharField(
+        max_length=255, required=False, help_text="Bind the new executor to this workspace right away."
+    )
+    binding_name = forms.CharField(
+        max_length=128,
+        required=False,
+        label="Environment name",
+        help_text="The name the workspace's tools use for this executor; unique per workspace.",
+    )
+    description = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Shown to the model."
+    )
+    is_default = forms.BooleanField(required=False)
+
+    class Meta:
+        model = Executor
+        fields = ["user_id", "display_name"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("workspace_id") and not data.get("binding_name"):
+            self.add_error("binding_name", "Required to bind the executor to a workspace.")
+        if data.get("binding_name") and not data.get("workspace_id"):
+            self.add_error("workspace_id", "Required to bind the executor under this name.")
+        return data
+
+
+@admin.register(Executor)
+class ExecutorAdmin(admin.ModelAdmin[Executor]):
+    list_display = [
+        "exe_id",
+        "display_name",
+        "user_id",
+        "online",
+        "registered_at",
+        "last_seen_at",
+        "connected_at",
+        "disconnected_at",
+        "codex_version",
+        "client_ip",
+    ]
+    list_filter = [OnlineFilter, "registered_at"]
+    search_fields = ["exe_id", "display_name", "user_id", "bindings__name", "bindings__workspace_id"]
+    fieldsets = [
+        (None, {"fields": ["exe_id", "display_name", "user_id", "online"]}),
+        (
+            "Connection",
+            {
+                "fields": [
+                    "registered_at",
+                    "last_seen_at",
+                    "connected_at",
+                    "disconnected_at",
+                    "codex_version",
+                    "client_os",
+                    "client_ip",
+                    "client_ua",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = [
+        "exe_id",
+        "online",
+        "registered_at",
+        "last_seen_at",
+        "connected_at",
+        "disconnected_at",
+        "codex_version",
+        "client_os",
+        "client_ip",
+        "client_ua",
+    ]
+    inlines = [WorkspaceExecutorInline]
+
+    @admin.display(boolean=True, description="online")
+    def online(self, obj: Executor) -> bool:
+        known: bool | None = getattr(obj, _ONLINE_ATTR, None)
+        return known if known is not None else presence_store().get(obj.exe_id) is not None
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return ExecutorChangeList
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Register an executor (and optionally bind it), then show its token and launch command once."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = RegisterExecutorForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                created, binding = self._register(request, form.cleaned_data)
+            except services.NameTaken:
+                form.add_error("binding_name", "This name is already taken in that workspace.")
+            else:
+                return self._registered_response(request, created, binding)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Register executor",
+            "adminform": AdminForm(form, _REGISTER_FIELDSETS, {}),
+            "has_view_permission": self.has_view_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/executors/executor/register.html", context)
+
+    def _register(
+        self, request: HttpRequest, data: dict[str, Any]
+    ) -> tuple[services.NewExecutor, WorkspaceExecutor | None]:
+        # One transaction: a taken binding name must not leave an unbound executor behind.
+        with transaction.atomic():
+            created = services.register_executor(data["user_id"], data["display_name"])
+            message: list[dict[str, Any]] = [{"added": {}}]
+            binding = None
+            if data["workspace_id"]:
+                binding = services.bind_executor(
+                    data["workspace_id"],
+                    created.executor.exe_id,
+                    data["binding_name"],
+                    data["description"],
+                    data["is_default"],
+                )
+                message.append({"added": {"name": str(WorkspaceExecutor._meta.verbose_name), "object": str(binding)}})
+            self.log_addition(request, created.executor, message)
+        return created, binding
+
+    def _registered_response(
+        self, request: HttpRequest, created: services.NewExecutor, binding: WorkspaceExecutor | None
+    ) -> HttpResponse:
+        executor = created.executor
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Executor registered",
+            "executor": executor,
+            "binding": binding,
+            "token": created.registration_token,
+            "launch": executor_launch(executor.exe_id, created.registration_token, public_base_url(request)),
+            "has_view_permission": self.has_view_permission(request),
+        }
+        response = TemplateResponse(request, "admin/executors/executor/registered.html", context)
+        # The only response that carries the raw token: no browser or proxy cache may keep it.
+        patch_cache_control(response, no_store=True)
+        return response
+
+
+@admin.register(WorkspaceExecutor)
+class WorkspaceExecutorAdmin(admin.ModelAdmin[WorkspaceExecutor]):
+    list_display = ["workspace_id", "name", "executor", "is_default", "created_at"]
+    list_filter = ["workspace_id", "name", ("executor", admin.RelatedOnlyFieldListFilter), "is_default"]
+    list_select_related = ["executor"]
+    search_fields = ["workspace_id", "name", "executor__exe_id", "executor__display_name"]
+    fields = ["workspace_id", "name", "executor", "description", "is_default", "created_at"]
+    readonly_fields = ["created_at"]
+    autocomplete_fields = ["executor"]
+
+    def formfield_for_dbfield(
+        self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        # Registering ends on the one-time token page, which cannot hand a new executor back to a popup.
+        if formfield is not None and isinstance(formfield.widget, RelatedFieldWidgetWrapper):
+            formfield.widget.can_add_related = False
+        return formfield

@@ -1,0 +1,155 @@
+"""With no environment at all the gateway runs on the embedded default (SQLite, in-memory
+channel layer, in-process stores and periodic jobs, generated local secrets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import json, django
+from django.conf import settings
+django.setup()
+from channels.layers import get_channel_layer
+from executors.presence import presence_store
+from executors.revocation import revoked_set
+print(json.dumps({
+    "engine": settings.DATABASES["default"]["ENGINE"],
+    "layer": type(get_channel_layer()).__name__,
+    "eager": settings.CELERY_TASK_ALWAYS_EAGER,
+    "presence": type(presence_store()).__name__,
+    "revoked": type(revoked_set()).__name__,
+    "shared": settings.CXG_INTERNAL_SHARED_SECRET,
+    "agentserver": settings.CXG_AGENTSERVER_INTERNAL_SECRET,
+}))
+"""
+
+
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Nothing from the developer's or CI's environment: only what a fresh shell has."""
+    return {"PATH": os.environ["PATH"], "HOME": str(data_dir), "CODEXGW_DATA_DIR": str(data_dir), **extra}
+
+
+def run_probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO,
+        env={**env, "DJANGO_SETTINGS_MODULE": "codexgw.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_no_environment_means_embedded_default(tmp_path):
+    first = run_probe(clean_env(tmp_path))
+    assert first.returncode == 0, first.stderr
+    values = json.loads(first.stdout.strip().splitlines()[-1])
+    assert values["engine"] == "django.db.backends.sqlite3"
+    assert values["layer"] == "InMemoryChannelLayer"
+    assert values["eager"] is True
+    assert values["presence"] == "MemoryPresenceStore"
+    assert values["revoked"] == "MemoryRevokedSet"
+    secrets_file = tmp_path / "local-secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert values["shared"]
+    assert values["agentserver"]
+    assert values["shared"] != values["agentserver"]
+    # Generated once, then stable across restarts.
+    second = json.loads(run_probe(clean_env(tmp_path)).stdout.strip().splitlines()[-1])
+    assert second["shared"] == values["shared"]
+
+
+def test_production_without_secrets_refuses_to_start(tmp_path):
+    result = run_probe(clean_env(tmp_path, DATABASE_URL="postgres://postgres@127.0.0.1:5432/codexgw"))
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is required" in result.stderr
+    assert not (tmp_path / "local-secrets.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("CXG_PORT", "http"), ("CXG_RELAY_DEFAULT_TTL", "five minutes"), ("CODEXGW_LOCAL_SECRETS", "perhaps")],
+)
+def test_bad_values_stop_the_process_naming_the_variable(tmp_path, name, value):
+    result = run_probe(clean_env(tmp_path, **{name: value}))
+    assert result.returncode != 0
+    assert f"{name}={value!r}" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_embedded_default_serves_admin_and_api(tmp_path):
+    env = clean_env(tmp_path)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, capture_output=True
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http("GET", f"{base}/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "embedded gateway did not start"
+            time.sleep(0.2)
+        status, body = http("GET", f"{base}/readyz")
+        assert status == 200, body
+        status, body = http("GET", f"{base}/admin/login/")
+        assert status == 200
+        assert b"Django administration" in body or b"codexgw" in body
+        assert http("GET", f"{base}/static/admin/css/base.css")[0] == 200
+        secrets = json.loads((tmp_path / "local-secrets.json").read_text())
+        status, body = http(
+            "POST",
+            f"{base}/api/codex-exec/register",
+            b'{"display_name": "laptop"}',
+            {
+                "Content-Type": "application/json",
+                "X-Internal-Secret": secrets["CXG_AGENTSERVER_INTERNAL_SECRET"],
+                "X-User-Id": "u1",
+            },
+        )
+        assert status == 201, body
+        assert json.loads(body)["exe_id"].startswith("exe_")
+        assert (tmp_path / "codexgw.sqlite3").exists()
+    finally:
+        server.terminate()
+        server.wait(10)

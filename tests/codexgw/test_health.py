@@ -1,0 +1,43 @@
+"""/healthz never does I/O; /readyz checks the database, Redis and the channel layer."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_healthz_is_ok_while_database_and_redis_are_down(client, database_down, redis_down):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.content == b"ok"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_ready_when_everything_answers(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"ready": True, "checks": {"database": "ok", "redis": "ok", "channel_layer": "ok"}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_503_when_redis_is_down(client, redis_down):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"] == "fail"
+    assert response.json()["checks"]["database"] == "ok"
+
+
+def test_readyz_503_when_database_is_down(client, database_down):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "fail"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_503_when_channel_layer_is_unreachable(client, settings):
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
+    settings.CODEXGW_READYZ_TIMEOUT = 1.0
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["channel_layer"] == "fail"

@@ -1,0 +1,194 @@
+"""The real ``codex exec-server --remote … --remote-transport direct --aws-sigv4`` registering with
+a real gateway (``manage.py serve``) on the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from executors import services
+from executors.models import Executor
+from tests.executors.test_sigv4 import sign
+
+pytestmark = pytest.mark.e2e
+
+EVIDENCE_TIMEOUT = 20.0
+EXIT_TIMEOUT = 20.0
+# "direct exec-server connection failed; retrying" now; "direct exec-server connected" once served.
+DIRECT_CONNECT = re.compile(r"direct exec-server (connected|connection failed)")
+
+
+@dataclass
+class ExecutorProcess:
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        """stdout and stderr, interleaved (codex logs to stderr)."""
+        return "".join(self.lines)
+
+
+@contextmanager
+def run_executor(
+    codex_bin: Path, gateway_url: str, exe_id: str, secret: str, codex_home: Path
+) -> Iterator[ExecutorProcess]:
+    """Start the real executor with an allow-listed environment; always reap it."""
+    codex_home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", str(codex_home)),
+        "AWS_ACCESS_KEY_ID": exe_id,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_REGION": "us-east-1",
+        "CODEX_HOME": str(codex_home),
+        "RUST_LOG": "info",
+        "NO_COLOR": "1",
+    }
+    process = subprocess.Popen(
+        [
+            str(codex_bin),
+            "exec-server",
+            "--remote",
+            gateway_url,
+            "--remote-transport",
+            "direct",
+            "--aws-sigv4",
+            "--environment-id",
+            exe_id,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    executor = ExecutorProcess(process=process)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            executor.lines.append(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        yield executor
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        reader.join(5)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_real_codex_registers_with_the_gateway_and_dials_the_returned_websocket(gateway_server, codex_bin, tmp_path):
+    created = services.register_executor("user-e2e", "e2e executor")
+    exe_id = created.executor.exe_id
+    ws_path = f"codex-exec/{exe_id}"
+    with run_executor(codex_bin, gateway_server.base_url, exe_id, created.registration_token, tmp_path / "home") as ex:
+
+        def registered() -> bool:
+            return Executor.objects.get(exe_id=exe_id).last_seen_at is not None
+
+        assert wait_for(registered, EVIDENCE_TIMEOUT), (
+            f"registration not recorded\nexecutor:\n{ex.output()}\ngateway:\n{gateway_server.log()}"
+        )
+
+        # Having registered, the executor dials the URL the gateway returned
+        # (ws://127.0.0.1:PORT/codex-exec/<exe_id>). codex logs the attempt without the URL, so the
+        # URL is checked on the gateway side: its WebSocket router logged that path ("No route found
+        # for path 'codex-exec/<exe_id>'"). The route is not served yet, so the executor retries with
+        # backoff, which is expected here; revisit this check when the executor consumer lands.
+        def dialled() -> bool:
+            return DIRECT_CONNECT.search(ex.output()) is not None and ws_path in gateway_server.log()
+
+        assert wait_for(dialled, EVIDENCE_TIMEOUT), (
+            f"executor never dialled ws://{gateway_server.host_port}/{ws_path}\n"
+            f"executor:\n{ex.output()}\ngateway:\n{gateway_server.log()}"
+        )
+        assert ex.process.poll() is None, "a 5xx/unserved WebSocket must be retried, not fatal"
+    output = ex.output()
+    assert "environment registry" not in output, output
+    row = Executor.objects.get(exe_id=exe_id)
+    assert row.client_ip == "127.0.0.1"
+    # codex 0.169.0 sends no User-Agent on the registration, so there is no version to record.
+    assert (row.client_ua, row.codex_version) == ("", "")
+    assert "executor registered" in gateway_server.log()
+
+
+def test_gateway_returns_the_websocket_url_to_a_signed_registration(gateway_server):
+    """The same request shape as codex's, sent over real HTTP to daphne (the ASGI raw-path branch
+    of the verifier), including a signed query string with percent-encoding and a ``+``."""
+    created = services.register_executor("user-e2e", "e2e executor")
+    exe_id = created.executor.exe_id
+    path = f"/cloud/environment/{exe_id}/direct/register"
+    query = "probe=a%2Fb&sp=x+y"
+    body = b'{"transport":"direct_jsonrpc_v1"}'
+    headers = sign(
+        method="POST",
+        path=path,
+        query=query,
+        headers={"content-type": "application/json", "host": gateway_server.host_port},
+        body=body,
+        access_key_id=exe_id,
+        secret=created.registration_token,
+        at=datetime.now(UTC),
+    )
+    status, payload = post(gateway_server.base_url + f"{path}?{query}", body, headers)
+    assert status == 200, (payload, gateway_server.log())
+    assert payload["url"] == f"ws://{gateway_server.host_port}/codex-exec/{exe_id}"
+    assert payload["environment_id"] == exe_id
+    assert payload["transport"] == "direct_jsonrpc_v1"
+    assert Executor.objects.get(exe_id=exe_id).last_seen_at is not None
+
+    headers["host"] = "other.example.com:80"
+    status, payload = post(gateway_server.base_url + f"{path}?{query}", body, headers)
+    assert (status, payload) == (401, {"error": "unauthorized"})
+
+
+def test_real_codex_with_a_wrong_secret_exits_on_401(gateway_server, codex_bin, tmp_path):
+    created = services.register_executor("user-e2e", "e2e executor")
+    exe_id = created.executor.exe_id
+    with run_executor(codex_bin, gateway_server.base_url, exe_id, "not-" + created.registration_token, tmp_path) as ex:
+        try:
+            returncode = ex.process.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"executor did not exit on a 401\n{ex.output()}")
+    assert returncode != 0
+    output = ex.output()
+    assert "authentication failed (401" in output, output
+    assert wait_for(lambda: "executor registration refused" in gateway_server.log(), 5), gateway_server.log()
+    assert f"codex-exec/{exe_id}" not in gateway_server.log(), "no WebSocket attempt after a refused registration"
+    row = Executor.objects.get(exe_id=exe_id)
+    assert row.last_seen_at is None
+    assert (row.client_ip, row.client_ua) == ("", "")
