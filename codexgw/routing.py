@@ -1,8 +1,13 @@
-"""WebSocket routes. The executor (/codex-exec/{id}) and bridge (/bridge/{id}) consumers and the
-TUI proxy (/ and /codex-app/ws) are added by the bridge and appgateway apps."""
+"""WebSocket routes of the roles this process serves."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 websocket_urlpatterns: list[Any] = []
+if "exec" in settings.CODEXGW_ROLES:
+    from bridge.routing import websocket_urlpatterns as exec_routes
+
+    websocket_urlpatterns += exec_routes

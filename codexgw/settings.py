@@ -223,6 +223,8 @@ LOGGING = {
         # daphne and django.server log each request with its full path; keep them at warning.
         "django.server": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # One line per periodic task run is noise; failures still log at error.
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
 

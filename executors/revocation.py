@@ -12,12 +12,15 @@ Embedded default: the same structure in process memory.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from functools import cache
 from typing import Protocol
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from codexgw import redis as gwredis
@@ -119,10 +122,20 @@ def revoked_set() -> RevokedSet:
     return _revoked_set(settings.REDIS_URL, settings.CXG_REVOKED_SET_CAPACITY)
 
 
+def turn_group(turn_id: str) -> str:
+    """The channel-layer group of the live bridges opened with this turn's tokens (group
+    names are restricted to a short ASCII alphabet, turn ids are not)."""
+    return "turn." + hashlib.sha256(turn_id.encode()).hexdigest()[:40]
+
+
 def revoke_turn(turn_id: str, exp: int) -> None:
+    """Refuse the turn's tokens from now on and close the bridges already open with them."""
     evicted_live = revoked_set().add(turn_id, exp)
     if evicted_live:
         logger.warning(
             "revoked set full: evicted unexpired revocations",
             extra={"evicted_live": evicted_live, "capacity": settings.CXG_REVOKED_SET_CAPACITY},
         )
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(turn_group(turn_id), {"type": "bridge.revoke"})

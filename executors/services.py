@@ -157,3 +157,24 @@ def record_registration(exe_id: str, meta: ClientMeta) -> None:
         codex_version=meta.codex_version[:64],
         client_os=meta.os[:255],
     )
+
+
+def record_connected(exe_id: str, meta: ClientMeta) -> None:
+    now = timezone.now()
+    Executor.objects.filter(exe_id=exe_id).update(
+        connected_at=now,
+        last_seen_at=now,
+        disconnected_at=None,
+        client_ip=meta.ip,
+        client_ua=meta.user_agent,
+        codex_version=meta.codex_version[:64],
+        client_os=meta.os[:255],
+    )
+
+
+def record_disconnected(exe_id: str) -> None:
+    """Only the connection that still held the executor calls this (see presence.release), so
+    an evicted connection never marks its successor offline. last_seen_at stays the time the
+    executor was last known to be connected."""
+    now = timezone.now()
+    Executor.objects.filter(exe_id=exe_id).update(disconnected_at=now, last_seen_at=now)

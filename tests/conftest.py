@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +11,7 @@ from django.db import connections
 from rest_framework.test import APIClient
 
 from codexgw import redis as gwredis
+from tests.e2e.harness import GatewayProcess, gateway_database_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,72 +69,18 @@ def redis_down(settings) -> None:
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
 
 
-@dataclass
-class GatewayProcess:
-    """A real gateway (``manage.py serve``) in a subprocess, on the test database."""
-
-    process: subprocess.Popen[str]
-    base_url: str
-    output: list[str] = field(default_factory=list)
-
-    @property
-    def host_port(self) -> str:
-        return self.base_url.removeprefix("http://")
-
-    def log(self) -> str:
-        return "".join(self.output)
-
-
 def _test_database_url() -> str:
-    db = connections["default"].settings_dict
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return gateway_database_url()
 
 
 @pytest.fixture
 def gateway_server(transactional_db: None) -> Iterator[GatewayProcess]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": _test_database_url(),
-            "CODEXGW_REDIS_PREFIX": settings.CODEXGW_REDIS_PREFIX,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    gateway = GatewayProcess(process=process, base_url="")
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            gateway.output.append(line)
-            match = re.search(r"codexgw listening on (http://\S+)", line)
-            if match and not ready.is_set():
-                gateway.base_url = match.group(1)
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(30):
-        process.kill()
-        pytest.fail(f"gateway did not start:\n{gateway.log()}")
+    """One real gateway (``manage.py serve``) on the test database; see ``tests/e2e/harness.py``."""
+    gateway = GatewayProcess.start()
     try:
         yield gateway
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        gateway.terminate()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 daphne's defaults do not fit a gateway for ``codex exec-server``: its 1 MiB message cap would
 drop executor frames (exec-server allows 16 MiB frames and 64 MiB messages) and its 24-hour
-socket timeout would cut executors that stay connected for days.
+socket timeout would cut executors that stay connected for days. And daphne answers every refused
+WebSocket upgrade with 403, while the executor needs 401/403 (exit) vs 503 (retry): the server is
+``codexgw.daphne_server.GatewayServer``, which adds the ASGI WebSocket denial response extension.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import logging
 from typing import Any
 
 from daphne.endpoints import build_endpoint_description_strings
-from daphne.server import Server
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+
+from codexgw.daphne_server import GatewayServer
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,10 @@ class Command(BaseCommand):
 
         host = options["host"] or settings.CXG_BIND
         port = settings.CXG_PORT if options["port"] is None else options["port"]
-        server: Server = Server(
+        # A Server subclass (not a patched daphne module or a copied Server.run()): it only swaps the
+        # WebSocket factory/protocol daphne builds in run() and adds the scope extension, so every
+        # other daphne behaviour and option below is unchanged.
+        server: GatewayServer = GatewayServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             websocket_timeout=-1,
@@ -47,7 +53,7 @@ class Command(BaseCommand):
         )
         server.run()
 
-    def _announce(self, server: Server) -> None:
+    def _announce(self, server: GatewayServer) -> None:
         for address in server.listening_addresses:
             # One machine-readable line tests and scripts wait for.
             self.stdout.write(f"codexgw listening on http://{address[0]}:{address[1]}", ending="\n")

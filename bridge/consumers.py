@@ -1,0 +1,241 @@
+"""The executor's WebSocket (``/codex-exec/{exe_id}``) and the clients' (``/bridge/{exe_id}``).
+
+Both consumers stay thin: authorisation is ``bridge.ws_auth``, the protocol work is the
+multiplexer in ``bridge.session``. Refusals happen before the upgrade, with the HTTP status
+the caller acts on (ASGI WebSocket denial response; see ``codexgw.daphne_server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from asgiref.typing import WebSocketConnectEvent
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from bridge import session as sessions
+from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
+from bridge.protocol import CLOSE_EXECUTOR_REPLACED, CLOSE_TURN_REVOKED
+from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
+from executors import services
+from executors.presence import Holder, presence_store
+from executors.revocation import turn_group
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayConsumer(AsyncWebsocketConsumer):
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every handler; the frame pump
+        # never touches the database (lookups go through database_sync_to_async, which does
+        # its own housekeeping), so skip that per-message cost.
+        handler = getattr(self, message["type"].replace(".", "_"), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+    async def deny(self, denial: Denial) -> None:
+        """Refuse the upgrade with an HTTP status (falls back to 403 where unsupported)."""
+        if "websocket.http.response" not in (self.scope.get("extensions") or {}):
+            await self.close()
+            return
+        body = json.dumps({"error": denial.message}).encode()
+        start: Any = {
+            "type": "websocket.http.response.start",
+            "status": denial.status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+        response_body: Any = {"type": "websocket.http.response.body", "body": body}
+        await self.base_send(start)
+        await self.base_send(response_body)
+
+    @property
+    def exe_id(self) -> str:
+        return str(self.scope["url_route"]["kwargs"].get("exe_id", ""))
+
+    def headers(self) -> dict[str, str]:
+        return header_map(self.scope.get("headers", []))
+
+
+class ExecutorConsumer(GatewayConsumer):
+    """One executor's connection. The gateway is the JSON-RPC client on it: the executor is
+    silent until the multiplexer sends ``initialize``."""
+
+    connection_id = ""
+    session: sessions.ExecutorSession | None = None
+    _refresher: asyncio.Task[None] | None = None
+
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        exe_id, headers = self.exe_id, self.headers()
+        raw_path = bytes(self.scope.get("raw_path") or self.scope["path"].encode()).decode("latin-1")
+        raw_query = bytes(self.scope.get("query_string", b"")).decode("latin-1")
+        denial = await database_sync_to_async(authenticate_executor)(exe_id, headers, raw_path, raw_query)
+        if denial is None:
+            denial = await self._take_over(exe_id, headers)
+        if denial is not None:
+            await self.deny(denial)
+            return
+        await self.accept()
+        assert self.session is not None
+        logger.info("executor connected", extra={"exe_id": exe_id, "connection_id": self.connection_id})
+        await self.session.put(sessions.ExecOpen(self))
+        self._refresher = asyncio.create_task(self._keep_presence())
+
+    async def _take_over(self, exe_id: str, headers: dict[str, str]) -> Denial | None:
+        """Claim presence (the newest connection wins) and tell a previous holder in another
+        process to let go."""
+        self.connection_id = uuid.uuid4().hex
+        self.session = await sessions.session_for(exe_id)
+        holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
+        try:
+            previous = await sync_to_async(presence_store().claim, thread_sensitive=False)(exe_id, holder)
+            client = self.scope.get("client") or ["", 0]
+            meta = services.client_meta(headers, str(client[0]))
+            await database_sync_to_async(services.record_connected)(exe_id, meta)
+        except Exception:
+            logger.exception("executor connect: dependency unavailable", extra={"exe_id": exe_id})
+            return Denial(503, "service unavailable, retry later")
+        if previous is not None and previous.channel_name != self.session.inbox:
+            try:
+                await send_with_backpressure(
+                    self.channel_layer,
+                    previous.channel_name,
+                    {"type": "mux.evict", "connection_id": previous.connection_id},
+                )
+            except (ChannelFull, ReceiverStuck):
+                logger.warning("could not tell the previous holder to let go", extra={"exe_id": exe_id})
+        return None
+
+    async def _keep_presence(self) -> None:
+        store = presence_store()
+        interval = max(1.0, self._presence_ttl() / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                still_holder = await sync_to_async(store.refresh, thread_sensitive=False)(
+                    self.exe_id, self.connection_id
+                )
+            except Exception:
+                logger.warning("presence refresh failed", extra={"exe_id": self.exe_id}, exc_info=True)
+                continue
+            if not still_holder:
+                logger.info("executor connection superseded", extra={"exe_id": self.exe_id})
+                await self.close(code=CLOSE_EXECUTOR_REPLACED)
+                return
+
+    @staticmethod
+    def _presence_ttl() -> float:
+        from django.conf import settings
+
+        return float(settings.CXG_PRESENCE_TTL)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session is not None:
+            text = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+            await self.session.put(sessions.ExecFrame(self, text))
+
+    async def disconnect(self, code: int) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.session is None or not self.connection_id:
+            return
+        await self.session.put(sessions.ExecClosed(self))
+        try:
+            released = await sync_to_async(presence_store().release, thread_sensitive=False)(
+                self.exe_id, self.connection_id
+            )
+            if released:
+                await database_sync_to_async(services.record_disconnected)(self.exe_id)
+        except Exception:
+            logger.warning("executor disconnect bookkeeping failed", extra={"exe_id": self.exe_id}, exc_info=True)
+        logger.info("executor disconnected", extra={"exe_id": self.exe_id, "code": code})
+
+    # ExecutorLink
+    async def send_to_executor(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def close_executor(self, code: int) -> None:
+        await self.close(code=code)
+
+
+class BridgeConsumer(GatewayConsumer):
+    """A client's virtual exec-server session on one executor, through any gateway process."""
+
+    conn_id = ""
+    local: sessions.ExecutorSession | None = None
+    inbox = ""
+    group = ""
+
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        grant = await database_sync_to_async(authorize_bridge)(self.exe_id, self.headers())
+        if isinstance(grant, Denial):
+            await self.deny(grant)
+            return
+        self.conn_id = uuid.uuid4().hex
+        self._parts = Reassembler()
+        await self.accept()
+        self.group = turn_group(grant.token.turn_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.local = sessions.local_session(grant.holder.channel_name)
+        if self.local is not None:
+            await self.local.put(sessions.BridgeOpen(self.conn_id, None, local=self))
+        else:
+            self.inbox = grant.holder.channel_name
+            await send_with_backpressure(
+                self.channel_layer,
+                self.inbox,
+                {"type": "mux.bridge_open", "conn": self.conn_id, "reply_to": self.channel_name},
+            )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # exec-server accepts JSON in binary frames too; the multiplexer sees text either way.
+        text = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        if self.local is not None:
+            await self.local.put(sessions.BridgeFrame(self.conn_id, text))
+        elif self.inbox:
+            try:
+                await send_text(self.channel_layer, self.inbox, "mux.bridge_frame", text, conn=self.conn_id)
+            except ReceiverStuck:
+                sessions.drop("executor_session_channel_full", exe_id=self.exe_id, connection_id=self.conn_id)
+                await self.close(code=1013)
+
+    async def disconnect(self, code: int) -> None:
+        if not self.conn_id:
+            return
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.local is not None:
+            await self.local.put(sessions.BridgeClosed(self.conn_id))
+        elif self.inbox:
+            try:
+                await send_with_backpressure(
+                    self.channel_layer, self.inbox, {"type": "mux.bridge_closed", "conn": self.conn_id}
+                )
+            except ReceiverStuck:
+                sessions.drop("bridge_close_not_delivered", exe_id=self.exe_id)
+
+    # Messages from the multiplexer in another process.
+    async def bridge_frame(self, event: dict[str, Any]) -> None:
+        text = self._parts.add("mux", event)
+        if text is not None:
+            await self.send(text_data=text)
+
+    async def bridge_close(self, event: dict[str, Any]) -> None:
+        await self.close(code=int(event["code"]), reason=str(event.get("reason", "")))
+
+    async def bridge_revoke(self, event: dict[str, Any]) -> None:
+        await self.close(code=CLOSE_TURN_REVOKED, reason="turn revoked")
+
+    # LocalBridge (the multiplexer lives in this process).
+    async def deliver(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def close_from_gateway(self, code: int, reason: str) -> None:
+        await self.close(code=code, reason=reason)

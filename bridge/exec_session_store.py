@@ -1,0 +1,52 @@
+"""The executor's exec-server session id and environment info, shared by every gateway process
+so whichever process the executor reconnects to can resume the same session (and its running
+processes). Redis key ``<prefix>execsession:<exe_id>``; process memory on the embedded default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+
+from bridge.protocol import JSON
+from codexgw import redis as gwredis
+
+# Long enough to outlive any reconnect; refreshed on every handshake.
+KEEP_SECONDS = 7 * 24 * 3600
+
+_memory: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    session_id: str
+    environment_info: JSON
+
+
+def _key(exe_id: str) -> str:
+    return gwredis.key("execsession", exe_id)
+
+
+def _load(exe_id: str) -> SavedSession | None:
+    client = gwredis.sync_client()
+    raw = client.get(_key(exe_id)) if client is not None else _memory.get(exe_id)
+    if not isinstance(raw, str):
+        return None
+    data = json.loads(raw)
+    return SavedSession(session_id=data["session_id"], environment_info=data["environment_info"])
+
+
+def _save(exe_id: str, saved: SavedSession) -> None:
+    raw = json.dumps({"session_id": saved.session_id, "environment_info": saved.environment_info})
+    client = gwredis.sync_client()
+    if client is None:
+        _memory[exe_id] = raw
+    else:
+        client.set(_key(exe_id), raw, ex=KEEP_SECONDS)
+
+
+load = sync_to_async(_load, thread_sensitive=False)
+save = sync_to_async(_save, thread_sensitive=False)
+
+__all__ = ["SavedSession", "load", "save"]

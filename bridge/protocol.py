@@ -1,0 +1,40 @@
+"""Wire constants of the executor and bridge WebSockets (documented in docs/protocol.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = dict[str, Any]
+
+# WebSocket close codes the gateway sends.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009  # sent by the WebSocket server itself for over-limit messages
+CLOSE_EXECUTOR_REPLACED = 4000  # a newer connection for the same executor took over
+CLOSE_TURN_REVOKED = 4001  # the capability token's turn was revoked
+CLOSE_EXECUTOR_LOST = 4002  # the executor's session is gone (expired, replaced elsewhere): reconnect
+CLOSE_SESSION_TAKEN = 4003  # another bridge resumed this virtual session
+
+# JSON-RPC error codes the gateway answers with (exec-server's own codes where it has one).
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+SESSION_ATTACHED = -32010
+EXECUTOR_UNAVAILABLE = -32000  # retryable: the executor connection dropped or is not there yet
+
+# Client-chosen handles that live in the one shared exec-server session; the gateway namespaces
+# them per virtual session (processId: process/*, handleId: fs/open…, watchId: fs/watchMissing,
+# requestId: http/request).
+HANDLE_KEYS = ("processId", "handleId", "watchId", "requestId")
+PROCESS_EVENTS = ("process/output", "process/exited", "process/closed")
+
+# Largest message the WebSocket server accepts: exec-server's own limits (tungstenite defaults).
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Channel-layer messages above this size are split into parts (the Redis layer's safe size is
+# well under its 1 MB hard limit once msgpack framing is added).
+LAYER_CHUNK_CHARS = 256 * 1024
+
+# exec-server keeps a detached session (and a closed process's output) for 80 s.
+EXEC_SESSION_RETENTION = 80.0

@@ -1,0 +1,305 @@
+"""The per-process home of one executor's multiplexer.
+
+An ``ExecutorSession`` outlives individual executor WebSockets for the exec-server retention
+window, so a reconnecting executor (the same process) finds its virtual sessions intact. Every
+input — executor frames, bridge frames from this process (in-process path) or from other
+processes (the channel layer, addressed to the session's ``inbox`` channel, which presence
+names) and timers — goes through one bounded queue and one task, so the multiplexer is only
+ever touched by that task. A full queue makes producers wait: backpressure, not loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from channels.layers import BaseChannelLayer, get_channel_layer
+
+from bridge import exec_session_store
+from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
+from bridge.multiplexer import (
+    Action,
+    CloseBridge,
+    CloseExecutor,
+    Dropped,
+    Multiplexer,
+    SaveSession,
+    ToBridge,
+    ToExecutor,
+)
+from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
+
+logger = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+
+# Gateway-wide counters of what was dropped and why (exported as metrics by the fleet issue).
+DROPS: Counter[str] = Counter()
+
+
+class ExecutorLink(Protocol):
+    connection_id: str
+
+    async def send_to_executor(self, text: str) -> None: ...
+
+    async def close_executor(self, code: int) -> None: ...
+
+
+class LocalBridge(Protocol):
+    async def deliver(self, text: str) -> None: ...
+
+    async def close_from_gateway(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecOpen:
+    link: ExecutorLink
+
+
+@dataclass(frozen=True)
+class ExecFrame:
+    link: ExecutorLink
+    text: str
+
+
+@dataclass(frozen=True)
+class ExecClosed:
+    link: ExecutorLink
+
+
+@dataclass(frozen=True)
+class BridgeOpen:
+    conn_id: str
+    reply_to: str | None  # channel of a bridge in another process; None for a local bridge
+    local: LocalBridge | None = None
+
+
+@dataclass(frozen=True)
+class BridgeFrame:
+    conn_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class BridgeClosed:
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class Evict:
+    connection_id: str
+
+
+Event = ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict
+
+_sessions: dict[str, ExecutorSession] = {}
+_by_inbox: dict[str, ExecutorSession] = {}
+_creating: dict[str, asyncio.Lock] = {}
+
+
+async def session_for(exe_id: str) -> ExecutorSession:
+    """This process's session for the executor, created (and its saved exec-server session
+    loaded) on first use."""
+    lock = _creating.setdefault(exe_id, asyncio.Lock())
+    async with lock:
+        session = _sessions.get(exe_id)
+        if session is None or session.finished:
+            saved = await exec_session_store.load(exe_id)
+            layer = get_channel_layer()
+            assert layer is not None
+            session = ExecutorSession(exe_id, layer, saved)
+            await session.start()
+            _sessions[exe_id] = session
+            _by_inbox[session.inbox] = session
+        return session
+
+
+def local_session(inbox: str) -> ExecutorSession | None:
+    """The session behind ``inbox`` when it lives in this process (the in-process fast path)."""
+    session = _by_inbox.get(inbox)
+    return session if session is not None and not session.finished else None
+
+
+def drop(reason: str, **context: Any) -> None:
+    DROPS[reason] += 1
+    logger.warning("dropped: %s", reason, extra={"reason": reason, **context})
+
+
+class ExecutorSession:
+    def __init__(self, exe_id: str, layer: BaseChannelLayer, saved: exec_session_store.SavedSession | None) -> None:
+        self.exe_id = exe_id
+        self.layer = layer
+        self.mux = Multiplexer(
+            exe_id,
+            session_id=saved.session_id if saved else None,
+            environment_info=saved.environment_info if saved else None,
+        )
+        self.inbox = ""
+        self.executor: ExecutorLink | None = None
+        self.finished = False
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._remote: dict[str, str] = {}
+        self._local: dict[str, LocalBridge] = {}
+        self._parts = Reassembler()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.inbox = await self.layer.new_channel()
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"mux {self.exe_id}"),
+            asyncio.create_task(self._read_layer(), name=f"mux inbox {self.exe_id}"),
+        ]
+
+    async def put(self, event: Event) -> None:
+        if self.finished:
+            if isinstance(event, BridgeOpen) and event.local is not None:
+                await event.local.close_from_gateway(CLOSE_EXECUTOR_LOST, "executor session ended")
+            return
+        await self._queue.put(event)
+
+    # --- the one task that owns the multiplexer ---------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self.finished:
+                deadline = self.mux.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.mux.clock())
+                try:
+                    event = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    pass
+                else:
+                    await self._perform(await self._handle(event))
+                if deadline is not None and self.mux.clock() >= deadline:
+                    await self._perform(self.mux.tick())
+                self.finished = self.mux.finished
+        except Exception:
+            logger.exception("executor session failed", extra={"exe_id": self.exe_id})
+            await self._perform(self.mux.evicted("gateway error"))
+        finally:
+            self._finish()
+
+    async def _handle(self, event: Event) -> list[Action]:
+        if isinstance(event, ExecFrame):
+            if event.link is not self.executor:
+                return [Dropped("frame_from_replaced_executor")]
+            return self.mux.executor_message(_parse(event.text))
+        if isinstance(event, BridgeFrame):
+            return self.mux.bridge_message(event.conn_id, _parse(event.text))
+        if isinstance(event, ExecOpen):
+            actions: list[Action] = []
+            if self.executor is not None and self.executor is not event.link:
+                actions.extend(self.mux.executor_disconnected())
+                await self.executor.close_executor(CLOSE_EXECUTOR_REPLACED)
+            self.executor = event.link
+            return actions + self.mux.executor_connected()
+        if isinstance(event, ExecClosed):
+            if event.link is not self.executor:
+                return []
+            self.executor = None
+            return self.mux.executor_disconnected()
+        if isinstance(event, BridgeOpen):
+            if event.local is not None:
+                self._local[event.conn_id] = event.local
+            elif event.reply_to is not None:
+                self._remote[event.conn_id] = event.reply_to
+            return self.mux.bridge_attached(event.conn_id)
+        if isinstance(event, BridgeClosed):
+            self._local.pop(event.conn_id, None)
+            self._remote.pop(event.conn_id, None)
+            lost = self._parts.forget(event.conn_id)
+            actions = [Dropped("partial_frame_of_departed_bridge")] * lost
+            return actions + self.mux.bridge_detached(event.conn_id)
+        if self.executor is not None and self.executor.connection_id == event.connection_id:
+            return self.mux.evicted("a newer connection for this executor took over in another gateway process")
+        return []
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToBridge):
+                await self._to_bridge(action.conn_id, json.dumps(action.message, separators=(",", ":")))
+            elif isinstance(action, ToExecutor):
+                if self.executor is None:
+                    drop("executor_gone_before_send", exe_id=self.exe_id)
+                else:
+                    await self.executor.send_to_executor(json.dumps(action.message, separators=(",", ":")))
+            elif isinstance(action, CloseBridge):
+                await self._close_bridge(action.conn_id, action.code, action.reason)
+            elif isinstance(action, CloseExecutor):
+                if self.executor is not None:
+                    await self.executor.close_executor(action.code)
+            elif isinstance(action, SaveSession):
+                await exec_session_store.save(
+                    self.exe_id, exec_session_store.SavedSession(action.session_id, action.environment_info)
+                )
+            else:
+                drop(action.reason, exe_id=self.exe_id, detail=action.detail)
+
+    async def _to_bridge(self, conn_id: str, text: str) -> None:
+        local = self._local.get(conn_id)
+        if local is not None:
+            await local.deliver(text)
+            return
+        channel = self._remote.get(conn_id)
+        if channel is None:
+            drop("bridge_gone_before_send", exe_id=self.exe_id)
+            return
+        try:
+            await send_text(self.layer, channel, "bridge.frame", text)
+        except ReceiverStuck:
+            drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
+            await self._close_bridge(conn_id, 1013, "bridge could not keep up")
+            await self._perform(self.mux.bridge_detached(conn_id))
+
+    async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
+        local = self._local.pop(conn_id, None)
+        if local is not None:
+            await local.close_from_gateway(code, reason)
+            return
+        channel = self._remote.pop(conn_id, None)
+        if channel is not None:
+            with contextlib.suppress(ReceiverStuck):
+                await send_with_backpressure(
+                    self.layer, channel, {"type": "bridge.close", "code": code, "reason": reason}
+                )
+
+    # --- bridges in other processes ---------------------------------------------------------
+
+    async def _read_layer(self) -> None:
+        while not self.finished:
+            message = await self.layer.receive(self.inbox)
+            kind = message.get("type")
+            conn_id = str(message.get("conn", ""))
+            if kind == "mux.bridge_frame":
+                text = self._parts.add(conn_id, message)
+                if text is not None:
+                    await self.put(BridgeFrame(conn_id, text))
+            elif kind == "mux.bridge_open":
+                await self.put(BridgeOpen(conn_id, str(message["reply_to"])))
+            elif kind == "mux.bridge_closed":
+                await self.put(BridgeClosed(conn_id))
+            elif kind == "mux.evict":
+                await self.put(Evict(str(message["connection_id"])))
+            else:
+                drop("unknown_layer_message", exe_id=self.exe_id, detail=str(kind))
+
+    def _finish(self) -> None:
+        self.finished = True
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if _sessions.get(self.exe_id) is self:
+            del _sessions[self.exe_id]
+        _by_inbox.pop(self.inbox, None)
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

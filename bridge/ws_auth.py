@@ -1,0 +1,110 @@
+"""Authorisation of the two WebSocket upgrades, decided before the handshake completes.
+
+Status codes steer the real executor: it exits on a 4xx at the upgrade and retries a 5xx
+forever, so bad credentials are 401 and outages are 503. Both checks run in a worker thread
+(database and Redis lookups are synchronous).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from django.conf import settings
+
+from codexgw.api_errors import OUTAGES
+from executors import captoken, services, sigv4, wsticket
+from executors.models import WorkspaceExecutor
+from executors.presence import Holder, presence_store
+from executors.revocation import revoked_set
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Denial:
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class BridgeGrant:
+    token: captoken.CapPayload
+    holder: Holder
+
+
+def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """ASGI headers as a dict keyed by lower-case name; repeated headers joined with commas."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
+
+
+def authenticate_executor(exe_id: str, headers: dict[str, str], raw_path: str, raw_query: str) -> Denial | None:
+    """SigV4 (codex 0.169.0 direct transport, signed again on every reconnect), else the
+    short-lived ``ticket`` of the bearer registration routes, else the legacy raw ``token``."""
+    if not exe_id:
+        return Denial(400, "missing parameters")
+    try:
+        if headers.get("authorization", "").startswith(sigv4.ALGORITHM):
+            try:
+                sigv4.verify(
+                    method="GET",
+                    raw_path=raw_path,
+                    raw_query=raw_query,
+                    headers=headers,
+                    body=b"",
+                    secret_for=services.registration_secret,
+                    expected_access_key_id=exe_id,
+                    max_skew=settings.CXG_SIGV4_MAX_SKEW,
+                )
+            except sigv4.SigV4Error as exc:
+                logger.info("executor websocket refused", extra={"exe_id": exe_id, "reason": str(exc)})
+                return Denial(401, "unauthorized")
+            return None
+        query = parse_qs(raw_query)
+        if "ticket" in query:
+            if wsticket.verify(settings.CXG_CAPTOKEN_HMAC_SECRET, query["ticket"][0], exe_id):
+                return None
+            return Denial(401, "unauthorized")
+        if "token" in query and services.check_registration_token(exe_id, query["token"][0]):
+            return None
+        return Denial(401, "unauthorized")
+    except OUTAGES as exc:
+        logger.warning("executor websocket: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
+        return Denial(503, "service unavailable, retry later")
+
+
+def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Denial:
+    """Token, then revoked turn, then the token's executor list, then the workspace binding,
+    then presence: 401, 401, 403, 403, 503 (token checks come first so an unauthenticated
+    caller cannot probe which executors are online)."""
+    authorization = headers.get("authorization", "")
+    if not authorization.startswith("Bearer ") or not authorization[len("Bearer ") :] or not exe_id:
+        return Denial(401, "missing Bearer")
+    secret = settings.CXG_CAPTOKEN_HMAC_SECRET
+    if not secret:
+        logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every bridge")
+        return Denial(503, "bridge disabled: capability token secret not configured")
+    try:
+        token = captoken.verify(authorization[len("Bearer ") :], secret)
+    except captoken.CapTokenError as exc:
+        return Denial(401, str(exc))
+    try:
+        if revoked_set().contains(token.turn_id):
+            return Denial(401, "turn revoked")
+        if not token.allows_exe_id(exe_id):
+            return Denial(403, "exe_id not in token allow set")
+        if not WorkspaceExecutor.objects.filter(workspace_id=token.workspace_id, executor_id=exe_id).exists():
+            return Denial(403, "exe_id not in workspace")
+        holder = presence_store().get(exe_id)
+    except OUTAGES as exc:
+        logger.warning("bridge: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
+        return Denial(503, "service unavailable, retry later")
+    if holder is None:
+        return Denial(503, "executor not connected")
+    return BridgeGrant(token=token, holder=holder)
