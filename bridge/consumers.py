@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from bridge import session as sessions
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
-from bridge.protocol import CLOSE_EXECUTOR_REPLACED, CLOSE_TURN_REVOKED
+from bridge.protocol import CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
 from executors import services
 from executors.presence import Holder, presence_store
@@ -204,7 +204,7 @@ class BridgeConsumer(GatewayConsumer):
                 await send_text(self.channel_layer, self.inbox, "mux.bridge_frame", text, conn=self.conn_id)
             except ReceiverStuck:
                 sessions.drop("executor_session_channel_full", exe_id=self.exe_id, connection_id=self.conn_id)
-                await self.close(code=1013)
+                await self.close(code=CLOSE_TRY_AGAIN)
 
     async def disconnect(self, code: int) -> None:
         if not self.conn_id:

@@ -40,6 +40,8 @@ from bridge.protocol import (
 GATEWAY_CLIENT_NAME = "codexgw"
 # process/read page size while recovering missed output (exec-server retains ~1 MiB per process).
 RECOVERY_READ_BYTES = 4 * 1024 * 1024
+# An executor that does not answer initialize within this time is hung up on (it reconnects).
+HANDSHAKE_TIMEOUT = 30.0
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -200,6 +202,7 @@ class Multiplexer:
         self._held_reads: list[HeldRead] = []
         self._backlog: list[tuple[str, Any]] = []  # bridge messages waiting for the handshake
         self._resuming = False
+        self._handshake_deadline = 0.0
 
     # --- introspection (tests, metrics, admin) ----------------------------------------------
 
@@ -220,6 +223,7 @@ class Multiplexer:
     def executor_connected(self) -> list[Action]:
         """The executor's WebSocket is open: the gateway speaks first and resumes the session."""
         self.state = ExecutorState.HANDSHAKING
+        self._handshake_deadline = self.clock() + HANDSHAKE_TIMEOUT
         self._resuming = self.session_id is not None
         return [self._initialize_executor(self.session_id)]
 
@@ -332,6 +336,11 @@ class Multiplexer:
     def _client_response(self, pending: Pending, message: JSON) -> list[Action]:
         vsession = pending.vsession
         assert vsession is not None
+        if pending.method == "process/start" and pending.process is not None and "error" not in message:
+            # Recorded even if the bridge left meanwhile: the process must be recovered when the
+            # session resumes, or terminated when it expires. Events may have come first (then
+            # they created the state already).
+            vsession.processes.setdefault(pending.process, ProcessState())
         if pending.conn_id not in self._links or vsession.conn_id != pending.conn_id:
             return [Dropped("response_for_departed_bridge", pending.method)]
         reply: JSON = {"id": pending.client_id}
@@ -342,10 +351,6 @@ class Multiplexer:
             if isinstance(result, dict):
                 result = self._restore_handles(vsession, result)
             reply["result"] = result
-            if pending.method == "process/start" and pending.process is not None:
-                previous = vsession.processes.get(pending.process)
-                if previous is None or previous.closed:  # a reused id starts a new seq series
-                    vsession.processes[pending.process] = ProcessState()
         return [ToBridge(pending.conn_id, reply)]
 
     def _executor_notification(self, message: JSON) -> list[Action]:
@@ -429,12 +434,21 @@ class Multiplexer:
         process = vsession.processes.get(process_id)
         if process is None or self._vsessions.get(vsession.vsid) is not vsession:
             return []
+        if not self._attached_ready(vsession):
+            # The owner left (or resumed and is not initialized yet): nothing can be delivered,
+            # so stop paging; recovery restarts from last_seq once the session is ready again.
+            process.recovering = False
+            process.needs_recovery = True
+            return [Dropped("owner_detached", "process/read"), *self._flush_held(vsession, process)]
         result = message.get("result")
         if not isinstance(result, dict):
             # Typically "unknown process id": the process ended and its output expired.
             process.recovering = False
             actions: list[Action] = [Dropped("recovery_failed", f"{process_id}: {message.get('error')}")]
             return actions + self._flush_held(vsession, process)
+        if isinstance(result.get("nextSeq"), int):
+            # What recovery learned exists counts as seen, as pushed events do (long-polls).
+            process.observed_seq = max(process.observed_seq, result["nextSeq"] - 1)
         chunks = [c for c in result.get("chunks") or [] if isinstance(c, dict) and isinstance(c.get("seq"), int)]
         actions = []
         expected = process.last_seq + 1
@@ -641,6 +655,9 @@ class Multiplexer:
         if isinstance(params, dict):
             if isinstance(params.get("processId"), str):
                 process_id = params["processId"]
+                previous = vsession.processes.get(process_id)
+                if method == "process/start" and previous is not None and previous.closed:
+                    del vsession.processes[process_id]  # a reused id starts a new seq series
             if method == "process/read" and process_id is not None and self._should_hold(vsession, process_id, params):
                 wait = params.get("waitMs")
                 deadline = (
@@ -755,15 +772,27 @@ class Multiplexer:
     # --- time -------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        # Only deadlines tick() can act on now: a past one it must postpone would make the driver
+        # spin. Expiry needs a ready executor; the executor's window runs only while it is away.
         deadlines = [h.deadline for h in self._held_reads]
-        deadlines += [v.detached_at + self.retention for v in self._vsessions.values() if v.detached_at is not None]
-        if self.disconnected_at is not None:
+        if self.state is ExecutorState.READY:
+            deadlines += [v.detached_at + self.retention for v in self._vsessions.values() if v.detached_at is not None]
+        if self.state is ExecutorState.DISCONNECTED and self.disconnected_at is not None:
             deadlines.append(self.disconnected_at + self.retention)
+        if self.state is ExecutorState.HANDSHAKING:
+            deadlines.append(self._handshake_deadline)
         return min(deadlines) if deadlines else None
 
     def tick(self) -> list[Action]:
         now = self.clock()
         actions = self._release_reads([h for h in self._held_reads if h.deadline <= now])
+        if self.state is ExecutorState.HANDSHAKING and now >= self._handshake_deadline:
+            # The driver's disconnect of this connection then fails what waits for the handshake.
+            self._handshake_deadline = now + HANDSHAKE_TIMEOUT
+            actions += [
+                CloseExecutor(1011, "executor did not answer initialize"),
+                Dropped("executor_handshake_timeout"),
+            ]
         if self.state is ExecutorState.DISCONNECTED and self.disconnected_at is not None:
             if now >= self.disconnected_at + self.retention:
                 # exec-server has killed the session's processes by now.

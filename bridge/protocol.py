@@ -7,13 +7,10 @@ from typing import Any
 JSON = dict[str, Any]
 
 # WebSocket close codes the gateway sends.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009  # sent by the WebSocket server itself for over-limit messages
+CLOSE_TRY_AGAIN = 1013  # the peer could not keep up: its channel stayed full
 CLOSE_EXECUTOR_REPLACED = 4000  # a newer connection for the same executor took over
 CLOSE_TURN_REVOKED = 4001  # the capability token's turn was revoked
 CLOSE_EXECUTOR_LOST = 4002  # the executor's session is gone (expired, replaced elsewhere): reconnect
-CLOSE_SESSION_TAKEN = 4003  # another bridge resumed this virtual session
 
 # JSON-RPC error codes the gateway answers with (exec-server's own codes where it has one).
 INVALID_REQUEST = -32600

@@ -32,7 +32,7 @@ from bridge.multiplexer import (
     ToBridge,
     ToExecutor,
 )
-from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
+from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class ExecutorSession:
             await send_text(self.layer, channel, "bridge.frame", text)
         except ReceiverStuck:
             drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
-            await self._close_bridge(conn_id, 1013, "bridge could not keep up")
+            await self._close_bridge(conn_id, CLOSE_TRY_AGAIN, "bridge could not keep up")
             await self._perform(self.mux.bridge_detached(conn_id))
 
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:

@@ -166,6 +166,12 @@ class GatewayWebSocketProtocol(WebSocketProtocol):  # type: ignore[misc]
 class GatewayWebSocketFactory(WebSocketFactory):  # type: ignore[misc]
     protocol = GatewayWebSocketProtocol
 
+    def setProtocolOptions(self, **options: Any) -> None:
+        # autobahn fails a connection (e.g. an over-limit message) by dropping TCP unless told
+        # otherwise; send the close frame instead so the peer learns why (1009).
+        options.setdefault("failByDrop", False)
+        super().setProtocolOptions(**options)
+
 
 class GatewayServer(Server):  # type: ignore[misc]
     """daphne's ``Server`` serving WebSockets with ``GatewayWebSocketProtocol``.

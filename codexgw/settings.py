@@ -164,7 +164,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, which races the
+                # layer's own 5 s blocking pop and kills idle consumers: allow longer reads.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
                 "prefix": f"{CODEXGW_REDIS_PREFIX}layer:",
                 "capacity": env_int("CODEXGW_CHANNEL_CAPACITY", 5000, minimum=100),
                 "expiry": 60,

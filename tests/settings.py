@@ -17,6 +17,7 @@ _TEST_ENV = {
     "CXG_AGENTSERVER_INTERNAL_SECRET": "test-agentserver-secret",
     "CODEXGW_REDIS_PREFIX": f"cxgtest{os.getpid()}:",
     "CXG_BCRYPT_ROUNDS": "4",
+    "CODEXGW_DB_CONN_MAX_AGE": "0",
     "CODEXGW_LOG_FORMAT": "text",
 }
 for _name, _value in _TEST_ENV.items():

@@ -2,7 +2,8 @@
 
 The server runs in a subprocess (daphne's Twisted reactor is process-global and cannot be
 restarted), serving the tiny ASGI app below: ``python -m tests.codexgw.test_daphne_server``.
-Clients are the real ``websockets`` library.
+Clients are the real ``websockets`` library and, for what the statuses are for, the real
+``codex exec-server`` (exits on a 4xx upgrade response, retries on a 5xx).
 """
 
 from __future__ import annotations
@@ -21,12 +22,44 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from tests.e2e.harness import ExecServer, ExecutorCredentials, wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"test daphne listening on (\S+)")
 
 
+REGISTER = re.compile(r"^/(?P<prefix>[^/]+)/cloud/environment/(?P<env>[^/]+)/direct/register$")
+
+
+async def _registry(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A stand-in for the gateway's direct registration: ``POST /<prefix>/cloud/environment/<env>/
+    direct/register`` answers with the WebSocket URL ``ws://<host>/<prefix>``, so a real executor
+    started with ``--remote http://<host>/deny401`` dials ``/deny401``."""
+    while (await receive()).get("more_body"):
+        pass
+    match = REGISTER.match(scope["path"])
+    if scope["method"] != "POST" or match is None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    host = dict(scope["headers"])[b"host"].decode()
+    body = json.dumps(
+        {
+            "environment_id": match["env"],
+            "transport": "direct_jsonrpc_v1",
+            "registration_id": "reg-1",
+            "url": f"ws://{host}/{match['prefix']}",
+        }
+    ).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Denies, closes or echoes depending on the path."""
+    if scope["type"] == "http":
+        await _registry(scope, receive, send)
+        return
     if scope["type"] != "websocket":
         return
     assert (await receive())["type"] == "websocket.connect"
@@ -121,6 +154,8 @@ def daphne_url() -> Iterator[str]:
             process.kill()
             process.wait(10)
         reader.join(5)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 async def _denied(url: str) -> Any:
@@ -179,6 +214,38 @@ async def test_the_server_keeps_serving_after_denials(daphne_url):
         await ws.recv()
         await ws.send("still")
         assert await ws.recv() == "echo:still"
+
+
+# --- the real executor against a denial ------------------------------------------------------
+
+
+def _executor(codex_bin: Path, daphne_url: str, path: str, tmp_path: Path) -> ExecServer:
+    base = daphne_url.replace("ws://", "http://") + path
+    credentials = ExecutorCredentials(exe_id="env-denial", token="secret")
+    return ExecServer.remote(codex_bin, base, credentials, tmp_path / "codex-home")
+
+
+@pytest.mark.e2e
+def test_the_real_executor_exits_on_a_401_denial(daphne_url, codex_bin, tmp_path):
+    executor = _executor(codex_bin, daphne_url, "/deny401", tmp_path)
+    try:
+        assert executor.wait_exit(20) == 1
+        assert "HTTP error: 401 Unauthorized" in executor.log(), executor.output()
+    finally:
+        executor.stop()
+
+
+@pytest.mark.e2e
+def test_the_real_executor_retries_on_a_503_denial(daphne_url, codex_bin, tmp_path):
+    executor = _executor(codex_bin, daphne_url, "/deny503", tmp_path)
+    try:
+        # The first retry comes after ~0.7 s, the second ~1.2 s later (codex-wire §B.4).
+        retrying = re.compile(r"direct exec-server connection failed; retrying")
+        executor.wait_for_log(retrying, 20)
+        assert wait_for(lambda: len(retrying.findall(executor.log())) >= 2, 20), executor.output()
+        assert executor.alive(), executor.output()
+    finally:
+        executor.stop()
 
 
 if __name__ == "__main__":

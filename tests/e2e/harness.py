@@ -17,6 +17,10 @@ process or socket is released by ``stop()``/``terminate()``/``close()`` (the fix
   ``"jsonrpc"`` field, integer ids).
 """
 
+# The async API takes per-call ``timeout`` arguments (bounded waits with a message naming what was
+# awaited) rather than leaving every caller to wrap it in asyncio.timeout.
+# ruff: noqa: ASYNC109
+
 from __future__ import annotations
 
 import asyncio
@@ -134,6 +138,13 @@ def _reap(process: subprocess.Popen[str], sig: int, timeout: float) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
     return process.wait(10)
+
+
+def _close_pipes(process: subprocess.Popen[str]) -> None:
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError, ValueError):
+                pipe.close()
 
 
 def _pump(stream: Iterable[str], lines: list[str], on_line: Callable[[str], None] | None = None) -> threading.Thread:
@@ -291,6 +302,7 @@ class GatewayProcess:
         code = _reap(self.process, sig, timeout)
         if self._reader is not None:
             self._reader.join(5)
+        _close_pipes(self.process)
         return code
 
 
@@ -511,6 +523,7 @@ class ExecServer:
         code = _reap(self.process, sig, timeout)
         for reader in self._readers:
             reader.join(5)
+        _close_pipes(self.process)
         return code
 
 
@@ -541,7 +554,6 @@ class TcpCutProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="TcpCutProxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
 
     @classmethod
@@ -580,7 +592,7 @@ class TcpCutProxy:
 
     def cut(self, *, reset: bool = True, timeout: float = 5.0) -> int:
         """Abort every live proxied connection (both sides); returns how many were cut."""
-        return self._run(self._cut(reset), timeout)
+        return int(self._run(self._cut(reset), timeout))
 
     def wait_for_connections(self, count: int, timeout: float = 10.0) -> bool:
         """Until at least ``count`` connections are live."""
@@ -620,6 +632,8 @@ class TcpCutProxy:
                 self._copy(client_reader, upstream_writer, up=True),
                 self._copy(upstream_reader, client_writer, up=False),
             )
+        except asyncio.CancelledError:
+            pass  # shutdown: asyncio's stream callback would log a cancelled handler as an error
         finally:
             self._pairs.discard(pair)
             for writer in pair:
@@ -659,6 +673,12 @@ class TcpCutProxy:
         if self._server is not None:
             self._server.close()
         await self._cut(reset=False)
+        # Let the connection handlers finish (their sockets are aborted), so none is left pending.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.wait(others, timeout=2)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -784,7 +804,10 @@ class RpcClient:
         ``timeout``. Frames that do not match stay queued for later calls."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._take(self._notifications, lambda n: method is None or n.get("method") == method)
+                found: dict[str, Any] = await self._take(
+                    self._notifications, lambda n: method is None or n.get("method") == method
+                )
+                return found
         except TimeoutError:
             raise TimeoutError(f"no {method or 'any'} notification within {timeout}s") from None
 

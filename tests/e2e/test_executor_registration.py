@@ -21,6 +21,7 @@ import pytest
 
 from executors import services
 from executors.models import Executor
+from executors.presence import presence_store
 from tests.executors.test_sigv4 import sign
 
 pytestmark = pytest.mark.e2e
@@ -125,18 +126,17 @@ def test_real_codex_registers_with_the_gateway_and_dials_the_returned_websocket(
         )
 
         # Having registered, the executor dials the URL the gateway returned
-        # (ws://127.0.0.1:PORT/codex-exec/<exe_id>). codex logs the attempt without the URL, so the
-        # URL is checked on the gateway side: its WebSocket router logged that path ("No route found
-        # for path 'codex-exec/<exe_id>'"). The route is not served yet, so the executor retries with
-        # backoff, which is expected here; revisit this check when the executor consumer lands.
-        def dialled() -> bool:
-            return DIRECT_CONNECT.search(ex.output()) is not None and ws_path in gateway_server.log()
+        # (ws://127.0.0.1:PORT/codex-exec/<exe_id>); the SigV4-signed upgrade is accepted and the
+        # gateway's executor consumer takes the connection: presence says online.
+        def connected() -> bool:
+            return DIRECT_CONNECT.search(ex.output()) is not None and presence_store().get(exe_id) is not None
 
-        assert wait_for(dialled, EVIDENCE_TIMEOUT), (
-            f"executor never dialled ws://{gateway_server.host_port}/{ws_path}\n"
+        assert wait_for(connected, EVIDENCE_TIMEOUT), (
+            f"executor never connected to ws://{gateway_server.host_port}/{ws_path}\n"
             f"executor:\n{ex.output()}\ngateway:\n{gateway_server.log()}"
         )
-        assert ex.process.poll() is None, "a 5xx/unserved WebSocket must be retried, not fatal"
+        assert ex.process.poll() is None
+        assert Executor.objects.get(exe_id=exe_id).connected_at is not None
     output = ex.output()
     assert "environment registry" not in output, output
     row = Executor.objects.get(exe_id=exe_id)
