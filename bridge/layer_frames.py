@@ -22,11 +22,13 @@ FULL_CHANNEL_PATIENCE = 30.0
 
 
 class ReceiverStuck(Exception):
-    """The receiving channel stayed full for FULL_CHANNEL_PATIENCE seconds."""
+    """The receiving channel stayed full for the sender's patience (FULL_CHANNEL_PATIENCE)."""
 
 
-async def send_with_backpressure(layer: BaseChannelLayer, channel: str, message: dict[str, Any]) -> None:
-    deadline = time.monotonic() + FULL_CHANNEL_PATIENCE
+async def send_with_backpressure(
+    layer: BaseChannelLayer, channel: str, message: dict[str, Any], patience: float = FULL_CHANNEL_PATIENCE
+) -> None:
+    deadline = time.monotonic() + patience
     delay = 0.005
     while True:
         try:

@@ -182,12 +182,14 @@ class Multiplexer:
         session_id: str | None = None,
         environment_info: JSON | None = None,
         retention: float = EXEC_SESSION_RETENTION,
+        resume_window: float = EXEC_SESSION_RETENTION,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.exe_id = exe_id
         self.session_id = session_id
         self.environment_info = environment_info
-        self.retention = retention
+        self.retention = retention  # how long exec-server keeps a detached session (fixed: 80 s)
+        self.resume_window = resume_window  # how long a left bridge may resume its virtual session
         self.clock = clock
         self.state = ExecutorState.DISCONNECTED
         self.disconnected_at: float | None = clock()
@@ -776,7 +778,8 @@ class Multiplexer:
         # spin. Expiry needs a ready executor; the executor's window runs only while it is away.
         deadlines = [h.deadline for h in self._held_reads]
         if self.state is ExecutorState.READY:
-            deadlines += [v.detached_at + self.retention for v in self._vsessions.values() if v.detached_at is not None]
+            detached = [v.detached_at for v in self._vsessions.values() if v.detached_at is not None]
+            deadlines += [at + self.resume_window for at in detached]
         if self.state is ExecutorState.DISCONNECTED and self.disconnected_at is not None:
             deadlines.append(self.disconnected_at + self.retention)
         if self.state is ExecutorState.HANDSHAKING:
@@ -804,7 +807,7 @@ class Multiplexer:
                 self.finished = True
             return actions
         for vsession in list(self._vsessions.values()):
-            if vsession.detached_at is not None and now >= vsession.detached_at + self.retention:
+            if vsession.detached_at is not None and now >= vsession.detached_at + self.resume_window:
                 actions.extend(self._expire_vsession(vsession))
         return actions
 

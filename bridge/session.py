@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
 
 from bridge import exec_session_store
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
@@ -138,6 +139,7 @@ class ExecutorSession:
             exe_id,
             session_id=saved.session_id if saved else None,
             environment_info=saved.environment_info if saved else None,
+            resume_window=settings.CXG_BRIDGE_RESUME_WINDOW,
         )
         self.inbox = ""
         self.executor: ExecutorLink | None = None

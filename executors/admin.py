@@ -101,6 +101,19 @@ class RegisterExecutorForm(forms.ModelForm[Executor]):
         return data
 
 
+# What the executor's connections recorded: shown, never edited.
+CONNECTION_FIELDS: tuple[str, ...] = (
+    "registered_at",
+    "last_seen_at",
+    "connected_at",
+    "disconnected_at",
+    "codex_version",
+    "client_os",
+    "client_ip",
+    "client_ua",
+)
+
+
 @admin.register(Executor)
 class ExecutorAdmin(admin.ModelAdmin[Executor]):
     list_display = [
@@ -119,34 +132,9 @@ class ExecutorAdmin(admin.ModelAdmin[Executor]):
     search_fields = ["exe_id", "display_name", "user_id", "bindings__name", "bindings__workspace_id"]
     fieldsets = [
         (None, {"fields": ["exe_id", "display_name", "user_id", "online"]}),
-        (
-            "Connection",
-            {
-                "fields": [
-                    "registered_at",
-                    "last_seen_at",
-                    "connected_at",
-                    "disconnected_at",
-                    "codex_version",
-                    "client_os",
-                    "client_ip",
-                    "client_ua",
-                ]
-            },
-        ),
+        ("Connection", {"fields": CONNECTION_FIELDS}),
     ]
-    readonly_fields = [
-        "exe_id",
-        "online",
-        "registered_at",
-        "last_seen_at",
-        "connected_at",
-        "disconnected_at",
-        "codex_version",
-        "client_os",
-        "client_ip",
-        "client_ua",
-    ]
+    readonly_fields = ["exe_id", "online", *CONNECTION_FIELDS]
     inlines = [WorkspaceExecutorInline]
 
     @admin.display(boolean=True, description="online")

@@ -39,27 +39,37 @@ def bearer_token(request: Request) -> str | None:
     return header[len("Bearer ") :] or None
 
 
-class AgentserverSecret(BasePermission):
+class _SharedSecretPermission(BasePermission):
+    """The presented secret must equal the configured one; refuses everything while unset."""
+
+    setting: str
+
+    def presented(self, request: Request) -> str | None:
+        raise NotImplementedError
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        expected: str = getattr(settings, self.setting)
+        if not expected:
+            logger.error("%s is not set: refusing %s", self.setting, request.path)
+            raise NotConfigured()
+        if not secret_matches(self.presented(request), expected):
+            raise Unauthorized()
+        return True
+
+
+class AgentserverSecret(_SharedSecretPermission):
     """``X-Internal-Secret`` must equal ``CXG_AGENTSERVER_INTERNAL_SECRET`` (agentserver-facing routes)."""
 
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        expected = settings.CXG_AGENTSERVER_INTERNAL_SECRET
-        if not expected:
-            logger.error("CXG_AGENTSERVER_INTERNAL_SECRET is not set: refusing %s", request.path)
-            raise NotConfigured()
-        if not secret_matches(request.headers.get("X-Internal-Secret"), expected):
-            raise Unauthorized()
-        return True
+    setting = "CXG_AGENTSERVER_INTERNAL_SECRET"
+
+    def presented(self, request: Request) -> str | None:
+        return request.headers.get("X-Internal-Secret")
 
 
-class SharedSecretBearer(BasePermission):
+class SharedSecretBearer(_SharedSecretPermission):
     """``Authorization: Bearer`` must equal ``CXG_INTERNAL_SHARED_SECRET`` (cluster-internal routes)."""
 
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        expected = settings.CXG_INTERNAL_SHARED_SECRET
-        if not expected:
-            logger.error("CXG_INTERNAL_SHARED_SECRET is not set: refusing %s", request.path)
-            raise NotConfigured()
-        if not secret_matches(bearer_token(request), expected):
-            raise Unauthorized()
-        return True
+    setting = "CXG_INTERNAL_SHARED_SECRET"
+
+    def presented(self, request: Request) -> str | None:
+        return bearer_token(request)

@@ -149,26 +149,23 @@ def client_meta(headers: dict[str, str], remote_addr: str) -> ClientMeta:
     return ClientMeta(ip=ip[:64], user_agent=headers.get("user-agent", "")[:512])
 
 
+def _meta_fields(meta: ClientMeta) -> dict[str, str]:
+    return {
+        "client_ip": meta.ip,
+        "client_ua": meta.user_agent,
+        "codex_version": meta.codex_version[:64],
+        "client_os": meta.os[:255],
+    }
+
+
 def record_registration(exe_id: str, meta: ClientMeta) -> None:
-    Executor.objects.filter(exe_id=exe_id).update(
-        last_seen_at=timezone.now(),
-        client_ip=meta.ip,
-        client_ua=meta.user_agent,
-        codex_version=meta.codex_version[:64],
-        client_os=meta.os[:255],
-    )
+    Executor.objects.filter(exe_id=exe_id).update(last_seen_at=timezone.now(), **_meta_fields(meta))
 
 
 def record_connected(exe_id: str, meta: ClientMeta) -> None:
     now = timezone.now()
     Executor.objects.filter(exe_id=exe_id).update(
-        connected_at=now,
-        last_seen_at=now,
-        disconnected_at=None,
-        client_ip=meta.ip,
-        client_ua=meta.user_agent,
-        codex_version=meta.codex_version[:64],
-        client_os=meta.os[:255],
+        connected_at=now, last_seen_at=now, disconnected_at=None, **_meta_fields(meta)
     )
 
 

@@ -1241,3 +1241,17 @@ def test_an_executor_that_never_answers_initialize_is_hung_up_on():
     retry_at = mux.next_deadline()
     assert retry_at is not None
     assert retry_at > clock.now
+
+
+def test_resume_window_is_separate_from_the_executor_retention():
+    rig = ready_rig()
+    rig.mux.resume_window = 2
+    rig.attach("A")
+    pid = rig.start("A", "p1")
+    rig.mux.bridge_detached("A")
+    assert rig.mux.next_deadline() == rig.clock.now + 2
+    rig.clock.advance(1.9)
+    assert rig.mux.tick() == []
+    rig.clock.advance(0.1)
+    terminate = only(to_executor(rig.mux.tick()))
+    assert terminate["params"] == {"processId": pid}

@@ -49,6 +49,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from executors.executor_command import executor_launch
+
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 GATEWAY_START_TIMEOUT = 30.0
@@ -367,9 +369,7 @@ class ExecutorCredentials:
     token: str
 
 
-def exec_server_env(
-    codex_home: Path, *, exe_id: str | None = None, token: str | None = None, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def exec_server_env(codex_home: Path, *, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The allow-listed environment the executor runs with (nothing else leaks from the test's)."""
     codex_home.mkdir(parents=True, exist_ok=True)
     env = {
@@ -379,10 +379,6 @@ def exec_server_env(
         "RUST_LOG": "info",
         "NO_COLOR": "1",
     }
-    if exe_id is not None:
-        env.update({"AWS_ACCESS_KEY_ID": exe_id, "AWS_REGION": "us-east-1"})
-    if token is not None:
-        env["AWS_SECRET_ACCESS_KEY"] = token
     env.update(extra or {})
     return env
 
@@ -422,26 +418,14 @@ class ExecServer:
         credentials: ExecutorCredentials,
         codex_home: Path,
         *,
-        concurrent_requests: int = 16,
         extra_args: Iterable[str] = (),
         extra_env: Mapping[str, str] | None = None,
     ) -> ExecServer:
-        """``exec-server --remote base_url --remote-transport direct --aws-sigv4`` as ``credentials``."""
-        args = [
-            str(codex_bin),
-            "exec-server",
-            "--remote",
-            base_url,
-            "--remote-transport",
-            "direct",
-            "--aws-sigv4",
-            "--environment-id",
-            credentials.exe_id,
-            "--concurrent-requests",
-            str(concurrent_requests),
-            *extra_args,
-        ]
-        env = exec_server_env(codex_home, exe_id=credentials.exe_id, token=credentials.token, extra=extra_env)
+        """Exactly the command and credentials the admin shows an operator
+        (``executors.executor_command``), with this binary and an allow-listed environment."""
+        launch = executor_launch(credentials.exe_id, credentials.token, base_url)
+        args = [str(codex_bin), *launch.argv[1:], *extra_args]
+        env = exec_server_env(codex_home, extra={**launch.env, **(extra_env or {})})
         return cls.spawn(args, env)
 
     @classmethod

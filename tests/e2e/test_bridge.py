@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     ExecServer,
     ExecutorCredentials,
     GatewayCluster,
+    GatewayProcess,
     RpcClient,
     RpcConnectionClosed,
     TcpCutProxy,
@@ -239,6 +240,12 @@ async def test_unknown_client_notification_does_not_disturb_another_session(onli
     assert online_executor.server.alive()
 
 
+async def revoke(gateway: GatewayProcess, turn_id: str) -> int:
+    url = f"{gateway.base_url}/api/exec-gateway/revoke-turn"
+    status, _ = await asyncio.to_thread(http_json, "POST", url, {"turn_id": turn_id}, headers=shared_secret_headers())
+    return status
+
+
 def upgrade_status(url: str, headers: dict[str, str]) -> Callable[[], Any]:
     async def attempt() -> tuple[int, str]:
         try:
@@ -273,13 +280,7 @@ async def test_bridge_refusals_have_the_right_status(online_executor: OnlineExec
         got_status, body = await upgrade_status(url, headers)()
         assert (got_status, json.loads(body)["error"]) == (status, message), headers
 
-    status, _ = await sync_to_async(http_json)(
-        "POST",
-        f"{gateway_cluster[0].base_url}/api/exec-gateway/revoke-turn",
-        {"turn_id": "trn_revoked"},
-        headers=shared_secret_headers(),
-    )
-    assert status == 204
+    assert await revoke(gateway_cluster[0], "trn_revoked") == 204
     revoked = {"Authorization": "Bearer " + online_executor.token(turn_id="trn_revoked")}
     assert await upgrade_status(url, revoked)() == (401, json.dumps({"error": "turn revoked"}))
 
@@ -298,13 +299,7 @@ async def test_revoking_a_turn_closes_its_live_bridges(online_executor: OnlineEx
     ):
         await doomed.initialize("doomed")
         await survivor.initialize("survivor")
-        status, _ = await sync_to_async(http_json)(
-            "POST",
-            f"{gateway_cluster[1].base_url}/api/exec-gateway/revoke-turn",
-            {"turn_id": "trn_live"},
-            headers=shared_secret_headers(),
-        )
-        assert status == 204
+        assert await revoke(gateway_cluster[1], "trn_live") == 204
         assert await doomed.wait_closed(10) == 4001
         await survivor.call_result("process/start", start_params("alive", ["/bin/echo", "alive"]))
         assert (await run_to_close(survivor, "alive"))[0] == b"alive\n"
@@ -390,3 +385,36 @@ async def test_executor_with_wrong_credentials_is_refused_before_the_upgrade(
     status, _ = await upgrade_status(f"{gateway.ws_base_url}/codex-exec/{credentials.exe_id}", {})()
     assert status == 401
     assert presence_store().get(credentials.exe_id) is None
+
+
+@pytest.mark.gateway_cluster(env={"CXG_BRIDGE_RESUME_WINDOW": "3s"})
+async def test_a_bridge_resumes_its_session_and_gets_what_it_missed(online_executor: OnlineExecutor):
+    first = await online_executor.bridge(1)
+    session = (await first.initialize("leaves"))["sessionId"]
+    await first.call_result("process/start", start_params("p", ["/bin/sh", "-c", "sleep 0.5; echo while-away"]))
+    await first.close()
+    await asyncio.sleep(1.0)  # the output happens while no bridge holds the session
+    async with await online_executor.bridge(0) as again:
+        resumed = await again.initialize("comes-back", resume_session_id=session)
+        assert resumed["sessionId"] == session
+        output, events = await run_to_close(again, "p")
+        assert output == b"while-away\n"
+        assert_seqs_strictly_increase(events)
+
+
+@pytest.mark.gateway_cluster(env={"CXG_BRIDGE_RESUME_WINDOW": "1s"})
+async def test_processes_of_a_session_nobody_resumes_are_terminated(online_executor: OnlineExecutor, tmp_path):
+    marker = tmp_path / "still-running"
+    script = f"while true; do touch {marker}; sleep 0.1; done"
+    client = await online_executor.bridge(0)
+    session = (await client.initialize("abandons"))["sessionId"]
+    await client.call_result("process/start", start_params("loop", ["/bin/sh", "-c", script]))
+    assert await asyncio.to_thread(wait_for, marker.exists, 10)
+    await client.close()
+    await asyncio.sleep(2.5)  # past the resume window: the gateway terminates the process
+    marker.unlink()
+    await asyncio.sleep(0.5)
+    assert not marker.exists(), "the abandoned session's process is still running"
+    async with await online_executor.bridge(0) as late:
+        refused = await late.call("initialize", {"clientName": "late", "resumeSessionId": session})
+        assert refused["error"] == {"code": -32600, "message": f"unknown session id {session}"}

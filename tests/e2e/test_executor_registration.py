@@ -4,119 +4,29 @@ a real gateway (``manage.py serve``) on the test database."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from executors import services
 from executors.models import Executor
 from executors.presence import presence_store
+from tests.e2e.harness import ExecServer, ExecutorCredentials, http_request, wait_for
 from tests.executors.test_sigv4 import sign
 
 pytestmark = pytest.mark.e2e
 
 EVIDENCE_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
-# "direct exec-server connection failed; retrying" now; "direct exec-server connected" once served.
-DIRECT_CONNECT = re.compile(r"direct exec-server (connected|connection failed)")
-
-
-@dataclass
-class ExecutorProcess:
-    process: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    def output(self) -> str:
-        """stdout and stderr, interleaved (codex logs to stderr)."""
-        return "".join(self.lines)
-
-
-@contextmanager
-def run_executor(
-    codex_bin: Path, gateway_url: str, exe_id: str, secret: str, codex_home: Path
-) -> Iterator[ExecutorProcess]:
-    """Start the real executor with an allow-listed environment; always reap it."""
-    codex_home.mkdir(parents=True, exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", str(codex_home)),
-        "AWS_ACCESS_KEY_ID": exe_id,
-        "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_REGION": "us-east-1",
-        "CODEX_HOME": str(codex_home),
-        "RUST_LOG": "info",
-        "NO_COLOR": "1",
-    }
-    process = subprocess.Popen(
-        [
-            str(codex_bin),
-            "exec-server",
-            "--remote",
-            gateway_url,
-            "--remote-transport",
-            "direct",
-            "--aws-sigv4",
-            "--environment-id",
-            exe_id,
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    executor = ExecutorProcess(process=process)
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            executor.lines.append(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        yield executor
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        reader.join(5)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
-
-
-def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_real_codex_registers_with_the_gateway_and_dials_the_returned_websocket(gateway_server, codex_bin, tmp_path):
     created = services.register_executor("user-e2e", "e2e executor")
     exe_id = created.executor.exe_id
     ws_path = f"codex-exec/{exe_id}"
-    with run_executor(codex_bin, gateway_server.base_url, exe_id, created.registration_token, tmp_path / "home") as ex:
+    credentials = ExecutorCredentials(exe_id, created.registration_token)
+    ex = ExecServer.remote(codex_bin, gateway_server.base_url, credentials, tmp_path / "home")
+    try:
 
         def registered() -> bool:
             return Executor.objects.get(exe_id=exe_id).last_seen_at is not None
@@ -129,14 +39,16 @@ def test_real_codex_registers_with_the_gateway_and_dials_the_returned_websocket(
         # (ws://127.0.0.1:PORT/codex-exec/<exe_id>); the SigV4-signed upgrade is accepted and the
         # gateway's executor consumer takes the connection: presence says online.
         def connected() -> bool:
-            return DIRECT_CONNECT.search(ex.output()) is not None and presence_store().get(exe_id) is not None
+            return "direct exec-server connected" in ex.log() and presence_store().get(exe_id) is not None
 
         assert wait_for(connected, EVIDENCE_TIMEOUT), (
             f"executor never connected to ws://{gateway_server.host_port}/{ws_path}\n"
             f"executor:\n{ex.output()}\ngateway:\n{gateway_server.log()}"
         )
-        assert ex.process.poll() is None
+        assert ex.alive()
         assert Executor.objects.get(exe_id=exe_id).connected_at is not None
+    finally:
+        ex.stop()
     output = ex.output()
     assert "environment registry" not in output, output
     row = Executor.objects.get(exe_id=exe_id)
@@ -166,6 +78,7 @@ def test_gateway_returns_the_websocket_url_to_a_signed_registration(gateway_serv
     )
     status, payload = post(gateway_server.base_url + f"{path}?{query}", body, headers)
     assert status == 200, (payload, gateway_server.log())
+    assert isinstance(payload, dict)
     assert payload["url"] == f"ws://{gateway_server.host_port}/codex-exec/{exe_id}"
     assert payload["environment_id"] == exe_id
     assert payload["transport"] == "direct_jsonrpc_v1"
@@ -179,11 +92,12 @@ def test_gateway_returns_the_websocket_url_to_a_signed_registration(gateway_serv
 def test_real_codex_with_a_wrong_secret_exits_on_401(gateway_server, codex_bin, tmp_path):
     created = services.register_executor("user-e2e", "e2e executor")
     exe_id = created.executor.exe_id
-    with run_executor(codex_bin, gateway_server.base_url, exe_id, "not-" + created.registration_token, tmp_path) as ex:
-        try:
-            returncode = ex.process.wait(EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"executor did not exit on a 401\n{ex.output()}")
+    wrong = ExecutorCredentials(exe_id, "not-" + created.registration_token)
+    ex = ExecServer.remote(codex_bin, gateway_server.base_url, wrong, tmp_path / "home")
+    try:
+        returncode = ex.wait_exit(EXIT_TIMEOUT)
+    finally:
+        ex.stop()
     assert returncode != 0
     output = ex.output()
     assert "authentication failed (401" in output, output
@@ -192,3 +106,9 @@ def test_real_codex_with_a_wrong_secret_exits_on_401(gateway_server, codex_bin, 
     row = Executor.objects.get(exe_id=exe_id)
     assert row.last_seen_at is None
     assert (row.client_ip, row.client_ua) == ("", "")
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, object]:
+    """POST exactly these bytes (the signature covers them)."""
+    status, raw = http_request("POST", url, body=body, headers=headers)
+    return status, json.loads(raw)

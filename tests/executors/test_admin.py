@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.test import Client, RequestFactory
 from django.urls import reverse
@@ -28,7 +29,8 @@ BINDINGS = reverse("admin:executors_workspaceexecutor_changelist")
 
 
 def change_url(exe_id: str) -> str:
-    return reverse("admin:executors_executor_change", args=[exe_id])
+    # The admin escapes "_" in object ids (exe_22… would otherwise read as exe_"…): quote like it does.
+    return reverse("admin:executors_executor_change", args=[quote(exe_id)])
 
 
 def claim(exe_id: str) -> None:
@@ -226,7 +228,9 @@ def test_deleting_an_executor_deletes_its_bindings(admin_client: Client, alpha: 
     services.bind_executor("ws-2", alpha.exe_id, "a", "", False)
     kept = services.bind_executor("ws-1", beta.exe_id, "b", "", False)
 
-    response = admin_client.post(reverse("admin:executors_executor_delete", args=[alpha.exe_id]), {"post": "yes"})
+    response = admin_client.post(
+        reverse("admin:executors_executor_delete", args=[quote(alpha.exe_id)]), {"post": "yes"}
+    )
 
     assert response.status_code == 302
     assert not Executor.objects.filter(exe_id=alpha.exe_id).exists()
@@ -278,7 +282,7 @@ def test_token_is_never_shown_again(admin_client: Client) -> None:
         reverse("admin:index"),
         CHANGELIST,
         change_url(exe_id),
-        reverse("admin:executors_executor_history", args=[exe_id]),
+        reverse("admin:executors_executor_history", args=[quote(exe_id)]),
         REGISTER,
         BINDINGS,
     ]
@@ -409,3 +413,12 @@ def test_binding_form_offers_no_popup_registration(admin_client: Client, alpha: 
 
     assert 'name="executor"' in html
     assert 'id="add_id_executor"' not in html
+
+
+@pytest.mark.parametrize("exe_id", ["exe_22ab", "exe_26cd", "exe_40ef"])
+def test_change_page_links_work_for_ids_the_admin_must_escape(admin_client: Client, exe_id: str) -> None:
+    # "_22", "_26", "_40" are the admin's own escapes; its links must quote exe ids that contain them.
+    Executor.objects.create(exe_id=exe_id, user_id="u", registration_token_hash="x", registration_token_encrypted="x")
+    changelist = admin_client.get(CHANGELIST).content.decode()
+    assert change_url(exe_id) in changelist
+    assert admin_client.get(change_url(exe_id)).status_code == 200
