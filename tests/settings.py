@@ -24,3 +24,8 @@ for _name, _value in _TEST_ENV.items():
     os.environ.setdefault(_name, _value)
 
 from codexgw.settings import *  # noqa: E402, F403
+
+# Parallel test runs on one machine (several developers' sessions) each get their own test
+# database: CODEXGW_TEST_RUN=<name> pytest ...
+if os.environ.get("CODEXGW_TEST_RUN"):
+    DATABASES["default"]["TEST"] = {"NAME": f"test_codexgw_{os.environ['CODEXGW_TEST_RUN']}"}  # noqa: F405
