@@ -418,3 +418,31 @@ async def test_processes_of_a_session_nobody_resumes_are_terminated(online_execu
     async with await online_executor.bridge(0) as late:
         refused = await late.call("initialize", {"clientName": "late", "resumeSessionId": session})
         assert refused["error"] == {"code": -32600, "message": f"unknown session id {session}"}
+
+
+@pytest.mark.gateway_cluster(count=1, env={"CXG_WS_PING_INTERVAL": "1s", "CXG_WS_PING_TIMEOUT": "2s"})
+async def test_a_silent_dead_executor_is_detected_by_keepalive(gateway_cluster, make_executor_credentials):
+    """An executor that vanished without FIN or RST (here: a raw socket that completed the
+    upgrade and then never answers pings) is cleaned up after ping interval + timeout."""
+    credentials = await sync_to_async(make_executor_credentials)()
+    gateway = gateway_cluster[0]
+    host, port = gateway.host_port.split(":")
+    headers = signed_upgrade_headers(credentials, gateway.host_port)
+    request = (
+        f"GET /codex-exec/{credentials.exe_id} HTTP/1.1\r\nHost: {gateway.host_port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        + "\r\n"
+    )
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request.encode())
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        assert b" 101 " in status_line
+        assert await asyncio.to_thread(wait_for, lambda: presence_store().get(credentials.exe_id) is not None, 10)
+        started = time.monotonic()
+        # Read nothing more and answer no ping: to the gateway this peer is dead.
+        assert await asyncio.to_thread(wait_for, lambda: presence_store().get(credentials.exe_id) is None, 15)
+        assert time.monotonic() - started < 12
+    finally:
+        writer.close()

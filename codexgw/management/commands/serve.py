@@ -16,12 +16,10 @@ from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from bridge.protocol import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from codexgw.daphne_server import GatewayServer
 
 logger = logging.getLogger(__name__)
-
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Command(BaseCommand):
@@ -45,8 +43,10 @@ class Command(BaseCommand):
             websocket_timeout=-1,
             websocket_max_frame_size=MAX_FRAME_BYTES,
             websocket_max_message_size=MAX_MESSAGE_BYTES,
-            ping_interval=20,
-            ping_timeout=30,
+            # A ping after this much silence on any WebSocket; no pong in time closes it, so a dead
+            # peer (no FIN, no RST) is noticed and cleaned up within interval + timeout.
+            ping_interval=settings.CXG_WS_PING_INTERVAL,
+            ping_timeout=settings.CXG_WS_PING_TIMEOUT,
             application_close_timeout=10,
             ready_callable=lambda: self._announce(server),
             server_name="codexgw",
