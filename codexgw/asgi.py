@@ -7,21 +7,28 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codexgw.settings")
 
 from channels.routing import ProtocolTypeRouter, URLRouter
+from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 django_http = get_asgi_application()
 
+from bridge.relay_views import ASGIApp, with_relay  # noqa: E402
 from codexgw.periodic import start_in_process_beat  # noqa: E402
 from codexgw.routing import websocket_urlpatterns  # noqa: E402
 
 start_in_process_beat()
 
+http_app: ASGIApp = ASGIStaticFilesHandler(django_http)
+if "exec" in settings.CODEXGW_ROLES:
+    # /relay/ streams request and response bodies, which Django's handler cannot: see the module.
+    http_app = with_relay(http_app)
+
 application = ProtocolTypeRouter(
     {
         # The admin's static files are served by the gateway itself: there is no other web server
         # in front of it on the embedded default, and the files are few and small.
-        "http": ASGIStaticFilesHandler(django_http),
+        "http": http_app,
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

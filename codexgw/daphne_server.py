@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+
+from codexgw.http_flow import FlowServerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ DENIAL_EXTENSION = "websocket.http.response"
 RESPONSE_START = "websocket.http.response.start"
 RESPONSE_BODY = "websocket.http.response.body"
 
+# Close codes a server may send (RFC 6455 §7.4.1; 1004-1006, 1010 and 1015 are not for the wire).
+SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1010), *range(1011, 1015), *range(3000, 5000)})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Framing headers are the server's: the response always carries its own Content-Length and closes.
 _SERVER_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade"})
@@ -104,8 +109,19 @@ class GatewayWebSocketProtocol(WebSocketProtocol):  # type: ignore[misc]
             self._continue_denial(message)
         elif self._denial is not None or self._denial_sent:
             raise ValueError(f"{kind!r} is not allowed after {RESPONSE_START}")
+        elif kind == "websocket.close" and self.state != self.STATE_CONNECTING:
+            self._close(message)
         else:
             super().handle_reply(message)
+
+    def _close(self, message: dict[str, Any]) -> None:
+        # daphne hands the code to autobahn's sendClose, which raises for anything but 1000 and
+        # 3000-4999 (1011, 1013 included), and drops the ASGI close reason.
+        code = message.get("code") or 1000
+        if code not in SENDABLE_CLOSE_CODES:
+            raise ValueError(f"invalid WebSocket close code {code!r}")
+        reason = message.get("reason") or ""
+        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123) if reason else None)
 
     def _start_denial(self, message: dict[str, Any]) -> None:
         if self._denial is not None or self._denial_sent:
@@ -173,8 +189,9 @@ class GatewayWebSocketFactory(WebSocketFactory):  # type: ignore[misc]
         super().setProtocolOptions(**options)
 
 
-class GatewayServer(Server):  # type: ignore[misc]
-    """daphne's ``Server`` serving WebSockets with ``GatewayWebSocketProtocol``.
+class GatewayServer(FlowServerMixin, Server):  # type: ignore[misc]
+    """daphne's ``Server`` serving WebSockets with ``GatewayWebSocketProtocol`` (and, through
+    ``FlowServerMixin``, streaming HTTP for the byte relay: ``codexgw/http_flow.py``).
 
     ``Server.run()`` builds its ``WebSocketFactory`` inline (``self.ws_factory =
     WebSocketFactory(self, server=self.server_name)``) and then configures it. Rather than copy

@@ -11,3 +11,7 @@ if "exec" in settings.CODEXGW_ROLES:
     from bridge.routing import websocket_urlpatterns as exec_routes
 
     websocket_urlpatterns += exec_routes
+if "app" in settings.CODEXGW_ROLES:
+    from appgateway.routing import websocket_urlpatterns as app_routes
+
+    websocket_urlpatterns += app_routes

@@ -64,9 +64,13 @@ CXG_PORT = env_int("CXG_PORT", 6060, minimum=0, maximum=65535)
 CXG_BIND = env_str("CXG_BIND", "127.0.0.1" if LOCAL_SECRETS else "0.0.0.0")  # noqa: S104 - a server binds all
 CXG_PUBLIC_WS_BASE_URL = env_str("CXG_PUBLIC_WS_BASE_URL")
 CXG_PUBLIC_HTTPS_BASE_URL = env_str("CXG_PUBLIC_HTTPS_BASE_URL")
+CXG_SELF_HTTP_BASE_URL = env_str("CXG_SELF_HTTP_BASE_URL")
 CXG_AGENTSERVER_INTERNAL_URL = env_str("CXG_AGENTSERVER_INTERNAL_URL")
 CXG_RELAY_DEFAULT_TTL = env_duration("CXG_RELAY_DEFAULT_TTL", 300.0, minimum=1.0)
 CXG_RELAY_MAX_PER_WORKSPACE = env_int("CXG_RELAY_MAX_PER_WORKSPACE", 16, minimum=1)
+# Relay bytes cross Redis in chunks of this size, at most this many of them unread per relay.
+CXG_RELAY_CHUNK_BYTES = env_int("CXG_RELAY_CHUNK_BYTES", 256 * 1024, minimum=1024, maximum=8 * 1024 * 1024)
+CXG_RELAY_BUFFERED_CHUNKS = env_int("CXG_RELAY_BUFFERED_CHUNKS", 8, minimum=1, maximum=1024)
 CXG_REVOKED_SET_CAPACITY = env_int("CXG_REVOKED_SET_CAPACITY", 10_000, minimum=1)
 CXG_REVOKED_PRUNE_INTERVAL = env_duration("CXG_REVOKED_PRUNE_INTERVAL", 60.0, minimum=1.0)
 CXG_SIGV4_MAX_SKEW = env_duration("CXG_SIGV4_MAX_SKEW", 300.0, minimum=1.0)
@@ -79,6 +83,32 @@ CXG_BCRYPT_ROUNDS = env_int("CXG_BCRYPT_ROUNDS", 10, minimum=4, maximum=15)
 CXG_EXECUTOR_CONCURRENT_REQUESTS = env_int("CXG_EXECUTOR_CONCURRENT_REQUESTS", 16, minimum=1)
 CODEXGW_REDIS_PREFIX = env_str("CODEXGW_REDIS_PREFIX", "cxg:")
 CODEXGW_READYZ_TIMEOUT = env_duration("CODEXGW_READYZ_TIMEOUT", 2.0, minimum=0.1)
+
+# --- app gateway (appgateway/; docs/app-gateway.md) -------------------------------------------
+# Default binary: the pinned @openai/codex npm package when installed (scripts/test runs npm ci).
+_PINNED_CODEX = sorted(BASE_DIR.glob("node_modules/@openai/codex-linux-*/vendor/*/bin/codex"))
+CXG_CODEX_BIN = env_str("CXG_CODEX_BIN", str(_PINNED_CODEX[0]) if _PINNED_CODEX else "codex")
+CXG_TMP_ROOT = env_str("CXG_TMP_ROOT", "/tmp/codex-app-gateway")  # noqa: S108 - per-workspace 0700 dirs
+CXG_IDLE_SHUTDOWN = env_duration("CXG_IDLE_SHUTDOWN", 1800.0, minimum=0.1)
+CXG_APP_SERVER_STOP_GRACE = env_duration("CXG_APP_SERVER_STOP_GRACE", 10.0, minimum=0.0)
+CXG_APP_SERVER_LEASE_TTL = env_duration("CXG_APP_SERVER_LEASE_TTL", 15.0, minimum=0.3)
+CXG_CHECKPOINT_INTERVAL = env_duration("CXG_CHECKPOINT_INTERVAL", 300.0, minimum=1.0)
+CXG_MODEL_PROVIDER = env_str("CXG_MODEL_PROVIDER", "modelserver")
+CXG_MODEL = env_str("CXG_MODEL", "gpt-5.5")
+CXG_MODEL_PROVIDER_NAME = env_str("CXG_MODEL_PROVIDER_NAME", CXG_MODEL_PROVIDER)
+CXG_MODEL_PROVIDER_BASE_URL = env_str("CXG_MODEL_PROVIDER_BASE_URL", "http://llmproxy:8085/v1")
+CXG_MODEL_PROVIDER_ENV_KEY = env_str("CXG_MODEL_PROVIDER_ENV_KEY", "CODEX_API_KEY")
+CXG_MODEL_PROVIDER_WIRE_API = env_choice("CXG_MODEL_PROVIDER_WIRE_API", "responses", {"responses", "chat"})
+CXG_CODEX_API_KEY = env_secret("CXG_CODEX_API_KEY")
+CXG_PROJECT_TRUSTED_PATHS = env_list("CXG_PROJECT_TRUSTED_PATHS", ["/tmp"])  # noqa: S108 - the Go default
+CXG_APPROVAL_POLICY = env_choice("CXG_APPROVAL_POLICY", "never", {"untrusted", "on-failure", "on-request", "never"})
+CXG_SANDBOX_MODE = env_choice("CXG_SANDBOX_MODE", "read-only", {"read-only", "workspace-write", "danger-full-access"})
+# The TUI proxy answers the app-server's approval requests itself ("accept") or lets the TUI answer ("forward").
+CXG_APPROVAL_MODE = env_choice("CXG_APPROVAL_MODE", "accept", {"accept", "forward"})
+CXG_S3_BUCKET = env_str("CXG_S3_BUCKET")
+CXG_S3_ENDPOINT = env_str("CXG_S3_ENDPOINT")
+if CXG_S3_ENDPOINT and not CXG_S3_ENDPOINT.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"CXG_S3_ENDPOINT={CXG_S3_ENDPOINT!r} must be an http:// or https:// URL")
 
 # --- Django --------------------------------------------------------------------------------
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -159,6 +189,33 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+# "codexhome": persisted CODEX_HOME archives (appgateway/persistence.py); S3 when CXG_S3_BUCKET is set.
+STORAGES: dict[str, Any] = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "codexhome": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": str(DATA_DIR / "codexhome"),
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
+    },
+}
+if CXG_S3_BUCKET:
+    STORAGES["codexhome"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": CXG_S3_BUCKET,
+            "endpoint_url": CXG_S3_ENDPOINT or None,
+            "region_name": env_str("CXG_S3_REGION", "us-east-1"),
+            "access_key": env_secret("CXG_S3_ACCESS_KEY_ID") or None,  # unset: boto3's default chain
+            "secret_key": env_secret("CXG_S3_SECRET_ACCESS_KEY") or None,
+            "addressing_style": "path" if env_bool("CXG_S3_PATH_STYLE", False) else None,
+            "file_overwrite": True,
+            "default_acl": None,
+        },
+    }
 
 # --- channel layer ---------------------------------------------------------------------------
 CHANNEL_LAYERS: dict[str, Any]
@@ -210,6 +267,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "executors.tasks.prune_revoked_set",
         "schedule": CXG_REVOKED_PRUNE_INTERVAL,
     },
+    "checkpoint-codex-homes": {
+        "task": "appgateway.tasks.checkpoint_codex_homes",
+        "schedule": CXG_CHECKPOINT_INTERVAL,
+    },
 }
 
 # --- logging ---------------------------------------------------------------------------------
@@ -230,6 +291,9 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
         # One line per periodic task run is noise; failures still log at error.
         "celery.app.trace": {"level": "WARNING"},
+        # httpx logs every request at info, URLs included.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
 

@@ -13,3 +13,5 @@ urlpatterns = [
 ]
 if "exec" in settings.CODEXGW_ROLES:
     urlpatterns.append(path("", include("executors.urls")))
+    urlpatterns.append(path("", include("bridge.urls")))
+    urlpatterns.append(path("", include("sdk.urls")))

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from executors import services
-from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, TcpCutProxy
+from executors.presence import presence_store
+from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, TcpCutProxy, wait_for
 
 DEFAULT_CLUSTER_SIZE = 2
 
@@ -135,3 +137,48 @@ def tcp_proxies() -> Iterator[Callable[..., TcpCutProxy]]:
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+@dataclass
+class BoundExecutor:
+    credentials: ExecutorCredentials
+    server: ExecServer
+    proxy: TcpCutProxy
+    name: str
+
+    @property
+    def exe_id(self) -> str:
+        return self.credentials.exe_id
+
+
+@pytest.fixture
+def bound_executors(
+    request: pytest.FixtureRequest,
+    make_executor_credentials: Callable[..., ExecutorCredentials],
+    exec_servers: ExecServers,
+    tcp_proxies: Callable[..., TcpCutProxy],
+) -> Callable[..., BoundExecutor]:
+    """``bound_executors(workspace, name, process=0, description="", is_default=False, cluster=None)``:
+    a real exec-server bound to ``workspace`` as ``name``, connected to gateway process ``process``
+    of ``cluster`` (default: the ``gateway_cluster`` fixture) through a cuttable TCP proxy, and
+    online."""
+
+    def start(
+        workspace: str,
+        name: str,
+        process: int = 0,
+        description: str = "",
+        is_default: bool = False,
+        cluster: GatewayCluster | None = None,
+    ) -> BoundExecutor:
+        gateways = cluster if cluster is not None else request.getfixturevalue("gateway_cluster")
+        credentials = make_executor_credentials(display_name=name)
+        services.bind_executor(workspace, credentials.exe_id, name, description, is_default)
+        proxy = tcp_proxies(gateways[process].base_url)
+        server = exec_servers.remote(proxy.url("http"), credentials)
+        assert wait_for(lambda: presence_store().get(credentials.exe_id) is not None, 20), (
+            f"executor {name} did not come online\n{server.log()}\n{gateways.log()}"
+        )
+        return BoundExecutor(credentials, server, proxy, name)
+
+    return start

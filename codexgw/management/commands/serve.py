@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from bridge.protocol import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
+from codexgw import runtime
 from codexgw.daphne_server import GatewayServer
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class Command(BaseCommand):
         server.run()
 
     def _announce(self, server: GatewayServer) -> None:
+        if server.listening_addresses:
+            host, port = server.listening_addresses[0][:2]
+            runtime.set_served_at(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")  # noqa: S104
         for address in server.listening_addresses:
             # One machine-readable line tests and scripts wait for.
             self.stdout.write(f"codexgw listening on http://{address[0]}:{address[1]}", ending="\n")

@@ -1,0 +1,135 @@
+"""Who may attach a TUI: agentserver-issued bearer tokens, verified by agentserver.
+
+``POST {CXG_AGENTSERVER_INTERNAL_URL}/api/internal/codex/tokens/verify`` with
+``X-Internal-Secret`` and ``{"token": ...}`` answers 200 ``{user_id, workspace_id}`` or 401.
+A 401 is a bad token (our 401); anything else (network error, timeout, 5xx, another status, an
+undecodable body) is an outage and becomes 503, so a client retries rather than concluding its
+token is bad (the Go gateway answered 401 to all of them).
+
+Successful verifications are cached briefly under a hash of the token (never the token itself),
+so reconnect storms do not hammer agentserver; a revoked token still opens new connections for
+at most ``CACHE_TTL``. Refusals and outages are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+from django.conf import settings
+
+from bridge.ws_auth import Denial
+
+logger = logging.getLogger(__name__)
+
+VERIFY_PATH: Final = "/api/internal/codex/tokens/verify"
+VERIFY_TIMEOUT = 5.0
+CACHE_TTL = 30.0
+CACHE_MAX_ENTRIES = 10_000
+_BODY_LOG_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    workspace_id: str
+
+
+class InvalidToken(Exception):
+    """agentserver refused the token (401)."""
+
+
+class VerifierUnavailable(Exception):
+    """agentserver could not give an answer: the token may well be valid."""
+
+
+_cache: dict[str, tuple[Identity, float]] = {}
+
+
+def _cache_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _cached(key: str) -> Identity | None:
+    entry = _cache.get(key)
+    if entry is None:
+        return None
+    identity, expires = entry
+    if expires <= time.monotonic():
+        del _cache[key]
+        return None
+    return identity
+
+
+def _remember(key: str, identity: Identity) -> None:
+    now = time.monotonic()
+    if len(_cache) >= CACHE_MAX_ENTRIES:
+        for stale in [k for k, (_, expires) in _cache.items() if expires <= now]:
+            del _cache[stale]
+        while len(_cache) >= CACHE_MAX_ENTRIES:  # still full of live entries: drop the oldest
+            del _cache[next(iter(_cache))]
+    _cache[key] = (identity, now + CACHE_TTL)
+
+
+def _identity(response: httpx.Response) -> Identity:
+    try:
+        data = response.json()
+        user_id, workspace_id = data["user_id"], data["workspace_id"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VerifierUnavailable(f"undecodable verify response: {response.text[:_BODY_LOG_LIMIT]!r}") from exc
+    if not isinstance(user_id, str) or not isinstance(workspace_id, str) or not workspace_id:
+        raise VerifierUnavailable(f"verify response without ids: {response.text[:_BODY_LOG_LIMIT]!r}")
+    return Identity(user_id=user_id, workspace_id=workspace_id)
+
+
+async def verify_token(token: str) -> Identity:
+    """The token's identity; raises ``InvalidToken`` or ``VerifierUnavailable``."""
+    key = _cache_key(token)
+    identity = _cached(key)
+    if identity is not None:
+        return identity
+    base_url = settings.CXG_AGENTSERVER_INTERNAL_URL.rstrip("/")
+    secret = settings.CXG_AGENTSERVER_INTERNAL_SECRET
+    if not base_url or not secret:
+        raise VerifierUnavailable("CXG_AGENTSERVER_INTERNAL_URL or CXG_AGENTSERVER_INTERNAL_SECRET is not set")
+    try:
+        # A client per verification: they are rare (cached, once per TUI connection), and a
+        # long-lived client would be tied to one event loop.
+        async with httpx.AsyncClient(timeout=VERIFY_TIMEOUT) as client:
+            response = await client.post(
+                base_url + VERIFY_PATH, json={"token": token}, headers={"X-Internal-Secret": secret}
+            )
+    except httpx.HTTPError as exc:
+        raise VerifierUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if response.status_code == httpx.codes.UNAUTHORIZED:
+        raise InvalidToken()
+    if response.status_code != httpx.codes.OK:
+        raise VerifierUnavailable(f"status={response.status_code} body={response.text[:_BODY_LOG_LIMIT]!r}")
+    identity = _identity(response)
+    _remember(key, identity)
+    return identity
+
+
+def bearer(headers: dict[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    if not authorization.startswith("Bearer "):
+        return None
+    return authorization[len("Bearer ") :] or None
+
+
+async def authenticate_tui(headers: dict[str, str]) -> Identity | Denial:
+    """The upgrade's identity, or the HTTP status to refuse it with (401 or 503)."""
+    token = bearer(headers)
+    if token is None:
+        return Denial(401, "missing Bearer")
+    try:
+        return await verify_token(token)
+    except InvalidToken:
+        return Denial(401, "unauthorized")
+    except VerifierUnavailable as exc:
+        logger.warning("TUI token verification unavailable", extra={"error": str(exc)})
+        return Denial(503, "token verification unavailable, retry later")

@@ -1,0 +1,120 @@
+"""The TUI's WebSocket (``/`` and ``/codex-app/ws``): a proxy to its workspace's codex app-server.
+
+``codex --remote ws://host:port --remote-auth-token-env VAR`` connects to ``/`` with
+``Authorization: Bearer <token>``. The token is verified before the upgrade (401 missing or bad,
+503 when agentserver cannot answer). After the upgrade the workspace's app-server is ensured
+(spawned here, or found in the process that owns it) and every frame passes verbatim in both
+directions: text stays text, binary stays binary, one message per message. On the way in,
+local-IO requests are refused (``rpc_filter``); on the way out, approval requests are answered
+by the leg (``relay.AppServerLeg``). When either side ends, the other is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from asgiref.typing import WebSocketConnectEvent
+
+from appgateway import relay, rpc_filter, supervisor
+from appgateway.auth import authenticate_tui
+from appgateway.rpc_filter import Frame
+from bridge.consumers import GatewayConsumer
+from bridge.ws_auth import Denial
+
+logger = logging.getLogger(__name__)
+
+
+class TuiProxyConsumer(GatewayConsumer):
+    workspace_id = ""
+    leg: relay.AppServerLeg | None = None  # the app-server is in this process
+    link: relay.RelayClient | None = None  # it is in another one
+    _pump: asyncio.Task[None] | None = None
+
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        identity = await authenticate_tui(self.headers())
+        if isinstance(identity, Denial):
+            await self.deny(identity)
+            return
+        self.workspace_id = identity.workspace_id
+        # Accept first: starting an app-server can outlast the server's handshake timeout.
+        # Frames the TUI sends meanwhile wait in the consumer's queue, in order.
+        await self.accept()
+        try:
+            self.leg = await relay.AppServerLeg.open(self.workspace_id)
+        except supervisor.OwnedElsewhere as elsewhere:
+            self.link = relay.RelayClient(
+                conn=uuid.uuid4().hex,
+                reply_to=self.channel_name,
+                workspace_id=self.workspace_id,
+                owner_channel=elsewhere.lease.channel_name,
+                tui=self,
+            )
+            await self.link.open()
+            logger.info("TUI relayed", extra={"workspace_id": self.workspace_id, "owner": elsewhere.lease.process_id})
+            return
+        except relay.AppServerUnavailable:
+            await self.close_tui(*relay.CLOSE_UNAVAILABLE)
+            return
+        self._pump = asyncio.create_task(self._pump_app_server(self.leg), name=f"tui pump {self.workspace_id}")
+        logger.info("TUI attached", extra={"workspace_id": self.workspace_id, "user_id": identity.user_id})
+
+    async def _pump_app_server(self, leg: relay.AppServerLeg) -> None:
+        try:
+            end = await leg.pump(self.deliver)
+        except Exception:
+            logger.exception("TUI proxy failed", extra={"workspace_id": self.workspace_id})
+            end = relay.LegEnd(*relay.CLOSE_UNAVAILABLE)
+        await self.close_tui(end.code, end.reason)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        frame: Frame = text_data if text_data is not None else (bytes_data or b"")
+        verdict = await relay.off_loop_if_large(rpc_filter.inspect_client_frame, frame)
+        if verdict.reply is not None:
+            await self.send(text_data=verdict.reply)
+        if not verdict.forward:
+            logger.info("TUI request refused: local IO", extra={"workspace_id": self.workspace_id})
+            return
+        if self.leg is not None:
+            await self.leg.send(frame)
+        elif self.link is not None:
+            await self.link.send(frame)
+
+    async def disconnect(self, code: int) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        if self.leg is not None:
+            await self.leg.close()
+        if self.link is not None:
+            await self.link.stop()
+
+    # relay.TuiSink
+
+    async def deliver(self, frame: Frame) -> None:
+        if isinstance(frame, bytes):
+            await self.send(bytes_data=frame)
+        else:
+            await self.send(text_data=frame)
+
+    async def close_tui(self, code: int, reason: str) -> None:
+        await self.close(code=code, reason=reason)
+
+    # Messages from the owning process (relay.RelayedConnection).
+
+    async def appgw_opened(self, event: dict[str, Any]) -> None:
+        if self.link is not None:
+            await self.link.on_opened(event)
+
+    async def appgw_frame(self, event: dict[str, Any]) -> None:
+        if self.link is not None:
+            await self.link.on_frame(event)
+
+    async def appgw_alive(self, event: dict[str, Any]) -> None:
+        if self.link is not None:
+            self.link.heard()
+
+    async def appgw_close(self, event: dict[str, Any]) -> None:
+        await self.close_tui(int(event["code"]), str(event.get("reason", "")))

@@ -1,0 +1,218 @@
+"""What the TUI proxy does with single frames, as pure functions (no I/O).
+
+Client → app-server: requests for local-IO methods are refused. They would run inside the
+gateway, on the shared app-server's machine, not on the user's executor (and features such as
+``shell_tool = false`` do not gate them). Everything else passes through verbatim, unknown
+methods included: the TUI uses experimental methods the schema does not list.
+
+App-server → client: approval-type requests are answered by the gateway when
+``CXG_APPROVAL_MODE`` is ``accept``; unanswered they would stall the turn for callers that cannot
+answer (and a TUI user would be asked about commands the gateway runs on their executor anyway).
+
+Frames are JSON-RPC as codex speaks it: one object per frame, no ``"jsonrpc"`` member, ids
+that are integers or strings. The app-server ignores binary frames today; they are inspected
+all the same, so a later codex that reads them cannot be used to slip past the filter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+Frame = str | bytes
+ApprovalMode = Literal["accept", "forward"]
+
+METHOD_DISABLED = -32601
+
+# Local-IO methods of codex app-server 0.169.0: shell commands, process spawning and file access
+# on the app-server's machine. ``process/*`` (spawn, writeStdin, kill, resizePty) and
+# ``fuzzyFileSearch*`` (walks the local disk) are experimental methods the TUI may use.
+BLOCKED_METHODS: Final = frozenset({"thread/shellCommand", "command/exec", "fuzzyFileSearch"})
+BLOCKED_PREFIXES: Final = ("command/exec/", "fs/", "process/", "fuzzyFileSearch/")
+
+# config.toml tables a client must not override, per thread (thread/start|resume|fork ``config``) or
+# in CODEX_HOME (config/* writes): they would turn the gateway's local shell back on (features),
+# run commands on the gateway (mcp_servers, notify, hooks, profiles), or send the workspace's model
+# credential elsewhere (model_providers).
+PROTECTED_CONFIG: Final = frozenset(
+    {
+        "features",
+        "mcp_servers",
+        "model_providers",
+        "model_provider",
+        "notify",
+        "hooks",
+        "profiles",
+        "profile",
+        "shell_environment_policy",
+        "sandbox_mode",
+        "sandbox_workspace_write",
+    }
+)
+_CONFIG_CARRIERS: Final = frozenset({"thread/start", "thread/resume", "thread/fork"})
+
+# The gateway's answer to each approval-type request: accept, grant no extra permissions, give
+# no answers, accept the elicitation without content.
+APPROVAL_ANSWERS: Final[dict[str, dict[str, Any]]] = {
+    "item/commandExecution/requestApproval": {"decision": "accept"},
+    "item/fileChange/requestApproval": {"decision": "accept"},
+    "item/permissions/requestApproval": {"permissions": {}},
+    "item/tool/requestUserInput": {"answers": {}},
+    "mcpServer/elicitation/request": {"action": "accept", "content": None, "_meta": None},
+}
+# Server frames that name none of these are not parsed (the app-server writes method names
+# unescaped); most frames are streaming notifications, some of them megabytes long.
+_APPROVAL_TEXT: Final = tuple(APPROVAL_ANSWERS)
+_APPROVAL_BYTES: Final = tuple(method.encode() for method in APPROVAL_ANSWERS)
+
+
+def approval_mode(value: str) -> ApprovalMode:
+    if value == "forward":
+        return "forward"
+    if value == "accept":
+        return "accept"
+    raise ValueError(f"unknown approval mode {value!r}")
+
+
+def is_blocked(method: str) -> bool:
+    return method in BLOCKED_METHODS or method.startswith(BLOCKED_PREFIXES)
+
+
+def refusal_message(method: str) -> str:
+    return (
+        f"{method} is disabled on the codexgw app gateway: it would run inside the gateway, not on your "
+        "machine. Ask the agent to use its executor tools (exec_command, read_file, apply_patch from the "
+        "agentserver MCP server), which run on your registered executor."
+    )
+
+
+@dataclass(frozen=True)
+class ClientVerdict:
+    """``forward`` the frame unchanged, or not; ``reply`` (a text frame) goes back to the client."""
+
+    forward: bool
+    reply: str | None = None
+
+
+FORWARD: Final = ClientVerdict(forward=True)
+
+
+class _Pairs(dict[str, Any]):
+    """A decoded JSON object that remembers every value of a repeated ``method`` key."""
+
+    methods: list[Any]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Pairs:
+    decoded = _Pairs(pairs)
+    decoded.methods = [value for key, value in pairs if key == "method"]
+    return decoded
+
+
+def _decode(frame: Frame) -> Any:
+    try:
+        return json.loads(frame, object_pairs_hook=_object)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _blocked_method(message: Any) -> str | None:
+    """The blocked method a request names; every value of a duplicated ``method`` key counts,
+    whichever one the server would read."""
+    if not isinstance(message, _Pairs):
+        return None
+    for method in message.methods:
+        if isinstance(method, str) and is_blocked(method):
+            return method
+    return None
+
+
+def _error_reply(request_id: Any, method: str, message: str | None = None) -> dict[str, Any]:
+    return {"id": request_id, "error": {"code": METHOD_DISABLED, "message": message or refusal_message(method)}}
+
+
+def _protected_keys(value: Any) -> set[str]:
+    """Protected config roots named anywhere in ``value``: as object keys (nested tables or dotted
+    ``a.b`` keys) or as key paths (``keyPath: "features.shell_tool"``)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if isinstance(key, str) and key.split(".", 1)[0] in PROTECTED_CONFIG:
+                found.add(key.split(".", 1)[0])
+            if key in ("keyPath", "key_path") and isinstance(inner, str) and inner.split(".", 1)[0] in PROTECTED_CONFIG:
+                found.add(inner.split(".", 1)[0])
+            if key in ("keyPath", "key_path") and isinstance(inner, list) and inner and inner[0] in PROTECTED_CONFIG:
+                found.add(str(inner[0]))
+            found |= _protected_keys(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= _protected_keys(inner)
+    return found
+
+
+def _config_override(message: Any) -> str | None:
+    """Why a request may not change the configuration it tries to change, or None."""
+    if not isinstance(message, _Pairs) or not isinstance(message.get("method"), str):
+        return None
+    method = message["method"]
+    params = message.get("params")
+    if method in _CONFIG_CARRIERS and isinstance(params, dict):
+        touched = _protected_keys(params.get("config"))
+    elif method.startswith("config/") and "write" in method.lower():
+        touched = _protected_keys(params)
+    else:
+        return None
+    if not touched:
+        return None
+    return (
+        f"{method} may not override {', '.join(sorted(touched))} on the codexgw app gateway: the gateway "
+        "sets them (no local shell, MCP servers and model provider are the workspace's)."
+    )
+
+
+def inspect_client_frame(frame: Frame) -> ClientVerdict:
+    """Refuse requests for blocked methods: an error reply when they carry an id, silently when
+    they do not (notifications, ``id: null``). A batch (the app-server rejects arrays today) is
+    refused whole if any element is blocked."""
+    message = _decode(frame)
+    if isinstance(message, list):
+        blocked = [(element, method) for element in message if (method := _blocked_method(element))]
+        if not blocked:
+            return FORWARD
+        replies = [_error_reply(element["id"], method) for element, method in blocked if element.get("id") is not None]
+        return ClientVerdict(forward=False, reply=_encode(replies) if replies else None)
+    method = _blocked_method(message)
+    reason = None if method is not None else _config_override(message)
+    if method is None and reason is None:
+        return FORWARD
+    if message.get("id") is None:
+        return ClientVerdict(forward=False)
+    return ClientVerdict(forward=False, reply=_encode(_error_reply(message["id"], method or message["method"], reason)))
+
+
+def approval_answer(frame: Frame, mode: ApprovalMode) -> str | None:
+    """The gateway's reply to an approval-type server request (the frame is then not
+    forwarded), or None to forward the frame to the client."""
+    if mode != "accept":
+        return None
+    if isinstance(frame, str):
+        if not any(marker in frame for marker in _APPROVAL_TEXT):
+            return None
+    elif not any(marker in frame for marker in _APPROVAL_BYTES):
+        return None
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("id") is None:
+        return None
+    method = message.get("method")
+    answer = APPROVAL_ANSWERS.get(method) if isinstance(method, str) else None
+    if answer is None:
+        return None
+    return _encode({"id": message["id"], "result": answer})
+
+
+def _encode(message: Any) -> str:
+    return json.dumps(message, separators=(",", ":"))

@@ -1,0 +1,281 @@
+"""HTTP for the byte relay: ``POST /api/exec-gateway/relay/create`` (DRF, shared-secret Bearer)
+and ``PUT|GET /relay/{ticket}``.
+
+``/relay/`` is a raw ASGI app in front of Django (``with_relay``), not a Django view: Django's
+ASGI handler reads the whole request body before it calls a view and sends a streaming
+response with no way to abort it. The relay reads and writes through the server's
+``codexgw.http.flow`` extension (``codexgw/http_flow.py``): the upload streams as it arrives,
+the download waits for its client, and a failed download is aborted mid-body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from drf_spectacular.utils import extend_schema
+from redis.exceptions import RedisError
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from bridge import relay
+from codexgw.api_errors import error_response
+from codexgw.http_flow import FLOW_EXTENSION, HttpFlow
+from executors.api_auth import SharedSecretBearer
+from executors.models import WorkspaceExecutor
+from executors.serializers import ErrorResponse
+
+if TYPE_CHECKING:
+    Serializer = serializers.Serializer[Any]
+else:
+    Serializer = serializers.Serializer
+
+logger = logging.getLogger(__name__)
+
+# As Django's stubs type ASGI handlers.
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PATH_PREFIX = "/relay/"
+DISABLED = "relay not enabled (CXG_PUBLIC_HTTPS_BASE_URL or REDIS_URL unset)"
+IDS_REQUIRED = "workspace_id, source_exe_id, dest_exe_id required"
+OUTAGE = "service unavailable, retry later"
+
+
+# --- POST /api/exec-gateway/relay/create ------------------------------------------------------
+
+
+class RelayCreateRequest(Serializer):
+    workspace_id = serializers.CharField(max_length=255, allow_blank=True, default="")
+    source_exe_id = serializers.CharField(max_length=64, allow_blank=True, default="")
+    dest_exe_id = serializers.CharField(max_length=64, allow_blank=True, default="")
+    ttl_seconds = serializers.IntegerField(
+        default=0, max_value=relay.MAX_TTL_SECONDS, help_text="≤ 0 or absent: CXG_RELAY_DEFAULT_TTL."
+    )
+    max_bytes = serializers.IntegerField(default=0, min_value=0, help_text="0: unlimited.")
+
+
+class RelayTicketResponse(Serializer):
+    ticket = serializers.CharField()
+    upload_url = serializers.CharField(help_text="PUT the bytes here (Authorization: Bearer <ticket>).")
+    download_url = serializers.CharField(help_text="GET them here; the same URL as upload_url.")
+    expires_at = serializers.DateTimeField()
+
+
+class RelayCreateView(APIView):
+    permission_classes = [SharedSecretBearer]
+
+    @extend_schema(
+        operation_id="exec_gateway_relay_create",
+        request=RelayCreateRequest,
+        responses={201: RelayTicketResponse, **dict.fromkeys((400, 401, 403, 429, 503), ErrorResponse)},
+    )
+    def post(self, request: Request) -> Response:
+        if not relay.enabled():
+            return error_response(DISABLED, status.HTTP_503_SERVICE_UNAVAILABLE)
+        serializer = RelayCreateRequest(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        body = serializer.validated_data
+        workspace, source, dest = (body[name].strip() for name in ("workspace_id", "source_exe_id", "dest_exe_id"))
+        if not (workspace and source and dest):
+            return error_response(IDS_REQUIRED, status.HTTP_400_BAD_REQUEST)
+        bound = set(
+            WorkspaceExecutor.objects.filter(workspace_id=workspace, executor_id__in={source, dest}).values_list(
+                "executor_id", flat=True
+            )
+        )
+        for exe_id in (source, dest):
+            if exe_id not in bound:
+                return error_response(f"executor not in workspace: {exe_id}", status.HTTP_403_FORBIDDEN)
+        try:
+            ticket = relay.create_ticket(workspace, source, dest, body["ttl_seconds"], body["max_bytes"])
+        except relay.CapReached:
+            return error_response("relay: workspace concurrent relay cap reached", status.HTTP_429_TOO_MANY_REQUESTS)
+        return Response(
+            {
+                "ticket": ticket.ticket,
+                "upload_url": ticket.url,
+                "download_url": ticket.url,
+                "expires_at": ticket.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+# --- PUT|GET /relay/{ticket} -----------------------------------------------------------------
+
+
+def with_relay(app: ASGIApp) -> ASGIApp:
+    """``app`` with ``/relay/…`` answered by the relay instead."""
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PATH_PREFIX):
+            await relay_app(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return route
+
+
+async def _json(
+    send: Send, status_code: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if not relay.enabled():
+        await _json(send, status.HTTP_404_NOT_FOUND, {"error": "not found"})
+        return
+    ticket = scope["path"][len(PATH_PREFIX) :]
+    method = scope["method"]
+    if method not in ("PUT", "GET"):
+        allow = [(b"allow", b"GET, PUT")]
+        await _json(send, status.HTTP_405_METHOD_NOT_ALLOWED, {"error": "method not allowed"}, allow)
+        return
+    authorization = _header(scope, b"authorization") or ""
+    presented = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
+    if not presented or not hmac.compare_digest(presented.encode(), ticket.encode()):
+        await _json(send, status.HTTP_401_UNAUTHORIZED, {"error": "unauthorized"})
+        return
+    flow: HttpFlow | None = scope.get("extensions", {}).get(FLOW_EXTENSION)
+    if flow is None:
+        logger.error("the relay needs the codexgw.http.flow server extension (manage.py serve)")
+        await _json(send, status.HTTP_500_INTERNAL_SERVER_ERROR, {"error": "relay unavailable on this server"})
+        return
+    if not relay.is_ticket(ticket):
+        await _json(send, status.HTTP_410_GONE, {"error": relay.Refusal.UNKNOWN.value})
+        return
+    if method == "GET" and scope.get("http_version") in ("1.0", "0.9"):
+        # Without chunked framing an aborted transfer would look complete.
+        await _json(send, status.HTTP_505_HTTP_VERSION_NOT_SUPPORTED, {"error": "the download needs HTTP/1.1"})
+        return
+    connection = relay.RelayConnection()
+    try:
+        if method == "PUT":
+            await _put(scope, send, flow, connection, ticket)
+        else:
+            await _get(send, flow, connection, ticket)
+    finally:
+        await connection.close()
+
+
+def _failure_status(outcome: relay.Outcome, side: relay.Side) -> int:
+    """408 for the deadline on either side, 413 for the upload over max_bytes, 502 when the
+    other side failed."""
+    if outcome is relay.Outcome.TIMEOUT:
+        return status.HTTP_408_REQUEST_TIMEOUT
+    if outcome is relay.Outcome.TOO_LARGE and side is relay.Side.UPLOAD:
+        return status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    return status.HTTP_502_BAD_GATEWAY
+
+
+def _refusal_status(reason: relay.Refusal) -> int:
+    if reason in (relay.Refusal.PUT_CLAIMED, relay.Refusal.GET_CLAIMED):
+        return status.HTTP_423_LOCKED
+    return status.HTTP_410_GONE
+
+
+async def _put(scope: Scope, send: Send, flow: HttpFlow, connection: relay.RelayConnection, ticket: str) -> None:
+    length = _header(scope, b"content-length")
+    try:
+        claim = await connection.claim(ticket, relay.Side.UPLOAD)
+
+        async def read() -> bytes | None:
+            while True:
+                message = await flow.receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                body: bytes = message["body"]
+                if body or not message.get("more_body", False):
+                    return body
+
+        received = await relay.upload(
+            connection, claim, read, lambda: flow.disconnected, int(length) if length and length.isdigit() else None
+        )
+    except relay.Refused as refused:
+        await _json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
+    except relay.RelayFailed as failure:
+        status_code = _failure_status(failure.outcome, relay.Side.UPLOAD)
+        await _json(send, status_code, {"bytes": failure.received, "error": failure.message})
+    except RedisError as exc:
+        logger.warning("relay upload: Redis failed", extra={"error": repr(exc)})
+        await _json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE})
+    else:
+        await _json(send, status.HTTP_200_OK, {"bytes": received, "status": "ok"})
+
+
+class _Download:
+    def __init__(self, send: Send, flow: HttpFlow) -> None:
+        self._send = send
+        self._flow = flow
+        self.started = False
+
+    @property
+    def gone(self) -> bool:
+        return self._flow.disconnected
+
+    async def start(self) -> None:
+        self.started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status.HTTP_200_OK,
+                "headers": [(b"content-type", b"application/octet-stream"), (b"cache-control", b"no-store")],
+            }
+        )
+
+    async def write(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._flow.drain()
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def abort(self) -> None:
+        self._flow.abort()
+
+
+async def _get(send: Send, flow: HttpFlow, connection: relay.RelayConnection, ticket: str) -> None:
+    downstream = _Download(send, flow)
+    try:
+        claim = await connection.claim(ticket, relay.Side.DOWNLOAD)
+        await relay.download(connection, claim, downstream)
+    except relay.Refused as refused:
+        await _json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
+    except relay.RelayFailed as failure:
+        if not downstream.started:
+            await _json(send, _failure_status(failure.outcome, relay.Side.DOWNLOAD), {"error": failure.message})
+    except RedisError as exc:
+        logger.warning("relay download: Redis failed", extra={"error": repr(exc)})
+        if downstream.started:
+            downstream.abort()
+        else:
+            await _json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE})

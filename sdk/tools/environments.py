@@ -1,0 +1,16 @@
+"""``list_environments``: the workspace's online environments, by name."""
+
+from __future__ import annotations
+
+import json
+
+from sdk.tools.base import JSON, ToolContext, ToolResult, tool_errors
+
+
+@tool_errors
+async def list_environments(ctx: ToolContext, arguments: JSON) -> ToolResult:
+    try:
+        environments = await ctx.resolver.llm_view()
+    except Exception as error:
+        return ToolResult.error(f"list_environments: {error} (executor list temporarily unavailable; retry)")
+    return ToolResult.ok(json.dumps(environments), {"environments": environments})

@@ -1,0 +1,222 @@
+"""A fake OpenAI Responses API on 127.0.0.1 for offline codex turns (codex-wire §C.3).
+
+A real HTTP server on its own thread: codex POSTs ``/v1/responses`` and gets a streamed
+``text/event-stream`` answer. Each request takes the next scripted ``Reply`` or ``FunctionCall``
+(``FakeModel.script``), or the default reply once the script is used up. Every request is
+recorded (``requests``) with its path, headers and decoded JSON body, so tests can assert what
+codex sent (model, the bearer key, tool outputs).
+
+    with FakeModel(default_text="hello") as model:
+        config.toml: base_url = model.base_url, env_key = <name>, wire_api = "responses"
+
+Usable from sync and async tests alike; ``stop()`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An assistant message with ``text``; completes the turn."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    """A tool call (``name`` with JSON ``arguments``); codex runs it and POSTs again with the output."""
+
+    name: str
+    arguments: dict[str, Any]
+    call_id: str = "call_1"
+    namespace: str | None = None
+
+
+Step = Reply | FunctionCall
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+    def user_texts(self) -> list[str]:
+        """The text of every user message in the request's ``input``."""
+        texts: list[str] = []
+        for item in self.body.get("input", []) if isinstance(self.body, dict) else []:
+            if item.get("type") == "message" and item.get("role") == "user":
+                texts.extend(part.get("text", "") for part in item.get("content", []) if isinstance(part, dict))
+        return texts
+
+
+@dataclass
+class FakeModel:
+    default_text: str = "Hello from the fake model"
+    model: str = "fake-model"
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _script: deque[Step] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeModel:
+        model = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                model._handle(self)
+
+            def do_GET(self) -> None:
+                model._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the recorded requests are the log
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="FakeModel", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> FakeModel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "FakeModel is not started"
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """What config.toml's ``base_url`` must be (codex appends ``/responses``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- scripting --------------------------------------------------------------------------
+
+    def script(self, *steps: Step) -> None:
+        """Queue answers for the next requests, in order."""
+        with self._lock:
+            self._script.extend(steps)
+
+    def responses_requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith("/responses")]
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        request = RecordedRequest(
+            handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body
+        )
+        with self._lock:
+            self.requests.append(request)
+            step: Step | None = None
+            if handler.command == "POST" and handler.path.endswith("/responses"):
+                step = self._script.popleft() if self._script else Reply(self.default_text)
+        if step is None:
+            payload = b'{"error":"not found"}'
+            handler.send_response(404)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        for event_type, data in self._events(step):
+            handler.wfile.write(f"event: {event_type}\ndata: {json.dumps({'type': event_type, **data})}\n\n".encode())
+            handler.wfile.flush()
+        handler.close_connection = True
+
+    def _events(self, step: Step) -> list[tuple[str, dict[str, Any]]]:
+        number = next(self._ids)
+        response_id = f"resp_{number}"
+        item: dict[str, Any]
+        events: list[tuple[str, dict[str, Any]]] = [
+            (
+                "response.created",
+                {"response": {"id": response_id, "object": "response", "status": "in_progress", "model": self.model}},
+            )
+        ]
+        if isinstance(step, Reply):
+            item_id = f"msg_{number}"
+            item = {
+                "type": "message",
+                "id": item_id,
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": step.text, "annotations": []}],
+            }
+            events += [
+                (
+                    "response.output_item.added",
+                    {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}},
+                ),
+                (
+                    "response.output_text.delta",
+                    {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": step.text},
+                ),
+            ]
+        else:
+            item = {
+                "type": "function_call",
+                "id": f"fc_{number}",
+                "call_id": step.call_id,
+                "name": step.name,
+                "arguments": json.dumps(step.arguments),
+                "status": "completed",
+            }
+            if step.namespace is not None:
+                item["namespace"] = step.namespace
+            events.append(("response.output_item.added", {"output_index": 0, "item": item}))
+        usage = {
+            "input_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 5,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 15,
+        }
+        events += [
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            (
+                "response.completed",
+                {"response": {"id": response_id, "status": "completed", "output": [item], "usage": usage}},
+            ),
+        ]
+        return events

@@ -1,0 +1,298 @@
+"""The TUI proxy consumer and its relay, in-process, against the real ``codex app-server`` (the
+supervisor spawns it; the model is the fake Responses server), the real Redis channel layer and
+the fake agentserver. The end-to-end tests on real gateway processes are in
+``tests/e2e/test_tui_proxy.py``; these cover what needs a hand on the process: settings, silent
+peers, the relay's framing, the admin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.contrib.auth.models import Permission, User
+from django.db import connections
+from django.test import AsyncClient
+
+from appgateway import relay
+from appgateway.consumers import TuiProxyConsumer
+from appgateway.rpc_filter import Frame
+from appgateway.supervisor import LeaseInfo
+from bridge.layer_frames import Reassembler
+from bridge.protocol import LAYER_CHUNK_CHARS
+from codexgw import redis as gwredis
+from tests.appgateway.fake_model import FunctionCall, Reply
+from tests.e2e.harness import async_wait_for
+from tests.fake_agentserver import FakeAgentserver
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+TOKEN = "ast_inprocess"
+WORKSPACE = "ws-proxy"
+
+
+@pytest.fixture
+def agentserver(appgw) -> Iterator[FakeAgentserver]:
+    with FakeAgentserver(django_settings.CXG_AGENTSERVER_INTERNAL_SECRET) as fake:
+        fake.add_token(TOKEN, user_id="user-1", workspace_id=WORKSPACE)
+        appgw.CXG_AGENTSERVER_INTERNAL_URL = fake.base_url
+        yield fake
+
+
+def channel_layer() -> BaseChannelLayer:
+    layer = get_channel_layer()
+    assert layer is not None
+    return layer
+
+
+class Tui:
+    """A JSON-RPC client on a WebsocketCommunicator: every frame it reads stays in ``frames``."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.frames: list[Any] = []
+        self._ids = iter(range(1, 1_000_000))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.communicator.send_to(text_data=json.dumps(message))
+
+    async def next(self, matches: Any) -> Any:
+        """The first frame (kept or new, within 60 s) that ``matches``."""
+        for frame in self.frames:
+            if matches(frame):
+                self.frames.remove(frame)
+                return frame
+        deadline = time.monotonic() + 60
+        while True:
+            raw = await self.communicator.receive_from(timeout=max(0.1, deadline - time.monotonic()))
+            frame = json.loads(raw)
+            if matches(frame):
+                return frame
+            self.frames.append(frame)
+
+    async def call(self, method: str, params: Any) -> dict[str, Any]:
+        request_id = next(self._ids)
+        await self.send({"id": request_id, "method": method, "params": params})
+        response = await self.next(lambda f: f.get("id") == request_id and "method" not in f)
+        assert "error" not in response, response
+        return response["result"]  # type: ignore[no-any-return]
+
+
+async def open_tui(token: str = TOKEN) -> Tui:
+    communicator = WebsocketCommunicator(
+        TuiProxyConsumer.as_asgi(), "/", headers=[(b"authorization", f"Bearer {token}".encode())]
+    )
+    connected, _ = await communicator.connect(timeout=60)
+    assert connected
+    tui = Tui(communicator)
+    await tui.call(
+        "initialize",
+        {"clientInfo": {"name": "codex-tui", "version": "0.169.0"}, "capabilities": {"experimentalApi": True}},
+    )
+    await tui.send({"method": "initialized"})
+    return tui
+
+
+PLAN_QUESTIONS = [{"id": "q1", "header": "Pick", "question": "Which?", "options": [{"label": "a", "description": "A"}]}]
+
+
+async def plan_turn(tui: Tui, model_name: str, cwd: str) -> str:
+    thread_id = (await tui.call("thread/start", {"cwd": cwd}))["thread"]["id"]
+    plan = {"mode": "plan", "settings": {"model": model_name, "reasoning_effort": None, "developer_instructions": None}}
+    await tui.call(
+        "turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "ask"}], "collaborationMode": plan}
+    )
+    return str(thread_id)
+
+
+async def test_forward_mode_lets_the_tui_answer_approvals(sup, appgw, agentserver, fake_model, tmp_path):
+    appgw.CXG_APPROVAL_MODE = "forward"
+    fake_model.script(FunctionCall("request_user_input", {"questions": PLAN_QUESTIONS}), Reply("thanks"))
+    tui = await open_tui()
+    try:
+        await plan_turn(tui, fake_model.model, str(tmp_path))
+        request = await tui.next(lambda f: f.get("method") == "item/tool/requestUserInput")
+        answer = {"answers": {"q1": {"answers": ["a"]}}}
+        await tui.send({"id": request["id"], "result": answer})
+        await tui.next(lambda f: f.get("method") == "turn/completed")
+    finally:
+        await tui.communicator.disconnect()
+    assert json.loads(fake_model.responses_requests()[1].body["input"][-1]["output"]) == answer
+
+
+async def test_accept_mode_answers_for_the_tui(sup, appgw, agentserver, fake_model, tmp_path):
+    fake_model.script(FunctionCall("request_user_input", {"questions": PLAN_QUESTIONS}), Reply("thanks"))
+    tui = await open_tui()
+    try:
+        await plan_turn(tui, fake_model.model, str(tmp_path))
+        await tui.next(lambda f: f.get("method") == "turn/completed")
+    finally:
+        await tui.communicator.disconnect()
+    assert "item/tool/requestUserInput" not in [frame.get("method") for frame in tui.frames]
+    assert json.loads(fake_model.responses_requests()[1].body["input"][-1]["output"]) == {"answers": {}}
+
+
+async def test_denials_happen_before_the_upgrade(sup, agentserver):
+    communicator = WebsocketCommunicator(
+        TuiProxyConsumer.as_asgi(), "/", headers=[(b"authorization", b"Bearer ast_bad")]
+    )
+    communicator.scope["extensions"] = {"websocket.http.response": {}}
+    await communicator.send_input({"type": "websocket.connect"})
+    start = await communicator.receive_output(timeout=10)
+    body = await communicator.receive_output(timeout=10)
+    assert (start["type"], start["status"]) == ("websocket.http.response.start", 401)
+    assert json.loads(body["body"]) == {"error": "unauthorized"}
+    assert await sup.lease_owner(WORKSPACE) is None
+
+
+# --- relay: silent peers --------------------------------------------------------------------
+
+
+def plant_foreign_lease(channel: str) -> None:
+    """A lease held by a gateway process that is not this one (and is not really there)."""
+    client = gwredis.sync_client()
+    assert client is not None
+    now = time.time()
+    lease = LeaseInfo("elsewhere:1:dead", channel, pid=1, ws_url="ws://127.0.0.1:9", started_at=now, last_activity=now)
+    client.set(gwredis.key("appserver", WORKSPACE), lease.to_json(), px=60_000)
+
+
+async def test_a_tui_relayed_to_an_owner_that_never_answers_is_closed(sup, agentserver, monkeypatch):
+    monkeypatch.setattr(relay, "FIRST_CONTACT_LIMIT", 0.5)
+    monkeypatch.setattr(relay, "WATCH_TICK", 0.1)
+    layer = channel_layer()
+    plant_foreign_lease(await layer.new_channel())  # nobody reads this channel
+    communicator = WebsocketCommunicator(
+        TuiProxyConsumer.as_asgi(), "/", headers=[(b"authorization", f"Bearer {TOKEN}".encode())]
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    closed = await communicator.receive_output(timeout=10)
+    assert closed == {"type": "websocket.close", "code": 1011, "reason": "subprocess unavailable"}
+    await communicator.wait()
+
+
+async def test_the_owner_closes_a_relayed_leg_whose_tui_went_silent(sup, agentserver, monkeypatch):
+    monkeypatch.setattr(relay, "SILENCE_LIMIT", 1.0)
+    layer = channel_layer()
+    reply_to = await layer.new_channel()
+    await layer.send(
+        await sup.process_channel(),
+        {"type": relay.RELAY_OPEN, "conn": "c1", "reply_to": reply_to, "workspace_id": WORKSPACE},
+    )
+    seen = []
+    while relay.OPENED not in seen:
+        seen.append((await asyncio.wait_for(layer.receive(reply_to), 60))["type"])
+    assert seen[0] == relay.ALIVE  # acknowledged before the app-server was spawned
+    assert "c1" in relay._relays
+    # The TUI's side sends nothing more (its process died): the owner gives up on it.
+    assert await async_wait_for(lambda: "c1" not in relay._relays, 10)
+
+
+# --- relay: framing over the channel layer --------------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def deliver(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    async def close_tui(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+async def test_relayed_frames_keep_their_type_bytes_and_order(appgw):
+    layer = channel_layer()
+    tui_channel, owner_channel, inbox = [await layer.new_channel() for _ in range(3)]
+    sink = Sink()
+    client = relay.RelayClient("c2", tui_channel, WORKSPACE, owner_channel, sink)
+    big_binary = bytes(range(256)) * (LAYER_CHUNK_CHARS // 256 + 5)  # every byte value, two chunks
+    frames: list[Frame] = ['{"id":1,"method":"a"}', big_binary, "ü" * (LAYER_CHUNK_CHARS + 3), b""]
+    # Sent before the owner answered: held, then flushed in order.
+    await client.send(frames[0])
+    await client.on_opened({"inbox": inbox})
+    for frame in frames[1:]:
+        await client.send(frame)
+    received: list[Frame] = []
+    parts = Reassembler()
+    while len(received) < len(frames):
+        event = await layer.receive(inbox)
+        text = parts.add("c2", event)
+        if text is not None:
+            received.append(relay._from_layer(text, event))
+    assert received == frames
+    # And back: what the owner delivers comes out of the TUI's side the same.
+    owner = relay.RelayedConnection("c2", tui_channel, WORKSPACE)
+    for frame in frames:
+        await owner._deliver(frame)
+    while len(sink.frames) < len(frames):
+        await client.on_frame(await layer.receive(tui_channel))
+    assert sink.frames == frames
+    assert [type(frame) for frame in sink.frames] == [str, bytes, str, bytes]
+
+
+# --- admin -----------------------------------------------------------------------------------
+
+
+async def staff_client(*permissions: str) -> AsyncClient:
+    def make() -> User:
+        user = User.objects.create_user(f"op{time.monotonic_ns()}", password="x", is_staff=True)
+        for codename in permissions:
+            user.user_permissions.add(Permission.objects.get(codename=codename, content_type__app_label="appgateway"))
+        return user
+
+    client = AsyncClient()
+    await client.aforce_login(await database_sync_to_async(make)())
+    return client
+
+
+ADMIN_LIST = "/admin/appgateway/appserversession/"
+
+
+@pytest.fixture
+async def close_view_connections() -> Any:
+    """The test client runs views on the thread-sensitive executor and, in tests, leaves their
+    database connection open; close it there so the test database can be dropped."""
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+async def test_admin_lists_live_sessions_and_restarts_only_with_the_permission(sup, close_view_connections):
+    handle = await sup.ensure_app_server(WORKSPACE)
+
+    viewer = await staff_client("view_appserversession")
+    page = await viewer.get(ADMIN_LIST)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert WORKSPACE in html
+    assert str(handle.pid) in html
+    assert sup.PROCESS_ID in html
+    assert "Restart" not in html
+    refused = await viewer.post(f"{ADMIN_LIST}{WORKSPACE}/restart/")
+    assert refused.status_code == 403
+    assert (await sup.lease_owner(WORKSPACE)).pid == handle.pid
+
+    assert (await (await staff_client()).get(ADMIN_LIST)).status_code == 403
+
+    operator = await staff_client("view_appserversession", "restart_appserver")
+    assert "Restart" in (await operator.get(ADMIN_LIST)).content.decode()
+    assert (await operator.get(f"{ADMIN_LIST}{WORKSPACE}/restart/")).status_code == 405
+    restarted = await operator.post(f"{ADMIN_LIST}{WORKSPACE}/restart/")
+    assert restarted.status_code == 302
+    new_pid = (await sup.lease_owner(WORKSPACE)).pid
+    assert new_pid not in (0, handle.pid)
+
+    # Nothing is started for a workspace that is not running.
+    await operator.post(f"{ADMIN_LIST}ws-not-running/restart/")
+    assert await sup.lease_owner("ws-not-running") is None
