@@ -539,6 +539,7 @@ class TcpCutProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._stopped = False
+        self._rotation: list[tuple[str, int]] = []
 
     @classmethod
     def to_url(cls, url: str) -> TcpCutProxy:
@@ -573,6 +574,11 @@ class TcpCutProxy:
     def retarget(self, host: str, port: int) -> None:
         """New connections go to host:port; live ones keep their upstream until cut."""
         self.target = (host, port)
+        self._rotation = []
+
+    def round_robin(self, targets: list[tuple[str, int]]) -> None:
+        """New connections go to each of ``targets`` in turn, like a load balancer."""
+        self._rotation = list(targets)
 
     def cut(self, *, reset: bool = True, timeout: float = 5.0) -> int:
         """Abort every live proxied connection (both sides); returns how many were cut."""
@@ -602,6 +608,8 @@ class TcpCutProxy:
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections_total += 1
+        if self._rotation:
+            self.target = self._rotation[self.connections_total % len(self._rotation)]
         host, port = self.target
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
