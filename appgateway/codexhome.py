@@ -191,12 +191,12 @@ def render_config_toml(config: CodexConfig) -> str:
     return tomli_w.dumps(document)
 
 
-def config_from_settings(mcp_servers: Sequence[McpServer] = ()) -> CodexConfig:
+def config_from_settings(mcp_servers: Sequence[McpServer] = (), base_url: str | None = None) -> CodexConfig:
     return CodexConfig(
         model_provider=settings.CXG_MODEL_PROVIDER,
         model=settings.CXG_MODEL,
         provider_name=settings.CXG_MODEL_PROVIDER_NAME,
-        base_url=settings.CXG_MODEL_PROVIDER_BASE_URL,
+        base_url=base_url or settings.CXG_MODEL_PROVIDER_BASE_URL,
         env_key=settings.CXG_MODEL_PROVIDER_ENV_KEY,
         wire_api=settings.CXG_MODEL_PROVIDER_WIRE_API,
         trusted_paths=settings.CXG_PROJECT_TRUSTED_PATHS,

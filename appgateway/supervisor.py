@@ -145,6 +145,9 @@ class SpawnConfig:
 
     env: Mapping[str, str] = field(default_factory=dict)
     mcp_servers: Sequence[McpServer] = ()
+    # The model provider's base_url for this spawn (e.g. the gateway's credential-refreshing proxy);
+    # None keeps CXG_MODEL_PROVIDER_BASE_URL.
+    provider_base_url: str | None = None
 
 
 SpawnBuilder = Callable[[str], Awaitable[SpawnConfig]]
@@ -499,7 +502,7 @@ async def _spawn_child(workspace_id: str, home: Path, env: Mapping[str, str]) ->
 
 def _prepare_home(workspace_id: str, config: SpawnConfig) -> Path:
     """Fresh directory, the persisted archive, then a freshly rendered config.toml (blocking)."""
-    text = codexhome.render_config_toml(codexhome.config_from_settings(config.mcp_servers))
+    text = codexhome.render_config_toml(codexhome.config_from_settings(config.mcp_servers, config.provider_base_url))
     path = codexhome.home_path(workspace_id)
     # Only the lease holder gets here: whatever is left on disk is a dead child's; the archive is the truth.
     codexhome.remove_home(path)
