@@ -157,6 +157,8 @@ MessageHandler = process_rpc.MessageHandler
 _activity: dict[str, float] = {}
 _dirty: set[str] = set()
 _builder: SpawnBuilder | None = None
+StopHook = Callable[[str], Awaitable[None]]
+_stop_hooks: list[StopHook] = []
 
 
 # --- leases -----------------------------------------------------------------------------------
@@ -642,9 +644,24 @@ async def _release(state: _State, workspace_id: str) -> None:
         logger.exception("could not release the app-server lease", extra={"workspace_id": workspace_id})
 
 
+def add_stop_hook(hook: StopHook) -> None:
+    """Call ``hook(workspace_id)`` whenever this process's app-server for a workspace is gone
+    (stopped, crashed, or given up to another owner) — e.g. to revoke its spawn's tokens."""
+    _stop_hooks.append(hook)
+
+
+async def _stopped(workspace_id: str) -> None:
+    for hook in _stop_hooks:
+        try:
+            await hook(workspace_id)
+        except Exception:
+            logger.exception("app-server stop hook failed", extra={"workspace_id": workspace_id})
+
+
 async def _bury(workspace_id: str, child: _Child) -> None:
     """A child that died on its own: save what it left (best effort), then clear its directory."""
     await asyncio.gather(*child.drains, return_exceptions=True)
+    await _stopped(workspace_id)
     logger.warning(
         "app-server exited unexpectedly",
         extra={"workspace_id": workspace_id, "pid": child.handle.pid, "returncode": child.process.returncode},
@@ -664,6 +681,7 @@ async def _abandon(state: _State, workspace_id: str) -> None:
         if child is not None:
             await _stop_process(child.process, settings.CXG_APP_SERVER_STOP_GRACE)
             await asyncio.gather(*child.drains, return_exceptions=True)
+            await _stopped(workspace_id)
 
 
 async def _shutdown_locked(state: _State, workspace_id: str, reason: str) -> None:
@@ -673,6 +691,7 @@ async def _shutdown_locked(state: _State, workspace_id: str, reason: str) -> Non
     logger.info("stopping app-server", extra={"workspace_id": workspace_id, "reason": reason, "pid": child.handle.pid})
     await _stop_process(child.process, settings.CXG_APP_SERVER_STOP_GRACE)
     await asyncio.gather(*child.drains, return_exceptions=True)
+    await _stopped(workspace_id)
     _activity.pop(workspace_id, None)
     try:
         if await _still_ours(state, workspace_id):

@@ -13,6 +13,7 @@ from django.core.asgi import get_asgi_application
 
 django_http = get_asgi_application()
 
+from appgateway.model_proxy import with_model_proxy  # noqa: E402
 from bridge.relay_views import ASGIApp, with_relay  # noqa: E402
 from codexgw.periodic import start_in_process_beat  # noqa: E402
 from codexgw.routing import websocket_urlpatterns  # noqa: E402
@@ -23,6 +24,9 @@ http_app: ASGIApp = ASGIStaticFilesHandler(django_http)
 if "exec" in settings.CODEXGW_ROLES:
     # /relay/ streams request and response bodies, which Django's handler cannot: see the module.
     http_app = with_relay(http_app)
+if "app" in settings.CODEXGW_ROLES:
+    # The app-servers' model calls stream through the credential-swapping proxy (appgateway/model_proxy.py).
+    http_app = with_model_proxy(http_app)
 
 application = ProtocolTypeRouter(
     {

@@ -74,6 +74,8 @@ CXG_RELAY_BUFFERED_CHUNKS = env_int("CXG_RELAY_BUFFERED_CHUNKS", 8, minimum=1, m
 CXG_REVOKED_SET_CAPACITY = env_int("CXG_REVOKED_SET_CAPACITY", 10_000, minimum=1)
 CXG_REVOKED_PRUNE_INTERVAL = env_duration("CXG_REVOKED_PRUNE_INTERVAL", 60.0, minimum=1.0)
 CXG_SIGV4_MAX_SKEW = env_duration("CXG_SIGV4_MAX_SKEW", 300.0, minimum=1.0)
+# Lifetime of the capability token minted per app-server spawn for its env-mcp.
+CXG_CAPTOKEN_TTL = env_duration("CXG_CAPTOKEN_TTL", 24 * 3600.0, minimum=1.0)
 CXG_WS_TICKET_TTL = env_duration("CXG_WS_TICKET_TTL", 300.0, minimum=1.0)
 CXG_PRESENCE_TTL = env_duration("CXG_PRESENCE_TTL", 90.0, minimum=5.0)
 CXG_BRIDGE_RESUME_WINDOW = env_duration("CXG_BRIDGE_RESUME_WINDOW", 80.0, minimum=0.5)
@@ -93,6 +95,7 @@ CXG_IDLE_SHUTDOWN = env_duration("CXG_IDLE_SHUTDOWN", 1800.0, minimum=0.1)
 CXG_APP_SERVER_STOP_GRACE = env_duration("CXG_APP_SERVER_STOP_GRACE", 10.0, minimum=0.0)
 CXG_APP_SERVER_LEASE_TTL = env_duration("CXG_APP_SERVER_LEASE_TTL", 15.0, minimum=0.3)
 CXG_CHECKPOINT_INTERVAL = env_duration("CXG_CHECKPOINT_INTERVAL", 300.0, minimum=1.0)
+CXG_MODEL_TOKEN_REFRESH_INTERVAL = env_duration("CXG_MODEL_TOKEN_REFRESH_INTERVAL", 60.0, minimum=1.0)
 CXG_MODEL_PROVIDER = env_str("CXG_MODEL_PROVIDER", "modelserver")
 CXG_MODEL = env_str("CXG_MODEL", "gpt-5.5")
 CXG_MODEL_PROVIDER_NAME = env_str("CXG_MODEL_PROVIDER_NAME", CXG_MODEL_PROVIDER)
@@ -105,6 +108,8 @@ CXG_APPROVAL_POLICY = env_choice("CXG_APPROVAL_POLICY", "never", {"untrusted", "
 CXG_SANDBOX_MODE = env_choice("CXG_SANDBOX_MODE", "read-only", {"read-only", "workspace-write", "danger-full-access"})
 # The TUI proxy answers the app-server's approval requests itself ("accept") or lets the TUI answer ("forward").
 CXG_APPROVAL_MODE = env_choice("CXG_APPROVAL_MODE", "accept", {"accept", "forward"})
+# /api/turns: a workspace's broker connection is closed after this long without a frame.
+CXG_BROKER_POOL_IDLE_TTL = env_duration("CXG_BROKER_POOL_IDLE_TTL", 1800.0, minimum=0.1)
 CXG_S3_BUCKET = env_str("CXG_S3_BUCKET")
 CXG_S3_ENDPOINT = env_str("CXG_S3_ENDPOINT")
 if CXG_S3_ENDPOINT and not CXG_S3_ENDPOINT.startswith(("http://", "https://")):
@@ -262,6 +267,7 @@ CELERY_TASK_IGNORE_RESULT = True
 # Without a broker the tasks run in the calling process; the ASGI app then drives the beat
 # schedule on an in-process timer (codexgw/periodic.py).
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+CELERY_IMPORTS = ("appgateway.credential_tasks",)  # autodiscovery only finds <app>.tasks
 CELERY_BEAT_SCHEDULE = {
     "prune-revoked-set": {
         "task": "executors.tasks.prune_revoked_set",
@@ -270,6 +276,10 @@ CELERY_BEAT_SCHEDULE = {
     "checkpoint-codex-homes": {
         "task": "appgateway.tasks.checkpoint_codex_homes",
         "schedule": CXG_CHECKPOINT_INTERVAL,
+    },
+    "refresh-model-tokens": {
+        "task": "appgateway.credential_tasks.refresh_model_tokens",
+        "schedule": CXG_MODEL_TOKEN_REFRESH_INTERVAL,
     },
 }
 

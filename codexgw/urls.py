@@ -15,3 +15,5 @@ if "exec" in settings.CODEXGW_ROLES:
     urlpatterns.append(path("", include("executors.urls")))
     urlpatterns.append(path("", include("bridge.urls")))
     urlpatterns.append(path("", include("sdk.urls")))
+if "app" in settings.CODEXGW_ROLES:
+    urlpatterns.append(path("", include("appgateway.urls")))

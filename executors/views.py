@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -13,9 +14,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from codexgw.api_errors import error_response
-from executors import serializers, services
-from executors.api_auth import AgentserverSecret, SharedSecretBearer
-from executors.revocation import revoke_turn
+from executors import captoken, serializers, services
+from executors.api_auth import AgentserverSecret, SharedSecretBearer, Unauthorized, bearer_token
+from executors.revocation import revoke_turn, revoked_set
 
 REVOKE_DEFAULT_TTL = 3600
 ERRORS = {400: serializers.ErrorResponse, 401: serializers.ErrorResponse, 503: serializers.ErrorResponse}
@@ -96,8 +97,27 @@ class WorkspaceExecutorDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class SharedSecretOrCapToken(SharedSecretBearer):
+    """The shared secret, or a capability token (env-mcp runs inside a codex child and must not
+    hold the cluster secret). A token is verified, refused once its turn is revoked, and left in
+    ``request.auth``: it pins the request to its own workspace."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        presented = bearer_token(request) or ""
+        if presented.count(".") != 2 or not settings.CXG_CAPTOKEN_HMAC_SECRET:
+            return super().has_permission(request, view)
+        try:
+            token = captoken.verify(presented, settings.CXG_CAPTOKEN_HMAC_SECRET)
+        except captoken.CapTokenError as error:
+            raise Unauthorized(str(error)) from None
+        if revoked_set().contains(token.turn_id):
+            raise Unauthorized("turn revoked")
+        request.auth = token
+        return True
+
+
 class ConnectedView(APIView):
-    permission_classes = [SharedSecretBearer]
+    permission_classes = [SharedSecretOrCapToken]
 
     @extend_schema(
         operation_id="exec_gateway_connected",
@@ -106,9 +126,15 @@ class ConnectedView(APIView):
     )
     def get(self, request: Request) -> Response:
         workspace_id = request.query_params.get("workspace_id", "").strip()
+        token = request.auth if isinstance(request.auth, captoken.CapPayload) else None
+        if token is not None:
+            if workspace_id and workspace_id != token.workspace_id:
+                return error_response("token is for another workspace", status.HTTP_403_FORBIDDEN)
+            workspace_id = token.workspace_id
         if not workspace_id:
             return error_response("workspace_id required", status.HTTP_400_BAD_REQUEST)
-        return Response(services.list_bindings(workspace_id, online_only=True))
+        bindings = services.list_bindings(workspace_id, online_only=True)
+        return Response([b for b in bindings if token is None or token.allows_exe_id(b["exe_id"])])
 
 
 class RevokeTurnView(APIView):

@@ -1,0 +1,104 @@
+"""The supervisor's spawn builder: what each workspace app-server gets besides the defaults.
+
+* Model calls: ``appgateway.model_credentials.spawn_settings`` (env and provider base_url).
+* env-mcp, as ``[mcp_servers.agentserver]``: ``manage.py envmcp`` run with the gateway's own
+  Python, pointed at this process's exec-gateway routes, with a capability token minted for
+  this spawn (turn id ``trn_<random>``, workspace-wide, no user, ``CXG_CAPTOKEN_TTL``) passed in
+  its environment only, never in argv. It runs on ``appgateway.envmcp_settings``, so it needs no
+  gateway secret, database or Redis.
+
+Each spawn's turn id is remembered per workspace, and the next spawn of that workspace in this
+process (a restart or a crash respawn) revokes it; revocation through the exec gateway also
+closes the bridges the old env-mcp still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from appgateway import model_credentials
+from appgateway.codexhome import McpServer
+from appgateway.supervisor import SpawnConfig, add_stop_hook, set_spawn_builder
+from codexgw import runtime
+from executors import captoken
+from executors.revocation import revoke_turn
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "agentserver"
+TOKEN_ENV = "CXG_WORKSPACE_TOKEN"  # noqa: S105 - the variable's name, not a secret
+SETTINGS_MODULE = "appgateway.envmcp_settings"
+MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
+
+
+@dataclass(frozen=True)
+class SpawnTurn:
+    turn_id: str
+    exp: int
+
+
+_turns: dict[str, SpawnTurn] = {}  # workspace_id → the turn of its latest spawn in this process
+
+
+def mint_turn(workspace_id: str, now: float | None = None) -> tuple[SpawnTurn, str]:
+    """A new spawn turn for the workspace and its capability token."""
+    issued = time.time() if now is None else now
+    ttl = settings.CXG_CAPTOKEN_TTL
+    turn = SpawnTurn(turn_id=f"trn_{secrets.token_hex(8)}", exp=int(issued) + int(ttl))
+    token = captoken.mint(
+        settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id=turn.turn_id, workspace_id=workspace_id, ttl=ttl, now=issued
+    )
+    return turn, token
+
+
+def env_mcp_server(workspace_id: str, token: str, exec_gateway_url: str) -> McpServer:
+    env = {TOKEN_ENV: token, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "CXG_LOG_LEVEL": settings.LOG_LEVEL}
+    args = [
+        str(MANAGE_PY),
+        "envmcp",
+        "--workspace-id",
+        workspace_id,
+        "--exec-gateway-url",
+        exec_gateway_url,
+        "--token-env",
+        TOKEN_ENV,
+    ]
+    return McpServer(name=SERVER_NAME, command=sys.executable, args=args, env=env)
+
+
+async def revoke(workspace_id: str) -> None:
+    """Revoke the workspace's latest spawn turn, if this process minted one."""
+    turn = _turns.pop(workspace_id, None)
+    if turn is not None:
+        await sync_to_async(revoke_turn, thread_sensitive=False)(turn.turn_id, turn.exp)
+        logger.info("revoked the previous spawn's turn", extra={"workspace_id": workspace_id, "turn_id": turn.turn_id})
+
+
+async def build(workspace_id: str) -> SpawnConfig:
+    model = await model_credentials.spawn_settings(workspace_id)
+    await revoke(workspace_id)
+    try:
+        exec_gateway_url = runtime.self_ws_base_url()
+    except RuntimeError:
+        # Only a process that serves (manage.py serve) has bridges for env-mcp to dial; a script
+        # driving the supervisor gets an app-server without executor tools.
+        logger.warning("spawning without env-mcp: this process serves no routes", extra={"workspace_id": workspace_id})
+        return SpawnConfig(env=model.env, provider_base_url=model.provider_base_url)
+    turn, token = mint_turn(workspace_id)
+    _turns[workspace_id] = turn
+    server = env_mcp_server(workspace_id, token, exec_gateway_url)
+    return SpawnConfig(env=model.env, mcp_servers=[server], provider_base_url=model.provider_base_url)
+
+
+def install() -> None:
+    set_spawn_builder(build)
+    # The spawn's env-mcp token dies with its app-server, however that ends.
+    add_stop_hook(revoke)

@@ -1,0 +1,86 @@
+"""Result rows and the Markdown table the run prints (pasted as is into docs/performance.md)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 2,000 samples is the 1,980th)."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Row:
+    """One measurement for (a) direct, (b) gateway with bridge and executor in one process and
+    (c) in two processes; ratios b/a and c/a are computed from the same run."""
+
+    what: str
+    unit: str
+    values: Sequence[float | None]  # (a), (b), (c)
+    note: str = ""
+
+    @property
+    def a(self) -> float | None:
+        return self.values[0]
+
+    def ratio(self, value: float | None) -> str:
+        if value is None or not self.a:
+            return ""
+        return f"{value / self.a:.2f}"
+
+
+@dataclass
+class Fact:
+    """A measurement with no direct counterpart (connection scale, relay)."""
+
+    what: str
+    value: str
+    note: str = ""
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def comparison_table(rows: list[Row]) -> str:
+    header = (
+        "| measurement | unit | (a) direct | (b) gateway, 1 process | (c) gateway, 2 processes | b/a | c/a | note |"
+    )
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        a, b, c = row.values
+        cells = [row.what, row.unit, _fmt(a), _fmt(b), _fmt(c), row.ratio(b), row.ratio(c)]
+        lines.append("| " + " | ".join([*cells, row.note]) + " |")
+    return "\n".join(lines)
+
+
+def facts_table(facts: list[Fact]) -> str:
+    lines = ["| measurement | value | note |", "|---|---:|---|"]
+    lines.extend(f"| {fact.what} | {fact.value} | {fact.note} |" for fact in facts)
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        total_kib = int(meminfo.readline().split()[1])
+    return f"{os.cpu_count()} CPUs ({model}), {total_kib / 1024 / 1024:.1f} GiB RAM, Linux {platform.release()}"

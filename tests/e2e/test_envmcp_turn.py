@@ -1,0 +1,168 @@
+"""A model turn whose tool call runs on an executor: TUI client → gateway ``/`` → the workspace's
+real ``codex app-server`` (spawned by the supervisor with the spawn builder's env-mcp block) →
+env-mcp (``manage.py envmcp``, started by codex) → the gateway's ``/bridge`` → a real
+``codex exec-server`` bound to the workspace. The model is the fake Responses server, the token
+verifier the fake agentserver."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from tests.appgateway.fake_model import FakeModel, FunctionCall, Reply
+from tests.e2e.conftest import BoundExecutor
+from tests.e2e.harness import GatewayCluster, RpcClient, http_json
+from tests.fake_agentserver import FakeAgentserver
+
+pytestmark = pytest.mark.e2e
+
+WORKSPACE = "ws-envmcp-turn"
+TOKEN = "ast_envmcp_e2e"
+MODEL_KEY_NAME = "CXG_TEST_MODEL_KEY"
+
+
+@pytest.fixture
+def fake_model() -> Iterator[FakeModel]:
+    with FakeModel(default_text="unexpected extra request") as model:
+        yield model
+
+
+@pytest.fixture
+def agentserver() -> Iterator[FakeAgentserver]:
+    with FakeAgentserver(settings.CXG_AGENTSERVER_INTERNAL_SECRET) as fake:
+        fake.add_token(TOKEN, user_id="user-envmcp", workspace_id=WORKSPACE)
+        yield fake
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path,
+    codex_bin: Path,
+    fake_model: FakeModel,
+    agentserver: FakeAgentserver,
+    start_gateway_cluster: Callable[..., GatewayCluster],
+) -> GatewayCluster:
+    (tmp_path / "work").mkdir()
+    env = {
+        "CODEXGW_ROLES": "exec,app",
+        "CODEXGW_DATA_DIR": str(tmp_path / "data"),
+        "CXG_CODEX_BIN": str(codex_bin),
+        "CXG_TMP_ROOT": str(tmp_path / "homes"),
+        "CXG_MODEL_PROVIDER": "fake",
+        "CXG_MODEL_PROVIDER_NAME": "Fake",
+        "CXG_MODEL": fake_model.model,
+        "CXG_MODEL_PROVIDER_BASE_URL": fake_model.base_url,
+        "CXG_MODEL_PROVIDER_ENV_KEY": MODEL_KEY_NAME,
+        "CXG_CODEX_API_KEY": "sk-fake",
+        "CXG_PROJECT_TRUSTED_PATHS": str(tmp_path / "work"),
+        "CXG_AGENTSERVER_INTERNAL_URL": agentserver.base_url,
+        "CODEXGW_LOG_FORMAT": "text",
+    }
+    return start_gateway_cluster(2, env)
+
+
+@pytest.fixture
+def box(cluster: GatewayCluster, bound_executors: Callable[..., BoundExecutor]) -> BoundExecutor:
+    """The executor, attached to process 0; the TUI uses process 1 (which then owns the
+    app-server), so env-mcp's bridge crosses processes."""
+    return bound_executors(WORKSPACE, "box", 0, cluster=cluster)
+
+
+async def mcp_startup(client: RpcClient, thread_id: str) -> dict[str, Any]:
+    """The agentserver MCP server's final startup status for the thread (ready or failed)."""
+    while True:
+        update = await client.next_notification("mcpServer/startupStatus/updated", timeout=60)
+        params: dict[str, Any] = update["params"]
+        if params["threadId"] == thread_id and params["name"] == "agentserver" and params["status"] != "starting":
+            return params
+
+
+def completed_items(client: RpcClient, thread_id: str, item_type: str) -> list[dict[str, Any]]:
+    return [
+        frame["params"]["item"]
+        for frame in client.frames
+        if isinstance(frame, dict)
+        and frame.get("method") == "item/completed"
+        and frame["params"]["threadId"] == thread_id
+        and frame["params"]["item"]["type"] == item_type
+    ]
+
+
+async def test_a_model_tool_call_runs_on_the_workspace_executor(
+    cluster: GatewayCluster, box: BoundExecutor, fake_model: FakeModel, tmp_path: Path
+):
+    marker = f"marker-{secrets.token_hex(6)}"
+    shell = {"environment_id": "box", "command": ["sh", "-c", f"uname -a; echo {marker}"]}
+    fake_model.script(FunctionCall("shell", shell, namespace="mcp__agentserver"), Reply("ran it on box"))
+
+    client = await RpcClient.connect(cluster[1].ws_base_url + "/", {"Authorization": f"Bearer {TOKEN}"})
+    try:
+        await client.call_result(
+            "initialize", {"clientInfo": {"name": "codex-tui", "version": "0.169.0"}, "capabilities": {}}, timeout=60
+        )
+        await client.notify("initialized")
+        started = await client.call_result("thread/start", {"cwd": str(tmp_path / "work")}, timeout=60)
+        thread_id = started["thread"]["id"]
+        # codex starts a thread's MCP servers in the background and does not hold a turn for them.
+        status = await mcp_startup(client, thread_id)
+        assert status["status"] == "ready", f"{status}\n{cluster.log()}"
+        await client.call_result(
+            "turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "where am I?"}]}, timeout=30
+        )
+        while True:
+            done = await client.next_notification("turn/completed", timeout=120)
+            if done["params"]["threadId"] == thread_id:
+                break
+    finally:
+        await client.close()
+
+    assert done["params"]["turn"]["status"] == "completed", cluster.log()
+    # codex offered env-mcp's tools to the model under the server's namespace.
+    first_request = fake_model.responses_requests()[0].body
+    namespaces = {tool.get("name"): tool for tool in first_request["tools"] if tool.get("type") == "namespace"}
+    assert "shell" in [tool["name"] for tool in namespaces["mcp__agentserver"]["tools"]]
+    # The MCP tool call ran on the executor: its output carries the marker and uname's line.
+    (call,) = completed_items(client, thread_id, "mcpToolCall")
+    assert call["server"] == "agentserver"
+    assert call["tool"] == "shell"
+    assert call["arguments"] == shell
+    assert call["status"] == "completed", call
+    text = call["result"]["content"][0]["text"]
+    assert marker in text, call
+    assert call["result"]["structuredContent"]["stdout"].startswith("Linux ")
+    assert call["result"]["structuredContent"]["stdout"].endswith(f"{marker}\n")
+    # The model saw the output, and the turn ended with its final message.
+    output = fake_model.responses_requests()[1].body["input"][-1]
+    assert output["type"] == "function_call_output"
+    assert marker in json.dumps(output["output"])
+    assert [item["text"] for item in completed_items(client, thread_id, "agentMessage")] == ["ran it on box"]
+
+
+def test_the_same_turn_through_the_turns_api(cluster: GatewayCluster, box: BoundExecutor, fake_model: FakeModel):
+    """POST /api/turns on the process that does not hold the executor: the broker starts the
+    thread, waits for env-mcp to be up, and returns the turn with every item it produced."""
+    marker = f"marker-{secrets.token_hex(6)}"
+    shell = {"environment_id": "box", "command": ["sh", "-c", f"uname -a; echo {marker}"]}
+    fake_model.script(FunctionCall("shell", shell, namespace="mcp__agentserver"), Reply("ran it on box"))
+    status, body = http_json(
+        "POST",
+        f"{cluster[1].base_url}/api/turns",
+        {"workspaceId": WORKSPACE, "params": {"input": [{"type": "text", "text": "where am I?"}]}, "timeoutMs": 120000},
+        headers={"X-Internal-Secret": settings.CXG_AGENTSERVER_INTERNAL_SECRET},
+        timeout=180,
+    )
+    assert status == 200, body
+    assert "transport" not in body, f"{body}\n{cluster.log()}"
+    turn = body["turn"]
+    assert turn["status"] == "completed"
+    (call,) = [item for item in turn["items"] if item["type"] == "mcpToolCall"]
+    assert (call["server"], call["tool"], call["status"]) == ("agentserver", "shell", "completed")
+    assert marker in call["result"]["content"][0]["text"]
+    assert call["result"]["structuredContent"]["stdout"].startswith("Linux ")
+    assert [item["text"] for item in turn["items"] if item["type"] == "agentMessage"] == ["ran it on box"]
