@@ -8,6 +8,7 @@ the caller acts on (ASGI WebSocket denial response; see ``codexgw.daphne_server`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from bridge import session as sessions
-from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
+from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
 from bridge.protocol import CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
 from executors import services
@@ -172,6 +173,7 @@ class BridgeConsumer(GatewayConsumer):
     local: sessions.ExecutorSession | None = None
     inbox = ""
     group = ""
+    link: LayerLink | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         grant = await database_sync_to_async(authorize_bridge)(self.exe_id, self.headers())
@@ -193,18 +195,27 @@ class BridgeConsumer(GatewayConsumer):
                 self.inbox,
                 {"type": "mux.bridge_open", "conn": self.conn_id, "reply_to": self.channel_name},
             )
+            # Frames to the session: ordered, batched while a send is in flight.
+            self.link = LayerLink(
+                self.channel_layer,
+                self.inbox,
+                "mux.bridge_frame",
+                extra={"conn": self.conn_id},
+                on_stuck=self._session_stuck,
+            )
+
+    async def _session_stuck(self) -> None:
+        sessions.drop("executor_session_channel_full", exe_id=self.exe_id, connection_id=self.conn_id)
+        await self.close(code=CLOSE_TRY_AGAIN)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # exec-server accepts JSON in binary frames too; the multiplexer sees text either way.
         text = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
         if self.local is not None:
             await self.local.put(sessions.BridgeFrame(self.conn_id, text))
-        elif self.inbox:
-            try:
-                await send_text(self.channel_layer, self.inbox, "mux.bridge_frame", text, conn=self.conn_id)
-            except ReceiverStuck:
-                sessions.drop("executor_session_channel_full", exe_id=self.exe_id, connection_id=self.conn_id)
-                await self.close(code=CLOSE_TRY_AGAIN)
+        elif self.link is not None:
+            with contextlib.suppress(ReceiverStuck):  # the link's on_stuck closes this bridge with 1013
+                await self.link.send(text)
 
     async def disconnect(self, code: int) -> None:
         if not self.conn_id:
@@ -213,18 +224,18 @@ class BridgeConsumer(GatewayConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.local is not None:
             await self.local.put(sessions.BridgeClosed(self.conn_id))
-        elif self.inbox:
-            try:
-                await send_with_backpressure(
-                    self.channel_layer, self.inbox, {"type": "mux.bridge_closed", "conn": self.conn_id}
-                )
-            except ReceiverStuck:
-                sessions.drop("bridge_close_not_delivered", exe_id=self.exe_id)
+        elif self.link is not None:
+            # After this bridge's queued frames, in order; the link's pump sends it.
+            exe_id = self.exe_id
+            self.link.finish(
+                {"type": "mux.bridge_closed", "conn": self.conn_id},
+                on_final_lost=lambda: sessions.drop("bridge_close_not_delivered", exe_id=exe_id),
+            )
 
     # Messages from the multiplexer in another process.
     async def bridge_frame(self, event: dict[str, Any]) -> None:
-        text = self._parts.add("mux", event)
-        if text is not None:
+        # One text, a part of a split one, or a batch (``texts``), delivered in order.
+        for text in self._parts.add_all("mux", event):
             await self.send(text_data=text)
 
     async def bridge_close(self, event: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ ever touched by that task. A full queue makes producers wait: backpressure, not 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import Counter
@@ -22,7 +21,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from bridge import exec_session_store
-from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
+from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck
 from bridge.multiplexer import (
     Action,
     CloseBridge,
@@ -96,7 +95,15 @@ class Evict:
     connection_id: str
 
 
-Event = ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict
+@dataclass(frozen=True)
+class BridgeStuck:
+    """The layer link to a bridge in another process gave up on its full channel."""
+
+    conn_id: str
+    link: LayerLink
+
+
+Event = ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict | BridgeStuck
 
 _sessions: dict[str, ExecutorSession] = {}
 _by_inbox: dict[str, ExecutorSession] = {}
@@ -145,7 +152,7 @@ class ExecutorSession:
         self.executor: ExecutorLink | None = None
         self.finished = False
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._remote: dict[str, str] = {}
+        self._remote: dict[str, LayerLink] = {}
         self._local: dict[str, LocalBridge] = {}
         self._parts = Reassembler()
         self._tasks: list[asyncio.Task[None]] = []
@@ -209,14 +216,20 @@ class ExecutorSession:
             if event.local is not None:
                 self._local[event.conn_id] = event.local
             elif event.reply_to is not None:
-                self._remote[event.conn_id] = event.reply_to
+                self._remote[event.conn_id] = self._link(event.conn_id, event.reply_to)
             return self.mux.bridge_attached(event.conn_id)
         if isinstance(event, BridgeClosed):
             self._local.pop(event.conn_id, None)
-            self._remote.pop(event.conn_id, None)
+            link = self._remote.pop(event.conn_id, None)
+            unsent = link.abandon() if link is not None else 0
             lost = self._parts.forget(event.conn_id)
             actions = [Dropped("partial_frame_of_departed_bridge")] * lost
+            actions += [Dropped("bridge_gone_before_send")] * unsent
             return actions + self.mux.bridge_detached(event.conn_id)
+        if isinstance(event, BridgeStuck):
+            if self._remote.get(event.conn_id) is not event.link:
+                return []  # already closed (or already given up on from _to_bridge)
+            return await self._give_up_on(event.conn_id)
         if self.executor is not None and self.executor.connection_id == event.connection_id:
             return self.mux.evicted("a newer connection for this executor took over in another gateway process")
         return []
@@ -247,28 +260,42 @@ class ExecutorSession:
         if local is not None:
             await local.deliver(text)
             return
-        channel = self._remote.get(conn_id)
-        if channel is None:
+        link = self._remote.get(conn_id)
+        if link is None:
             drop("bridge_gone_before_send", exe_id=self.exe_id)
             return
         try:
-            await send_text(self.layer, channel, "bridge.frame", text)
+            # Queued on the link (waits only while its outbox is full); the link's pump batches
+            # what queues up while a layer send is in flight.
+            await link.send(text)
         except ReceiverStuck:
-            drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
-            await self._close_bridge(conn_id, CLOSE_TRY_AGAIN, "bridge could not keep up")
-            await self._perform(self.mux.bridge_detached(conn_id))
+            if self._remote.get(conn_id) is link:
+                await self._perform(await self._give_up_on(conn_id))
+
+    def _link(self, conn_id: str, channel: str) -> LayerLink:
+        link: LayerLink
+
+        async def on_stuck() -> None:
+            await self.put(BridgeStuck(conn_id, link))
+
+        link = LayerLink(self.layer, channel, "bridge.frame", on_stuck=on_stuck)
+        return link
+
+    async def _give_up_on(self, conn_id: str) -> list[Action]:
+        """A remote bridge's channel stayed full: close it with 1013 and detach it."""
+        drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
+        await self._close_bridge(conn_id, CLOSE_TRY_AGAIN, "bridge could not keep up")
+        return self.mux.bridge_detached(conn_id)
 
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
         local = self._local.pop(conn_id, None)
         if local is not None:
             await local.close_from_gateway(code, reason)
             return
-        channel = self._remote.pop(conn_id, None)
-        if channel is not None:
-            with contextlib.suppress(ReceiverStuck):
-                await send_with_backpressure(
-                    self.layer, channel, {"type": "bridge.close", "code": code, "reason": reason}
-                )
+        link = self._remote.pop(conn_id, None)
+        if link is not None:
+            # After the link's queued frames, in order; does not wait for them.
+            link.finish({"type": "bridge.close", "code": code, "reason": reason})
 
     # --- bridges in other processes ---------------------------------------------------------
 
@@ -278,8 +305,7 @@ class ExecutorSession:
             kind = message.get("type")
             conn_id = str(message.get("conn", ""))
             if kind == "mux.bridge_frame":
-                text = self._parts.add(conn_id, message)
-                if text is not None:
+                for text in self._parts.add_all(conn_id, message):
                     await self.put(BridgeFrame(conn_id, text))
             elif kind == "mux.bridge_open":
                 await self.put(BridgeOpen(conn_id, str(message["reply_to"])))
