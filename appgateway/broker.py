@@ -195,10 +195,10 @@ class _Completed:
     at: float
 
 
-# codex 0.169.0 starts a thread's MCP servers (env-mcp: the executor tools) after thread/start
-# and does not hold a turn for them: a turn started earlier runs without the tools. Before a
-# thread's first turn on a connection, wait for its servers to leave "starting" (at most
-# MCP_SETTLE seconds); a thread that reports no server within MCP_QUIET seconds has none.
+# codex 0.169.0 starts a new thread's MCP servers (env-mcp: the executor tools) after thread/start
+# and does not hold a turn for them: a turn started earlier may run without the tools. Before the
+# first turn of a thread this connection started, wait for its servers to leave "starting" (at
+# most MCP_SETTLE seconds); a thread that reports no server within MCP_QUIET seconds has none.
 MCP_SETTLE = 20.0
 MCP_QUIET = 1.0
 
@@ -220,7 +220,7 @@ class Conn:
         self._attaching: dict[str, asyncio.Lock] = {}
         self._mcp: dict[str, dict[str, str]] = {}  # thread -> MCP server -> startup status
         self._mcp_changed = asyncio.Event()
-        self._mcp_settled: set[str] = set()
+        self._mcp_unsettled: set[str] = set()  # threads started here whose MCP servers may be starting
 
     @classmethod
     async def dial(cls, workspace_id: str) -> Conn:
@@ -256,7 +256,7 @@ class Conn:
 
     @property
     def busy(self) -> bool:
-        return bool(self._responses or self._turns)
+        return bool(self._responses or self._turns or self._mcp_unsettled)
 
     # sending
 
@@ -300,6 +300,7 @@ class Conn:
         if not isinstance(thread_id, str) or not thread_id:
             raise WsDisconnect(f"thread/start answered without a thread id: {result!r}")
         self._attached.add(thread_id)  # resuming it here would fail: "no rollout found"
+        self._mcp_unsettled.add(thread_id)
         return thread_id
 
     async def _attach(self, thread_id: str) -> None:
@@ -330,7 +331,7 @@ class Conn:
         return {**turn, "items": self._items.pop(turn_id, [])}
 
     async def _mcp_servers_started(self, thread_id: str) -> None:
-        if thread_id in self._mcp_settled:
+        if thread_id not in self._mcp_unsettled:
             return
         loop = asyncio.get_running_loop()
         quiet_until, settle_until = loop.time() + MCP_QUIET, loop.time() + MCP_SETTLE
@@ -346,7 +347,7 @@ class Conn:
             until = settle_until if statuses else quiet_until
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._mcp_changed.wait(), max(0.01, until - loop.time()))
-        self._mcp_settled.add(thread_id)
+        self._mcp_unsettled.discard(thread_id)
 
     async def _completion(self, turn_id: str) -> dict[str, Any]:
         buffered = self._unclaimed.pop(turn_id, None)

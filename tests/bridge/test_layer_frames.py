@@ -199,3 +199,13 @@ def test_reassembler_add_all_handles_batches_single_texts_and_parts():
     assert reassembler.add_all("s", {"text": "c"}) == ["c"]
     assert reassembler.add_all("s", {"text": "d", "msg": 1, "part": 0, "parts": 2}) == []
     assert reassembler.add_all("s", {"text": "e", "msg": 1, "part": 1, "parts": 2}) == ["de"]
+
+
+def test_frames_orjson_cannot_handle_still_round_trip():
+    from bridge.session import _encode, _parse
+
+    huge = '{"id":1,"result":{"size":123456789012345678901234567890}}'
+    assert _parse(huge) == {"id": 1, "result": {"size": 123456789012345678901234567890}}
+    assert _parse(_encode(_parse(huge))) == _parse(huge)
+    assert _parse("{not json") is None
+    assert _parse(_encode({"text": "é€😀", "n": 1})) == {"text": "é€😀", "n": 1}
