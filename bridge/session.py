@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -328,19 +327,16 @@ class ExecutorSession:
         _by_inbox.pop(self.inbox, None)
 
 
-# Every frame through the multiplexer is decoded and re-encoded (ids and handles are rewritten);
-# orjson does that several times faster than the standard library, which matters for whole-file
-# fs/readFile results. orjson reads integers beyond 64 bits as floats, silently: a frame with a
-# run of 20+ digits (rare; base64 data almost never has one) takes the exact standard library.
-_LONG_NUMBER = re.compile(r"\d{20}")
+# Every frame through the multiplexer is decoded and re-encoded (ids and handles are rewritten).
+# Measured on an 8 MiB fs/readFile result: the standard library decodes as fast as orjson (and
+# keeps integers beyond 64 bits exact), but orjson encodes 3x faster; integers it cannot encode
+# fall back to the standard library.
 
 
 def _parse(text: str) -> Any:
     try:
-        if _LONG_NUMBER.search(text) is None:
-            return orjson.loads(text)
         return json.loads(text)
-    except ValueError:  # orjson.JSONDecodeError is a ValueError too
+    except ValueError:
         return None
 
 
