@@ -30,7 +30,7 @@ VERIFY_PATH: Final = "/api/internal/codex/tokens/verify"
 VERIFY_TIMEOUT = 5.0
 CACHE_TTL = 30.0
 CACHE_MAX_ENTRIES = 10_000
-_BODY_LOG_LIMIT = 1024
+BODY_LOG_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,31 @@ def _identity(response: httpx.Response) -> Identity:
         data = response.json()
         user_id, workspace_id = data["user_id"], data["workspace_id"]
     except (ValueError, TypeError, KeyError) as exc:
-        raise VerifierUnavailable(f"undecodable verify response: {response.text[:_BODY_LOG_LIMIT]!r}") from exc
+        raise VerifierUnavailable(f"undecodable verify response: {response.text[:BODY_LOG_LIMIT]!r}") from exc
     if not isinstance(user_id, str) or not isinstance(workspace_id, str) or not workspace_id:
-        raise VerifierUnavailable(f"verify response without ids: {response.text[:_BODY_LOG_LIMIT]!r}")
+        raise VerifierUnavailable(f"verify response without ids: {response.text[:BODY_LOG_LIMIT]!r}")
     return Identity(user_id=user_id, workspace_id=workspace_id)
+
+
+async def ask_agentserver(path: str, body: dict[str, str]) -> httpx.Response:
+    """POST ``body`` to an agentserver internal route; the 200 response. Raises ``InvalidToken``
+    on a 401 and ``VerifierUnavailable`` when agentserver cannot give an answer."""
+    base_url = settings.CXG_AGENTSERVER_INTERNAL_URL.rstrip("/")
+    secret = settings.CXG_AGENTSERVER_INTERNAL_SECRET
+    if not base_url or not secret:
+        raise VerifierUnavailable("CXG_AGENTSERVER_INTERNAL_URL or CXG_AGENTSERVER_INTERNAL_SECRET is not set")
+    try:
+        # A client per call: they are rare (cached, once per connection), and a long-lived
+        # client would be tied to one event loop.
+        async with httpx.AsyncClient(timeout=VERIFY_TIMEOUT) as client:
+            response = await client.post(base_url + path, json=body, headers={"X-Internal-Secret": secret})
+    except httpx.HTTPError as exc:
+        raise VerifierUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if response.status_code == httpx.codes.UNAUTHORIZED:
+        raise InvalidToken()
+    if response.status_code != httpx.codes.OK:
+        raise VerifierUnavailable(f"status={response.status_code} body={response.text[:BODY_LOG_LIMIT]!r}")
+    return response
 
 
 async def verify_token(token: str) -> Identity:
@@ -92,23 +113,7 @@ async def verify_token(token: str) -> Identity:
     identity = _cached(key)
     if identity is not None:
         return identity
-    base_url = settings.CXG_AGENTSERVER_INTERNAL_URL.rstrip("/")
-    secret = settings.CXG_AGENTSERVER_INTERNAL_SECRET
-    if not base_url or not secret:
-        raise VerifierUnavailable("CXG_AGENTSERVER_INTERNAL_URL or CXG_AGENTSERVER_INTERNAL_SECRET is not set")
-    try:
-        # A client per verification: they are rare (cached, once per TUI connection), and a
-        # long-lived client would be tied to one event loop.
-        async with httpx.AsyncClient(timeout=VERIFY_TIMEOUT) as client:
-            response = await client.post(
-                base_url + VERIFY_PATH, json={"token": token}, headers={"X-Internal-Secret": secret}
-            )
-    except httpx.HTTPError as exc:
-        raise VerifierUnavailable(f"{type(exc).__name__}: {exc}") from exc
-    if response.status_code == httpx.codes.UNAUTHORIZED:
-        raise InvalidToken()
-    if response.status_code != httpx.codes.OK:
-        raise VerifierUnavailable(f"status={response.status_code} body={response.text[:_BODY_LOG_LIMIT]!r}")
+    response = await ask_agentserver(VERIFY_PATH, {"token": token})
     identity = _identity(response)
     _remember(key, identity)
     return identity

@@ -13,11 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-import httpx
 from django.conf import settings
 from rest_framework.request import Request
 
-from appgateway.auth import VERIFY_TIMEOUT, InvalidToken, VerifierUnavailable
+from appgateway.auth import BODY_LOG_LIMIT, InvalidToken, VerifierUnavailable, ask_agentserver
 from codexgw.api_errors import ServiceUnavailable
 from executors.api_auth import Unauthorized, bearer_token, secret_matches
 
@@ -26,7 +25,6 @@ logger = logging.getLogger(__name__)
 VALIDATE_PATH: Final = "/internal/workspace-api-keys/validate"
 KEY_PREFIX: Final = "wak_"
 TURNS_SCOPE: Final = "turns:submit"
-_BODY_LOG_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -38,28 +36,14 @@ class ApiKey:
 
 async def validate_api_key(secret: str) -> ApiKey:
     """The key's grant; raises ``InvalidToken`` or ``VerifierUnavailable``."""
-    base_url = settings.CXG_AGENTSERVER_INTERNAL_URL.rstrip("/")
-    internal_secret = settings.CXG_AGENTSERVER_INTERNAL_SECRET
-    if not base_url or not internal_secret:
-        raise VerifierUnavailable("CXG_AGENTSERVER_INTERNAL_URL or CXG_AGENTSERVER_INTERNAL_SECRET is not set")
-    try:
-        async with httpx.AsyncClient(timeout=VERIFY_TIMEOUT) as client:
-            response = await client.post(
-                base_url + VALIDATE_PATH, json={"secret": secret}, headers={"X-Internal-Secret": internal_secret}
-            )
-    except httpx.HTTPError as exc:
-        raise VerifierUnavailable(f"{type(exc).__name__}: {exc}") from exc
-    if response.status_code == httpx.codes.UNAUTHORIZED:
-        raise InvalidToken()
-    if response.status_code != httpx.codes.OK:
-        raise VerifierUnavailable(f"status={response.status_code} body={response.text[:_BODY_LOG_LIMIT]!r}")
+    response = await ask_agentserver(VALIDATE_PATH, {"secret": secret})
     try:
         data = response.json()
         workspace_id, key_id, scopes = data["workspace_id"], data["key_id"], data["scopes"]
     except (ValueError, TypeError, KeyError) as exc:
-        raise VerifierUnavailable(f"undecodable validate response: {response.text[:_BODY_LOG_LIMIT]!r}") from exc
+        raise VerifierUnavailable(f"undecodable validate response: {response.text[:BODY_LOG_LIMIT]!r}") from exc
     if not isinstance(workspace_id, str) or not workspace_id or not isinstance(scopes, list):
-        raise VerifierUnavailable(f"validate response without a grant: {response.text[:_BODY_LOG_LIMIT]!r}")
+        raise VerifierUnavailable(f"validate response without a grant: {response.text[:BODY_LOG_LIMIT]!r}")
     return ApiKey(workspace_id, str(key_id), frozenset(str(scope) for scope in scopes))
 
 
