@@ -23,8 +23,10 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.local_http import LocalHttpServer
 
 VERIFY = "/api/internal/codex/tokens/verify"
 
@@ -59,8 +61,7 @@ class FakeAgentserver:
         self._routes: dict[tuple[str, str], Handler] = {("POST", VERIFY): self._verify}
         self._queued: defaultdict[tuple[str, str], deque[FakeResponse]] = defaultdict(deque)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LocalHttpServer | None = None
 
     # --- programming it ----------------------------------------------------------------------
 
@@ -97,45 +98,13 @@ class FakeAgentserver:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FakeAgentserver:
-        fake = self
-
-        class RequestHandler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                fake._serve(self)
-
-            def do_POST(self) -> None:
-                fake._serve(self)
-
-            def do_PUT(self) -> None:
-                fake._serve(self)
-
-            def do_PATCH(self) -> None:
-                fake._serve(self)
-
-            def do_DELETE(self) -> None:
-                fake._serve(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # ``requests`` is the log
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeAgentserver", daemon=True
-        )
-        self._thread.start()
+        self._http = LocalHttpServer(self._serve, "FakeAgentserver").start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def __enter__(self) -> FakeAgentserver:
         return self.start()
@@ -145,8 +114,8 @@ class FakeAgentserver:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "FakeAgentserver is not started"
-        return int(self._server.server_address[1])
+        assert self._http is not None, "FakeAgentserver is not started"
+        return self._http.port
 
     @property
     def base_url(self) -> str:

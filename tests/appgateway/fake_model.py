@@ -19,8 +19,10 @@ import json
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.local_http import LocalHttpServer
 
 
 @dataclass(frozen=True)
@@ -67,40 +69,18 @@ class FakeModel:
     _script: deque[Step] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
+    _http: LocalHttpServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> FakeModel:
-        model = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                model._handle(self)
-
-            def do_GET(self) -> None:
-                model._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # the recorded requests are the log
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="FakeModel", daemon=True)
-        self._thread.start()
+        self._http = LocalHttpServer(self._handle, "FakeModel").start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def __enter__(self) -> FakeModel:
         return self.start()
@@ -110,8 +90,8 @@ class FakeModel:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "FakeModel is not started"
-        return int(self._server.server_address[1])
+        assert self._http is not None, "FakeModel is not started"
+        return self._http.port
 
     @property
     def base_url(self) -> str:
