@@ -81,6 +81,18 @@ async def off_loop_if_large(check: Callable[[Frame], T], frame: Frame) -> T:
     return check(frame)
 
 
+async def _cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait for them to end. On Python 3.11 redis-py runs each command under
+    ``asyncio.wait_for``, which can swallow a cancellation landing as the command completes (a
+    pump blocked in a channel-layer send then runs on): cancel again until each one has ended."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _layer() -> BaseChannelLayer:
     layer = get_channel_layer()
     assert layer is not None, "the app gateway needs a channel layer"
@@ -213,9 +225,7 @@ class RelayedConnection:
         try:
             done, _ = await asyncio.wait({from_tui, to_tui}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (from_tui, to_tui):
-                task.cancel()
-            await asyncio.gather(from_tui, to_tui, return_exceptions=True)
+            await _cancel_all({from_tui, to_tui})
         if from_tui in done:
             from_tui.result()  # re-raises its failure, if any
             return None

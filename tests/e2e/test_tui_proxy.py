@@ -376,17 +376,21 @@ async def test_a_relayed_tui_closing_closes_the_owners_loopback(app_cluster):
     try:
         child = lease()
         assert child is not None
-        before = _loopback_connections(child["pid"])
+        port = int(child["ws_url"].rsplit(":", 1)[1].strip("/"))
+        before = _loopback_connections(child["pid"], port)
         relayed = await tui(other)
-        assert wait_for(lambda: _loopback_connections(child["pid"]) == before + 1, 10)
+        assert wait_for(lambda: _loopback_connections(child["pid"], port) == before + 1, 10)
         await relayed.close()
-        assert wait_for(lambda: _loopback_connections(child["pid"]) == before, 10), "loopback left open"
+        assert wait_for(lambda: _loopback_connections(child["pid"], port) == before, 10), (
+            f"loopback left open: {_loopback_connections(child['pid'], port)} vs {before}\n{app_cluster.log()}"
+        )
     finally:
         await first.close()
 
 
-def _loopback_connections(pid: int) -> int:
-    """Established TCP connections accepted by the app-server (pid) on its listening port."""
+def _loopback_connections(pid: int, port: int) -> int:
+    """Established TCP connections accepted by the app-server (pid) on its listening ``port``
+    (not its own outgoing ones, e.g. to the model)."""
     inodes = {
         os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:[") : -1]
         for fd in os.listdir(f"/proc/{pid}/fd")
@@ -396,7 +400,8 @@ def _loopback_connections(pid: int) -> int:
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
-            if fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED, owned by the app-server
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if fields[3] == "01" and fields[9] in inodes and local_port == port:  # ESTABLISHED, accepted
                 count += 1
     return count
 
