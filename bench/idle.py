@@ -12,14 +12,12 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from bench.proc import rss_bytes
-from tests.e2e.harness import ExecutorCredentials
-from tests.executors.test_sigv4 import sign
+from tests.e2e.harness import ExecutorCredentials, signed_upgrade_headers
 
 # Upgrades in flight at once: enough to keep the gateway busy, few enough not to overflow its
 # listen backlog (daphne/Twisted listens with a backlog of 50).
@@ -47,22 +45,10 @@ def register(count: int) -> list[ExecutorCredentials]:
     return made
 
 
-def _upgrade_headers(credentials: ExecutorCredentials, host_port: str) -> dict[str, str]:
-    signed = sign(
-        method="GET",
-        path=f"/codex-exec/{credentials.exe_id}",
-        headers={"host": host_port},
-        access_key_id=credentials.exe_id,
-        secret=credentials.token,
-        at=datetime.now(UTC),
-    )
-    return {"Authorization": signed["authorization"], "x-amz-date": signed["x-amz-date"]}
-
-
 async def _executor(host_port: str, credentials: ExecutorCredentials) -> ClientConnection:
     ws = await ws_connect(
         f"ws://{host_port}/codex-exec/{credentials.exe_id}",
-        additional_headers=_upgrade_headers(credentials, host_port),
+        additional_headers=signed_upgrade_headers(credentials, host_port),
         compression=None,
         open_timeout=120,
         ping_interval=None,

@@ -40,6 +40,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -893,3 +894,40 @@ class RpcClient:
             self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
+
+
+def signed_upgrade_headers(credentials: ExecutorCredentials, host_port: str) -> dict[str, str]:
+    """The SigV4 headers codex puts on its executor WebSocket upgrade, for clients that play an executor."""
+    from tests.executors.test_sigv4 import sign
+
+    signed = sign(
+        method="GET",
+        path=f"/codex-exec/{credentials.exe_id}",
+        headers={"host": host_port},
+        access_key_id=credentials.exe_id,
+        secret=credentials.token,
+        at=datetime.now(UTC),
+    )
+    return {"Authorization": signed["authorization"], "x-amz-date": signed["x-amz-date"]}
+
+
+def app_gateway_env(
+    tmp_path: Path, codex_bin: Path, model_name: str, model_url: str, agentserver_url: str
+) -> dict[str, str]:
+    """Environment of gateway processes serving the app role against a fake model and agentserver."""
+    (tmp_path / "work").mkdir(exist_ok=True)
+    return {
+        "CODEXGW_ROLES": "exec,app",
+        "CODEXGW_DATA_DIR": str(tmp_path / "data"),
+        "CXG_CODEX_BIN": str(codex_bin),
+        "CXG_TMP_ROOT": str(tmp_path / "homes"),
+        "CXG_MODEL_PROVIDER": "fake",
+        "CXG_MODEL_PROVIDER_NAME": "Fake",
+        "CXG_MODEL": model_name,
+        "CXG_MODEL_PROVIDER_BASE_URL": model_url,
+        "CXG_MODEL_PROVIDER_ENV_KEY": "CXG_TEST_MODEL_KEY",
+        "CXG_CODEX_API_KEY": "sk-fake",
+        "CXG_PROJECT_TRUSTED_PATHS": str(tmp_path / "work"),
+        "CXG_AGENTSERVER_INTERNAL_URL": agentserver_url,
+        "CODEXGW_LOG_FORMAT": "text",
+    }

@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -34,9 +33,9 @@ from tests.e2e.harness import (
     TcpCutProxy,
     http_json,
     shared_secret_headers,
+    signed_upgrade_headers,
     wait_for,
 )
-from tests.executors.test_sigv4 import sign
 
 pytestmark = pytest.mark.e2e
 
@@ -314,18 +313,6 @@ async def test_oversize_message_is_closed_with_1009(online_executor: OnlineExecu
         assert await client.wait_closed(10) == 1009
     with pytest.raises((RpcConnectionClosed, ConnectionClosed)):
         await client.call("environment/status", timeout=1)
-
-
-def signed_upgrade_headers(credentials: ExecutorCredentials, host_port: str) -> dict[str, str]:
-    signed = sign(
-        method="GET",
-        path=f"/codex-exec/{credentials.exe_id}",
-        headers={"host": host_port},
-        access_key_id=credentials.exe_id,
-        secret=credentials.token,
-        at=datetime.now(UTC),
-    )
-    return {"Authorization": signed["authorization"], "x-amz-date": signed["x-amz-date"]}
 
 
 async def test_a_second_executor_connection_evicts_the_first(gateway_cluster, make_executor_credentials):

@@ -17,14 +17,13 @@ from django.conf import settings
 
 from tests.appgateway.fake_model import FakeModel, FunctionCall, Reply
 from tests.e2e.conftest import BoundExecutor
-from tests.e2e.harness import GatewayCluster, RpcClient, http_json
+from tests.e2e.harness import GatewayCluster, RpcClient, app_gateway_env, http_json
 from tests.fake_agentserver import FakeAgentserver
 
 pytestmark = pytest.mark.e2e
 
 WORKSPACE = "ws-envmcp-turn"
 TOKEN = "ast_envmcp_e2e"
-MODEL_KEY_NAME = "CXG_TEST_MODEL_KEY"
 
 
 @pytest.fixture
@@ -48,22 +47,7 @@ def cluster(
     agentserver: FakeAgentserver,
     start_gateway_cluster: Callable[..., GatewayCluster],
 ) -> GatewayCluster:
-    (tmp_path / "work").mkdir()
-    env = {
-        "CODEXGW_ROLES": "exec,app",
-        "CODEXGW_DATA_DIR": str(tmp_path / "data"),
-        "CXG_CODEX_BIN": str(codex_bin),
-        "CXG_TMP_ROOT": str(tmp_path / "homes"),
-        "CXG_MODEL_PROVIDER": "fake",
-        "CXG_MODEL_PROVIDER_NAME": "Fake",
-        "CXG_MODEL": fake_model.model,
-        "CXG_MODEL_PROVIDER_BASE_URL": fake_model.base_url,
-        "CXG_MODEL_PROVIDER_ENV_KEY": MODEL_KEY_NAME,
-        "CXG_CODEX_API_KEY": "sk-fake",
-        "CXG_PROJECT_TRUSTED_PATHS": str(tmp_path / "work"),
-        "CXG_AGENTSERVER_INTERNAL_URL": agentserver.base_url,
-        "CODEXGW_LOG_FORMAT": "text",
-    }
+    env = app_gateway_env(tmp_path, codex_bin, fake_model.model, fake_model.base_url, agentserver.base_url)
     return start_gateway_cluster(2, env)
 
 

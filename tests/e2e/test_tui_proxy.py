@@ -25,12 +25,11 @@ from websockets.exceptions import InvalidStatus
 
 from codexgw import redis as gwredis
 from tests.appgateway.fake_model import FakeModel, FunctionCall, Reply
-from tests.e2e.harness import GatewayProcess, RpcClient, strip_ansi, wait_for
+from tests.e2e.harness import GatewayProcess, RpcClient, app_gateway_env, strip_ansi, wait_for
 from tests.fake_agentserver import VERIFY, FakeAgentserver, FakeResponse
 
 pytestmark = pytest.mark.e2e
 
-MODEL_KEY_NAME = "CXG_TEST_MODEL_KEY"
 WORKSPACE = "ws-tui"
 TOKEN = "ast_tui_e2e"
 
@@ -51,22 +50,7 @@ def agentserver() -> Iterator[FakeAgentserver]:
 @pytest.fixture
 def app_env(tmp_path: Path, codex_bin: Path, fake_model: FakeModel, agentserver: FakeAgentserver) -> dict[str, str]:
     """Environment of gateway processes serving the app role against the fakes."""
-    (tmp_path / "work").mkdir()
-    return {
-        "CODEXGW_ROLES": "exec,app",
-        "CODEXGW_DATA_DIR": str(tmp_path / "data"),
-        "CXG_CODEX_BIN": str(codex_bin),
-        "CXG_TMP_ROOT": str(tmp_path / "homes"),
-        "CXG_MODEL_PROVIDER": "fake",
-        "CXG_MODEL_PROVIDER_NAME": "Fake",
-        "CXG_MODEL": fake_model.model,
-        "CXG_MODEL_PROVIDER_BASE_URL": fake_model.base_url,
-        "CXG_MODEL_PROVIDER_ENV_KEY": MODEL_KEY_NAME,
-        "CXG_CODEX_API_KEY": "sk-fake",
-        "CXG_PROJECT_TRUSTED_PATHS": str(tmp_path / "work"),
-        "CXG_AGENTSERVER_INTERNAL_URL": agentserver.base_url,
-        "CODEXGW_LOG_FORMAT": "text",
-    }
+    return app_gateway_env(tmp_path, codex_bin, fake_model.model, fake_model.base_url, agentserver.base_url)
 
 
 @pytest.fixture
