@@ -159,6 +159,11 @@ class HeldRead:
     deadline: float
 
 
+def _after_seq(params: JSON) -> int:
+    after = params.get("afterSeq")
+    return after if isinstance(after, int) else 0
+
+
 def rpc_error(request_id: Any, code: int, message: str, data: Any = None) -> JSON:
     error: JSON = {"code": code, "message": message}
     if data is not None:
@@ -503,11 +508,20 @@ class Multiplexer:
         return actions + self._flush_held(vsession, process)
 
     def _flush_held(self, vsession: VirtualSession, process: ProcessState) -> list[Action]:
+        """End of a recovery: deliver the events held meanwhile, and release the long-polls that
+        now have something to read."""
         held, process.held = process.held, []
         actions: list[Action] = []
         for event in sorted(held, key=lambda e: e["params"].get("seq") or 0):
             actions.extend(self._deliver_event(vsession, process, event))
-        return actions
+        ready = [
+            h
+            for h in self._held_reads
+            if h.vsession is vsession
+            and vsession.processes.get(h.process) is process
+            and (process.exited or process.closed or _after_seq(h.params) < process.observed_seq)
+        ]
+        return actions + self._release_reads(ready)
 
     # --- bridge side ------------------------------------------------------------------------
 
@@ -693,11 +707,12 @@ class Multiplexer:
         if not isinstance(wait, int | float) or wait <= 0:
             return False
         process = vsession.processes.get(process_id)
-        if process is None or process.exited or process.closed or process.recovering:
+        # While the process is being recovered the gateway does not yet know what the client
+        # missed: hold the read too (answering it empty at once would end a long-poll early);
+        # recovery releases it when it learns of new output.
+        if process is None or process.exited or process.closed:
             return False
-        after = params.get("afterSeq")
-        after_seq = after if isinstance(after, int) else 0
-        return after_seq >= process.observed_seq
+        return _after_seq(params) >= process.observed_seq
 
     def _wake_reads(self, vsession: VirtualSession, process_id: str) -> list[Action]:
         due = [h for h in self._held_reads if h.vsession is vsession and h.process == process_id]

@@ -1255,3 +1255,21 @@ def test_resume_window_is_separate_from_the_executor_retention():
     rig.clock.advance(0.1)
     terminate = only(to_executor(rig.mux.tick()))
     assert terminate["params"] == {"processId": pid}
+
+
+def test_a_long_poll_during_recovery_is_held_not_answered_empty():
+    """Before the fix, a long-poll arriving while the process was being recovered was forwarded at
+    once with waitMs 0: an empty answer that ended the client's wait early."""
+    rig, pid, read = recovering_rig()
+    assert rig.send("A", long_read(2)) == []  # nothing past 2 known yet: held
+    assert rig.answer(read, read_result([], 3)) == []  # recovery: still nothing new
+    released = only(reads(rig.push(output(pid, 3, "Yw=="))))
+    assert released == forwarded_read(released, pid, 2)
+
+
+def test_recovery_that_finds_output_releases_a_waiting_long_poll():
+    rig, pid, read = recovering_rig()
+    assert rig.send("A", long_read(2)) == []
+    page = only(reads(rig.answer(read, read_result([chunk(3)], 4))))
+    released = [m for m in reads(rig.answer(page, read_result([], 4))) if m["params"]["afterSeq"] == 2]
+    assert released == [forwarded_read(released[0], pid, 2)]
