@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from typing import Any
 
 from asgiref.typing import WebSocketConnectEvent
@@ -22,13 +23,17 @@ from appgateway import relay, rpc_filter, supervisor
 from appgateway.auth import authenticate_tui
 from appgateway.rpc_filter import Frame
 from bridge.consumers import GatewayConsumer
+from bridge.protocol import CLOSE_SERVICE_RESTART
 from bridge.ws_auth import Denial
+from codexgw import logcontext
 
 logger = logging.getLogger(__name__)
 
 
 class TuiProxyConsumer(GatewayConsumer):
+    role = "tui"
     workspace_id = ""
+    connection_id = ""
     leg: relay.AppServerLeg | None = None  # the app-server is in this process
     link: relay.RelayClient | None = None  # it is in another one
     _pump: asyncio.Task[None] | None = None
@@ -39,14 +44,18 @@ class TuiProxyConsumer(GatewayConsumer):
             await self.deny(identity)
             return
         self.workspace_id = identity.workspace_id
+        # Also the relay's connection id when the app-server lives in another process.
+        self.connection_id = uuid.uuid4().hex
+        logcontext.bind(workspace_id=self.workspace_id, connection_id=self.connection_id)
         # Accept first: starting an app-server can outlast the server's handshake timeout.
         # Frames the TUI sends meanwhile wait in the consumer's queue, in order.
         await self.accept()
+        _live.add(self)
         try:
             self.leg = await relay.AppServerLeg.open(self.workspace_id)
         except supervisor.OwnedElsewhere as elsewhere:
             self.link = relay.RelayClient(
-                conn=uuid.uuid4().hex,
+                conn=self.connection_id,
                 reply_to=self.channel_name,
                 workspace_id=self.workspace_id,
                 owner_channel=elsewhere.lease.channel_name,
@@ -83,6 +92,7 @@ class TuiProxyConsumer(GatewayConsumer):
             await self.link.send(frame)
 
     async def disconnect(self, code: int) -> None:
+        _live.discard(self)
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -118,3 +128,16 @@ class TuiProxyConsumer(GatewayConsumer):
 
     async def appgw_close(self, event: dict[str, Any]) -> None:
         await self.close_tui(int(event["code"]), str(event.get("reason", "")))
+
+
+# This process's TUI connections, for the drain.
+_live: weakref.WeakSet[TuiProxyConsumer] = weakref.WeakSet()
+
+
+async def close_all_tuis() -> int:
+    """Close every TUI connection of this process with 1012 (it is draining): the TUI reconnects,
+    through the balancer, to another process. Returns how many were closed."""
+    tuis = list(_live)
+    for tui in tuis:
+        await tui.close_tui(CLOSE_SERVICE_RESTART, "gateway restarting")
+    return len(tuis)

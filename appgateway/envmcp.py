@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bridge.client import Pool
+from bridge.client import FAILOVER_GRACE, Pool
 from sdk.resolver import Binding, Fetch, NameResolver
 from sdk.tools import get_tool, tool_specs
 from sdk.tools.base import JSON, ToolContext
@@ -107,7 +107,7 @@ def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolCo
 
     return ToolContext(
         workspace_id=workspace_id,
-        pool=Pool(exec_gateway_url, token_provider, client_name="codexgw-env-mcp"),
+        pool=Pool(exec_gateway_url, token_provider, client_name="codexgw-env-mcp", unavailable_grace=FAILOVER_GRACE),
         resolver=NameResolver(connected_fetcher(exec_gateway_url, workspace_id, token)),
         sessions=InMemoryProcessSessions(),
     )

@@ -39,7 +39,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from appgateway import rpc_filter, supervisor
 from appgateway.rpc_filter import Frame
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
-from bridge.protocol import CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
+from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
+from codexgw import drain
 from codexgw.daphne_server import SENDABLE_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
@@ -207,6 +208,8 @@ class RelayedConnection:
             inbox = await self.layer.new_channel()
             await self._tell(OPENED, inbox=inbox)
             end = await self._pump_both_ways(inbox, leg)
+            if end is not None and drain.is_draining():
+                end = LegEnd(CLOSE_SERVICE_RESTART, "gateway restarting")  # the app-server stopped for the drain
             if end is not None:  # the app-server side ended: so does the TUI
                 await self._tell(CLOSE, code=end.code, reason=end.reason)
         except ReceiverStuck:

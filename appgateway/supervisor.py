@@ -823,6 +823,12 @@ async def lease_owner(workspace_id: str) -> LeaseInfo | None:
     return await _state().store.get(workspace_id)
 
 
+def local_child_count() -> int:
+    """Running app-server children of this process (for metrics; any thread may ask)."""
+    state = _STATE
+    return 0 if state is None else sum(1 for child in list(state.children.values()) if child.alive())
+
+
 def live_sessions() -> list[LiveSession]:
     """Every workspace app-server in the cluster (blocking: reads Redis with the sync client)."""
     return [

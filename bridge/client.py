@@ -41,6 +41,9 @@ PING_TIMEOUT = 30.0
 # Retrying a retryable error (the executor reconnects in ~1 s, then backs off up to ~7 s).
 RETRY_FIRST_DELAY = 0.2
 RETRY_MAX_DELAY = 2.0
+# How long a tool waits for an executor that is moving between gateway processes (it reconnects
+# about a second after its process dies or drains) before its dial is reported as refused.
+FAILOVER_GRACE = 15.0
 
 
 class BridgeError(Exception):
@@ -359,6 +362,8 @@ class Pool:
     ``<base>/bridge/<exe_id>`` with a token from ``token_provider`` (awaited per dial, so the
     caller can renew tokens). A closed client is replaced on the next ``get``; the new connection
     resumes the old virtual session when the gateway still has it, so its processes live on.
+    ``unavailable_grace``: for how long a dial refused with 503 (the executor is between gateway
+    processes after a failover or drain, or the gateway is draining) is retried.
     """
 
     def __init__(
@@ -368,8 +373,10 @@ class Pool:
         *,
         client_name: str = "codexgw",
         open_timeout: float = 10.0,
+        unavailable_grace: float = 0.0,
     ) -> None:
         self.ws_base_url = ws_base_url.rstrip("/")
+        self._unavailable_grace = unavailable_grace
         self._token_provider = token_provider
         self._client_name = client_name
         self._open_timeout = open_timeout
@@ -401,6 +408,18 @@ class Pool:
             return client
 
     async def _dial(self, exe_id: str) -> BridgeClient:
+        deadline = time.monotonic() + self._unavailable_grace
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                return await self._dial_once(exe_id)
+            except BridgeDialError as error:
+                if error.status != 503 or time.monotonic() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    async def _dial_once(self, exe_id: str) -> BridgeClient:
         token = await self._token_provider()
         client = await BridgeClient.connect(
             f"{self.ws_base_url}/bridge/{exe_id}", token, exe_id=exe_id, open_timeout=self._open_timeout

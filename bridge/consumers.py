@@ -16,15 +16,16 @@ import uuid
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from asgiref.typing import WebSocketConnectEvent
+from asgiref.typing import WebSocketConnectEvent, WebSocketDisconnectEvent, WebSocketReceiveEvent
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from bridge import session as sessions
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
-from bridge.protocol import CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
+from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
+from codexgw import logcontext, metrics
 from executors import services
 from executors.presence import Holder, presence_store
 from executors.revocation import turn_group
@@ -64,17 +65,44 @@ class GatewayConsumer(AsyncWebsocketConsumer):
     def headers(self) -> dict[str, str]:
         return header_map(self.scope.get("headers", []))
 
+    # Metrics by role (codexgw.metrics): accepted connections, frames and bytes each way.
+    role = "other"
+    _counted = False
+
+    async def accept(self, subprotocol: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
+        await super().accept(subprotocol, headers)
+        self._counted = True
+        metrics.ws_opened(self.role)
+
+    async def websocket_receive(self, message: WebSocketReceiveEvent) -> None:
+        metrics.ws_frame(self.role, "in", message.get("text"), message.get("bytes"))
+        await super().websocket_receive(message)
+
+    async def send(  # type: ignore[override]  # as AsyncWebsocketConsumer's own send
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        metrics.ws_frame(self.role, "out", text_data, bytes_data)
+        await super().send(text_data, bytes_data, close)
+
+    async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
+        if self._counted:
+            self._counted = False
+            metrics.ws_closed(self.role)
+        await super().websocket_disconnect(message)
+
 
 class ExecutorConsumer(GatewayConsumer):
     """One executor's connection. The gateway is the JSON-RPC client on it: the executor is
     silent until the multiplexer sends ``initialize``."""
 
+    role = "executor"
     connection_id = ""
     session: sessions.ExecutorSession | None = None
     _refresher: asyncio.Task[None] | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         exe_id, headers = self.exe_id, self.headers()
+        logcontext.bind(exe_id=exe_id)
         raw_path = bytes(self.scope.get("raw_path") or self.scope["path"].encode()).decode("latin-1")
         raw_query = bytes(self.scope.get("query_string", b"")).decode("latin-1")
         denial = await database_sync_to_async(authenticate_executor)(exe_id, headers, raw_path, raw_query)
@@ -83,6 +111,8 @@ class ExecutorConsumer(GatewayConsumer):
         if denial is not None:
             await self.deny(denial)
             return
+        # Bound after session_for: the session's tasks outlive this connection and log its exe_id only.
+        logcontext.bind(connection_id=self.connection_id)
         await self.accept()
         assert self.session is not None
         logger.info("executor connected", extra={"exe_id": exe_id, "connection_id": self.connection_id})
@@ -93,13 +123,14 @@ class ExecutorConsumer(GatewayConsumer):
         """Claim presence (the newest connection wins) and tell a previous holder in another
         process to let go."""
         self.connection_id = uuid.uuid4().hex
-        self.session = await sessions.session_for(exe_id)
-        holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
         try:
+            self.session = await sessions.session_for(exe_id)
+            holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
             previous = await sync_to_async(presence_store().claim, thread_sensitive=False)(exe_id, holder)
             client = self.scope.get("client") or ["", 0]
             meta = services.client_meta(headers, str(client[0]))
             await database_sync_to_async(services.record_connected)(exe_id, meta)
+            await self.session.announce_takeover()
         except Exception:
             logger.exception("executor connect: dependency unavailable", extra={"exe_id": exe_id})
             return Denial(503, "service unavailable, retry later")
@@ -169,22 +200,30 @@ class ExecutorConsumer(GatewayConsumer):
 class BridgeConsumer(GatewayConsumer):
     """A client's virtual exec-server session on one executor, through any gateway process."""
 
+    role = "bridge"
     conn_id = ""
     local: sessions.ExecutorSession | None = None
     inbox = ""
     group = ""
+    target = ""  # the inbox of the executor session this bridge talks to
     link: LayerLink | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        logcontext.bind(exe_id=self.exe_id)
         grant = await database_sync_to_async(authorize_bridge)(self.exe_id, self.headers())
         if isinstance(grant, Denial):
             await self.deny(grant)
             return
         self.conn_id = uuid.uuid4().hex
+        logcontext.bind(connection_id=self.conn_id)
         self._parts = Reassembler()
         await self.accept()
         self.group = turn_group(grant.token.turn_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.target = grant.holder.channel_name
+        await self.channel_layer.group_add(sessions.executor_group(self.exe_id), self.channel_name)
+        if not await self._holder_unchanged():
+            return
         self.local = sessions.local_session(grant.holder.channel_name)
         if self.local is not None:
             await self.local.put(sessions.BridgeOpen(self.conn_id, None, local=self))
@@ -204,6 +243,18 @@ class BridgeConsumer(GatewayConsumer):
                 on_stuck=self._session_stuck,
             )
 
+    async def _holder_unchanged(self) -> bool:
+        """The executor may have moved to another process between the presence lookup and
+        joining its group (whose move notice this bridge would then have missed)."""
+        try:
+            holder = await sync_to_async(presence_store().get, thread_sensitive=False)(self.exe_id)
+        except Exception:
+            holder = None
+        if holder is not None and holder.channel_name == self.target:
+            return True
+        await self.close(code=CLOSE_EXECUTOR_LOST, reason="executor moved; reconnect")
+        return False
+
     async def _session_stuck(self) -> None:
         sessions.drop("executor_session_channel_full", exe_id=self.exe_id, connection_id=self.conn_id)
         await self.close(code=CLOSE_TRY_AGAIN)
@@ -222,6 +273,7 @@ class BridgeConsumer(GatewayConsumer):
             return
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(sessions.executor_group(self.exe_id), self.channel_name)
         if self.local is not None:
             await self.local.put(sessions.BridgeClosed(self.conn_id))
         elif self.link is not None:
@@ -240,6 +292,11 @@ class BridgeConsumer(GatewayConsumer):
 
     async def bridge_close(self, event: dict[str, Any]) -> None:
         await self.close(code=int(event["code"]), reason=str(event.get("reason", "")))
+
+    async def bridge_moved(self, event: dict[str, Any]) -> None:
+        # Another process took the executor's sessions over: reconnect there and resume.
+        if event.get("inbox") != self.target:
+            await self.close(code=CLOSE_EXECUTOR_LOST, reason="executor moved to another gateway process; reconnect")
 
     async def bridge_revoke(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_TURN_REVOKED, reason="turn revoked")

@@ -19,6 +19,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from bridge.protocol import LAYER_CHUNK_CHARS
+from codexgw import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,12 @@ async def send_with_backpressure(
     delay = 0.005
     while True:
         try:
+            started = time.perf_counter()
             await layer.send(channel, message)
+            metrics.LAYER_SEND_SECONDS.observe(time.perf_counter() - started)
             return
         except ChannelFull:
+            metrics.LAYER_FULL.inc()
             if time.monotonic() >= deadline:
                 raise ReceiverStuck(channel) from None
             await asyncio.sleep(delay)
@@ -105,6 +109,12 @@ class Reassembler:
 LINK_OUTBOX_CHARS = 4 * LAYER_CHUNK_CHARS
 # Pump tasks are referenced here until they end (the event loop only keeps weak references).
 _pumps: set[asyncio.Task[None]] = set()
+
+
+async def links_drained() -> None:
+    """Wait until every link's pump in this process has sent what it holds (orderly shutdown)."""
+    while _pumps:
+        await asyncio.gather(*list(_pumps), return_exceptions=True)
 
 
 class LayerLink:

@@ -90,6 +90,22 @@ class Dropped:
 Action = ToExecutor | ToBridge | CloseBridge | CloseExecutor | SaveSession | Dropped
 
 
+@dataclass(frozen=True)
+class TableChanges:
+    """Virtual-session table changes since the last ``take_changes``, for the shared store.
+
+    ``urgent`` changes (a new session, process or handle) must be stored before the actions
+    that follow them are carried out: a client must never hold a session id, or an executor
+    run a process, that another gateway process could not take over. Sequence progress is
+    stored lazily: after a crash, a recovery read may repeat the last moments of output, which
+    the client recognises by ``seq``, but never skips any."""
+
+    upserts: dict[str, JSON]
+    deletes: list[str]
+    next_handle: int
+    urgent: bool
+
+
 # --- state ----------------------------------------------------------------------------------
 
 
@@ -118,6 +134,28 @@ class ProcessState:
     held: list[JSON] = field(default_factory=list)  # events that arrived during recovery
     missing: set[int] = field(default_factory=set)  # seqs skipped by recovery (exited/closed or lost)
     exit_info: JSON | None = None
+    starting: bool = False  # process/start forwarded, no answer yet
+
+    def snapshot(self) -> JSON:
+        return {
+            "last_seq": self.last_seq,
+            "observed_seq": self.observed_seq,
+            "exited": self.exited,
+            "closed": self.closed,
+            "missing": sorted(self.missing),
+        }
+
+    @classmethod
+    def restore(cls, data: JSON) -> ProcessState:
+        closed = bool(data.get("closed"))
+        return cls(
+            last_seq=int(data.get("last_seq") or 0),
+            observed_seq=int(data.get("observed_seq") or 0),
+            exited=bool(data.get("exited")),
+            closed=closed,
+            missing={int(seq) for seq in data.get("missing") or []},
+            needs_recovery=not closed,
+        )
 
 
 @dataclass
@@ -128,6 +166,15 @@ class VirtualSession:
     detached_at: float | None = None
     processes: dict[str, ProcessState] = field(default_factory=dict)
     int_handles: dict[tuple[str, int], int] = field(default_factory=dict)  # (key, client int) -> gateway int
+
+    def snapshot(self) -> JSON:
+        """What another gateway process needs to take this virtual session over (attachment and
+        in-flight requests die with the connection, so they are not part of it)."""
+        return {
+            "prefix": self.prefix,
+            "processes": {pid: p.snapshot() for pid, p in self.processes.items()},
+            "int_handles": [[key, client, mapped] for (key, client), mapped in self.int_handles.items()],
+        }
 
 
 @dataclass
@@ -200,7 +247,6 @@ class Multiplexer:
         self.disconnected_at: float | None = clock()
         self.finished = False
         self._ids = itertools.count(1)
-        self._handles = itertools.count(1)
         self._pending: dict[int, Pending] = {}
         self._links: dict[str, BridgeLink] = {}
         self._vsessions: dict[str, VirtualSession] = {}
@@ -210,6 +256,58 @@ class Multiplexer:
         self._backlog: list[tuple[str, Any]] = []  # bridge messages waiting for the handshake
         self._resuming = False
         self._handshake_deadline = 0.0
+        self._next_handle = 1
+        self._dirty: set[str] = set()
+        self._removed: set[str] = set()
+        self._urgent = False
+
+    # --- the shared virtual-session table -------------------------------------------------------
+
+    def restore(self, snapshots: dict[str, JSON], next_handle: int) -> None:
+        """Take over virtual sessions another gateway process stored (its bridges are gone:
+        every session starts detached, with its resume window from now)."""
+        now = self.clock()
+        highest = next_handle - 1
+        for vsid, data in snapshots.items():
+            prefix = data.get("prefix")
+            if not isinstance(prefix, str) or prefix in self._by_prefix:
+                continue
+            vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=None, detached_at=now)
+            for process_id, state in (data.get("processes") or {}).items():
+                vsession.processes[process_id] = ProcessState.restore(state)
+            for key, client, mapped in data.get("int_handles") or []:
+                vsession.int_handles[(key, client)] = mapped
+                self._int_owners[(key, mapped)] = (vsession, client)
+                highest = max(highest, mapped)
+            self._vsessions[vsid] = vsession
+            self._by_prefix[prefix] = vsession
+        self._next_handle = highest + 1
+
+    def _touch(self, vsession: VirtualSession, *, urgent: bool = False) -> None:
+        self._dirty.add(vsession.vsid)
+        self._urgent = self._urgent or urgent
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty or self._removed)
+
+    @property
+    def has_urgent_changes(self) -> bool:
+        return self._urgent
+
+    def requeue(self, changes: TableChanges) -> None:
+        """A write of ``changes`` failed: they go out with the next one."""
+        self._dirty.update(vsid for vsid in changes.upserts if vsid in self._vsessions)
+        self._removed.update(changes.deletes)
+        self._urgent = self._urgent or changes.urgent
+
+    def take_changes(self) -> TableChanges:
+        upserts = {vsid: self._vsessions[vsid].snapshot() for vsid in self._dirty if vsid in self._vsessions}
+        changes = TableChanges(upserts, sorted(self._removed), self._next_handle, self._urgent)
+        self._dirty.clear()
+        self._removed.clear()
+        self._urgent = False
+        return changes
 
     # --- introspection (tests, metrics, admin) ----------------------------------------------
 
@@ -343,11 +441,15 @@ class Multiplexer:
     def _client_response(self, pending: Pending, message: JSON) -> list[Action]:
         vsession = pending.vsession
         assert vsession is not None
-        if pending.method == "process/start" and pending.process is not None and "error" not in message:
-            # Recorded even if the bridge left meanwhile: the process must be recovered when the
-            # session resumes, or terminated when it expires. Events may have come first (then
-            # they created the state already).
-            vsession.processes.setdefault(pending.process, ProcessState())
+        if pending.method == "process/start" and pending.process is not None:
+            # Kept even if the bridge left meanwhile: the process must be recovered when the
+            # session resumes, or terminated when it expires. A refused start leaves no process.
+            process = vsession.processes.get(pending.process)
+            if process is not None and process.starting:
+                process.starting = False
+                if "error" in message and not process.observed_seq:
+                    del vsession.processes[pending.process]
+                    self._touch(vsession)
         if pending.conn_id not in self._links or vsession.conn_id != pending.conn_id:
             return [Dropped("response_for_departed_bridge", pending.method)]
         reply: JSON = {"id": pending.client_id}
@@ -379,6 +481,7 @@ class Multiplexer:
     def _process_event(self, vsession: VirtualSession, method: str, params: JSON) -> list[Action]:
         process_id = params["processId"]
         process = vsession.processes.setdefault(process_id, ProcessState())
+        self._touch(vsession)
         seq = params.get("seq")
         if isinstance(seq, int):
             process.observed_seq = max(process.observed_seq, seq)
@@ -441,6 +544,7 @@ class Multiplexer:
         process = vsession.processes.get(process_id)
         if process is None or self._vsessions.get(vsession.vsid) is not vsession:
             return []
+        self._touch(vsession)
         if not self._attached_ready(vsession):
             # The owner left (or resumed and is not initialized yet): nothing can be delivered,
             # so stop paging; recovery restarts from last_seq once the session is ready again.
@@ -658,6 +762,7 @@ class Multiplexer:
             vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=conn_id)
             self._vsessions[vsid] = vsession
             self._by_prefix[prefix] = vsession
+            self._touch(vsession, urgent=True)
         link.vsession = vsession
         link.state = LinkState.AWAITING_INITIALIZED
         result = {"sessionId": vsession.vsid, "environmentInfo": self.environment_info}
@@ -672,8 +777,11 @@ class Multiplexer:
             if isinstance(params.get("processId"), str):
                 process_id = params["processId"]
                 previous = vsession.processes.get(process_id)
-                if method == "process/start" and previous is not None and previous.closed:
-                    del vsession.processes[process_id]  # a reused id starts a new seq series
+                if method == "process/start" and (previous is None or previous.closed):
+                    # Recorded before it runs (a reused id starts a new seq series), so a process
+                    # that takes the session over knows of it.
+                    vsession.processes[process_id] = ProcessState(starting=True)
+                    self._touch(vsession, urgent=True)
             if method == "process/read" and process_id is not None and self._should_hold(vsession, process_id, params):
                 wait = params.get("waitMs")
                 deadline = (
@@ -756,9 +864,11 @@ class Multiplexer:
         if isinstance(value, int) and not isinstance(value, bool):
             mapped = vsession.int_handles.get((key, value))
             if mapped is None:
-                mapped = next(self._handles)
+                mapped = self._next_handle
+                self._next_handle += 1
                 vsession.int_handles[(key, value)] = mapped
                 self._int_owners[(key, mapped)] = (vsession, value)
+                self._touch(vsession, urgent=True)
             return mapped
         return value  # exec-server rejects it with its own error
 
@@ -843,6 +953,9 @@ class Multiplexer:
 
     def _drop_vsession(self, vsession: VirtualSession) -> None:
         self._vsessions.pop(vsession.vsid, None)
+        self._dirty.discard(vsession.vsid)
+        self._removed.add(vsession.vsid)
+        self._urgent = True
         self._by_prefix.pop(vsession.prefix, None)
         for key in [k for k, (owner, _) in self._int_owners.items() if owner is vsession]:
             del self._int_owners[key]
@@ -860,6 +973,18 @@ class Multiplexer:
         for conn_id, message in backlog:
             if isinstance(message, dict) and "id" in message and conn_id in self._links:
                 actions.append(ToBridge(conn_id, _unavailable(message["id"], reason)))
+        return actions
+
+    def drain(self, code: int, reason: str) -> list[Action]:
+        """This gateway process is going away: answer everything that waits (retryable), then
+        close every bridge and the executor with ``code`` so both reconnect to another process,
+        which takes the virtual sessions over from the shared table."""
+        actions = self.executor_disconnected()
+        for conn_id in list(self._links):
+            actions.append(CloseBridge(conn_id, code, reason))
+        self._links.clear()
+        actions.append(CloseExecutor(code, reason))
+        self.finished = True
         return actions
 
     def evicted(self, reason: str) -> list[Action]:

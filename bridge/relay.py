@@ -45,6 +45,7 @@ import redis.asyncio
 from django.conf import settings
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from codexgw import metrics
 from codexgw import redis as gwredis
 
 logger = logging.getLogger(__name__)
@@ -405,6 +406,7 @@ async def upload(
             if data is None:
                 raise RelayFailed(Outcome.UPLOAD_FAILED, "PUT connection lost")
             received += len(data)
+            metrics.RELAY_BYTES.labels("upload").inc(len(data))
             if claim.max_bytes and received > claim.max_bytes:
                 raise RelayFailed(Outcome.TOO_LARGE, f"upload exceeds max_bytes {claim.max_bytes}")
             pending += data
@@ -477,6 +479,7 @@ async def download(connection: RelayConnection, claim: Claim, downstream: Downst
             if downstream.gone:
                 raise RelayFailed(Outcome.DOWNLOAD_FAILED, "GET connection lost")
             sent += len(payload)
+            metrics.RELAY_BYTES.labels("download").inc(len(payload))
             await connection.send(claim, CREDIT)
     except RelayFailed as failure:
         standing = await connection.fail(claim, failure)

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bridge import relay
+from codexgw import drain
 from codexgw.api_errors import error_response
 from codexgw.http_flow import FLOW_EXTENSION, HttpFlow
 from executors.api_auth import SharedSecretBearer
@@ -170,6 +171,10 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
         logger.error("the relay needs the codexgw.http.flow server extension (manage.py serve)")
         await _json(send, status.HTTP_500_INTERNAL_SERVER_ERROR, {"error": "relay unavailable on this server"})
         return
+    if drain.is_draining():
+        # The transfer would be cut by the drain: the client retries (through the balancer).
+        await _json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE}, [drain.RETRY_AFTER_HEADER])
+        return
     if not relay.is_ticket(ticket):
         await _json(send, status.HTTP_410_GONE, {"error": relay.Refusal.UNKNOWN.value})
         return
@@ -179,10 +184,13 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     connection = relay.RelayConnection()
     try:
-        if method == "PUT":
-            await _put(scope, send, flow, connection, ticket)
-        else:
-            await _get(send, flow, connection, ticket)
+        # A drain waits for the transfer, then cancels it (failing the relay for the other
+        # side) and drops the connection.
+        with drain.relays.track(flow.abort):
+            if method == "PUT":
+                await _put(scope, send, flow, connection, ticket)
+            else:
+                await _get(send, flow, connection, ticket)
     finally:
         await connection.close()
 

@@ -1,7 +1,11 @@
 """The per-process home of one executor's multiplexer.
 
 An ``ExecutorSession`` outlives individual executor WebSockets for the exec-server retention
-window, so a reconnecting executor (the same process) finds its virtual sessions intact. Every
+window, so a reconnecting executor (the same process) finds its virtual sessions intact. The
+virtual-session table is also kept in the shared store (``bridge.vsession_store``): when the
+executor reconnects to another process (its holder died or drained), that process claims the
+table, takes the sessions over and tells every bridge still pointing at the old process to
+reconnect (close 4002) and resume. Every
 input — executor frames, bridge frames from this process (in-process path) or from other
 processes (the channel layer, addressed to the session's ``inbox`` channel, which presence
 names) and timers — goes through one bounded queue and one task, so the multiplexer is only
@@ -11,18 +15,19 @@ ever touched by that task. A full queue makes producers wait: backpressure, not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from bridge import exec_session_store
-from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck
+from bridge import exec_session_store, vsession_store
+from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, links_drained
 from bridge.multiplexer import (
     Action,
     CloseBridge,
@@ -33,14 +38,16 @@ from bridge.multiplexer import (
     ToBridge,
     ToExecutor,
 )
-from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN
+from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN
+from codexgw import metrics
 
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
-
-# Gateway-wide counters of what was dropped and why (exported as metrics by the fleet issue).
-DROPS: Counter[str] = Counter()
+# Sequence progress reaches the shared table at most this much later (structural changes go
+# out before they take effect); a failed write is retried after FLUSH_RETRY.
+FLUSH_DELAY = 0.1
+FLUSH_RETRY = 1.0
 
 
 class ExecutorLink(Protocol):
@@ -104,7 +111,30 @@ class BridgeStuck:
     link: LayerLink
 
 
-Event = ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict | BridgeStuck
+@dataclass(frozen=True)
+class Moved:
+    """Another process claimed the executor's virtual-session table."""
+
+    owner: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    code: int
+    reason: str
+    done: asyncio.Future[None]
+
+
+Event = (
+    ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict | BridgeStuck | Moved | Drain
+)
+
+
+def executor_group(exe_id: str) -> str:
+    """The channel-layer group of every bridge to ``exe_id``, on any process: told when the
+    executor's sessions move to another process."""
+    return f"bridges.{exe_id}"
+
 
 _sessions: dict[str, ExecutorSession] = {}
 _by_inbox: dict[str, ExecutorSession] = {}
@@ -128,6 +158,24 @@ async def session_for(exe_id: str) -> ExecutorSession:
         return session
 
 
+async def drain_all(code: int = CLOSE_SERVICE_RESTART, reason: str = "gateway restarting: reconnect") -> int:
+    """This process is shutting down: every executor session stores its virtual-session table,
+    answers every pending bridge request (retryable error), closes its bridges and its executor
+    with ``code`` (they reconnect to another process, which takes the sessions over) and ends.
+    Returns once the closes have been sent to bridges in other processes too; the caller bounds
+    the wait. Returns how many sessions were drained."""
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[None]] = []
+    for session in list(_sessions.values()):
+        if not session.finished:
+            done: asyncio.Future[None] = loop.create_future()
+            await session.put(Drain(code, reason, done))
+            waits.append(done)
+    await asyncio.gather(*waits)
+    await links_drained()
+    return len(waits)
+
+
 def local_session(inbox: str) -> ExecutorSession | None:
     """The session behind ``inbox`` when it lives in this process (the in-process fast path)."""
     session = _by_inbox.get(inbox)
@@ -135,7 +183,7 @@ def local_session(inbox: str) -> ExecutorSession | None:
 
 
 def drop(reason: str, **context: Any) -> None:
-    DROPS[reason] += 1
+    metrics.DROPS.labels(reason).inc()
     logger.warning("dropped: %s", reason, extra={"reason": reason, **context})
 
 
@@ -157,18 +205,46 @@ class ExecutorSession:
         self._local: dict[str, LocalBridge] = {}
         self._parts = Reassembler()
         self._tasks: list[asyncio.Task[None]] = []
+        self._flush_at: float | None = None
+        self._table_lost = False
+        self._moved_from: str | None = None
 
     async def start(self) -> None:
         self.inbox = await self.layer.new_channel()
+        await self._claim_table()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"mux {self.exe_id}"),
             asyncio.create_task(self._read_layer(), name=f"mux inbox {self.exe_id}"),
         ]
 
+    async def _claim_table(self) -> None:
+        """Own the executor's virtual-session table, taking over the sessions stored in it."""
+        claimed = await vsession_store.claim(self.exe_id, self.inbox)
+        self.mux.restore(claimed.sessions, claimed.next_handle)
+        if claimed.previous_owner is not None and claimed.previous_owner != self.inbox:
+            self._moved_from = claimed.previous_owner
+            logger.info(
+                "took over the executor's virtual sessions",
+                extra={"exe_id": self.exe_id, "sessions": len(claimed.sessions)},
+            )
+
+    async def announce_takeover(self) -> None:
+        """Tell the table's previous owner, and every bridge still pointing at it, that the
+        sessions live here now. Called once the executor's presence names this session, so a
+        bridge that joins the group later finds the new holder when it checks presence."""
+        previous, self._moved_from = self._moved_from, None
+        if previous is None:
+            return
+        with contextlib.suppress(ChannelFull):
+            await self.layer.send(previous, {"type": "mux.moved", "owner": self.inbox})
+        await self.layer.group_send(executor_group(self.exe_id), {"type": "bridge.moved", "inbox": self.inbox})
+
     async def put(self, event: Event) -> None:
         if self.finished:
             if isinstance(event, BridgeOpen) and event.local is not None:
                 await event.local.close_from_gateway(CLOSE_EXECUTOR_LOST, "executor session ended")
+            elif isinstance(event, Drain) and not event.done.done():
+                event.done.set_result(None)
             return
         await self._queue.put(event)
 
@@ -178,21 +254,52 @@ class ExecutorSession:
         try:
             while not self.finished:
                 deadline = self.mux.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.mux.clock())
+                wake = min((d for d in (deadline, self._flush_at) if d is not None), default=None)
+                timeout = None if wake is None else max(0.0, wake - self.mux.clock())
                 try:
                     event = await asyncio.wait_for(self._queue.get(), timeout)
                 except TimeoutError:
                     pass
                 else:
-                    await self._perform(await self._handle(event))
+                    await self._step(await self._handle(event))
                 if deadline is not None and self.mux.clock() >= deadline:
-                    await self._perform(self.mux.tick())
+                    await self._step(self.mux.tick())
+                if self._flush_at is not None and self.mux.clock() >= self._flush_at:
+                    await self._flush()
                 self.finished = self.mux.finished
         except Exception:
             logger.exception("executor session failed", extra={"exe_id": self.exe_id})
             await self._perform(self.mux.evicted("gateway error"))
         finally:
             self._finish()
+            if self._queue.qsize():
+                # Events that raced the end (a drain request among them) are not left waiting.
+                while not self._queue.empty():
+                    await self.put(self._queue.get_nowait())
+
+    async def _step(self, actions: list[Action]) -> None:
+        if self.mux.has_urgent_changes:
+            await self._flush()
+        await self._perform(actions)
+        if self.mux.has_changes and self._flush_at is None:
+            self._flush_at = self.mux.clock() + FLUSH_DELAY
+
+    async def _flush(self) -> None:
+        """Write the table's changes to the shared store (only while this session owns it)."""
+        self._flush_at = None
+        if self._table_lost or not self.mux.has_changes:
+            return
+        changes = self.mux.take_changes()
+        try:
+            still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
+        except Exception:
+            logger.warning("virtual-session table write failed", extra={"exe_id": self.exe_id}, exc_info=True)
+            self.mux.requeue(changes)
+            self._flush_at = self.mux.clock() + FLUSH_RETRY
+            return
+        if not still_owner:
+            self._table_lost = True
+            await self._perform(self.mux.evicted("the executor's sessions moved to another gateway process"))
 
     async def _handle(self, event: Event) -> list[Action]:
         if isinstance(event, ExecFrame):
@@ -231,6 +338,17 @@ class ExecutorSession:
             if self._remote.get(event.conn_id) is not event.link:
                 return []  # already closed (or already given up on from _to_bridge)
             return await self._give_up_on(event.conn_id)
+        if isinstance(event, Moved):
+            if event.owner == self.inbox:
+                return []
+            self._table_lost = True
+            return self.mux.evicted("the executor's sessions moved to another gateway process")
+        if isinstance(event, Drain):
+            await self._perform(self.mux.drain(event.code, event.reason))
+            await self._flush()
+            if not event.done.done():
+                event.done.set_result(None)
+            return []
         if self.executor is not None and self.executor.connection_id == event.connection_id:
             return self.mux.evicted("a newer connection for this executor took over in another gateway process")
         return []
@@ -314,6 +432,8 @@ class ExecutorSession:
                 await self.put(BridgeClosed(conn_id))
             elif kind == "mux.evict":
                 await self.put(Evict(str(message["connection_id"])))
+            elif kind == "mux.moved":
+                await self.put(Moved(str(message["owner"])))
             else:
                 drop("unknown_layer_message", exe_id=self.exe_id, detail=str(kind))
 

@@ -15,6 +15,7 @@ django_http = get_asgi_application()
 
 from appgateway.model_proxy import with_model_proxy  # noqa: E402
 from bridge.relay_views import ASGIApp, with_relay  # noqa: E402
+from codexgw.drain import refuse_upgrades_while_draining  # noqa: E402
 from codexgw.periodic import start_in_process_beat  # noqa: E402
 from codexgw.routing import websocket_urlpatterns  # noqa: E402
 
@@ -33,6 +34,7 @@ application = ProtocolTypeRouter(
         # The admin's static files are served by the gateway itself: there is no other web server
         # in front of it on the embedded default, and the files are few and small.
         "http": http_app,
-        "websocket": URLRouter(websocket_urlpatterns),
+        # While the process drains (SIGTERM) every upgrade is refused with 503: codexgw/drain.py.
+        "websocket": refuse_upgrades_while_draining(URLRouter(websocket_urlpatterns)),
     }
 )

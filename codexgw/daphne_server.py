@@ -20,12 +20,22 @@ code)``, which writes only a status line (the reason as its phrase) and no heade
 bookkeeping stay as they are) and overrides ``failHandshake`` to write the complete response the
 application built instead, when there is one. A plain ``websocket.close`` before accept still
 gives daphne's 403.
+
+``GatewayServer`` also owns the stop signals when given a ``drain_timeout`` (``manage.py serve``):
+daphne runs ``reactor.run(installSignalHandlers=True)``, whose handlers stop the reactor at once.
+Instead, SIGTERM/SIGINT start ``codexgw.drain.drain`` on the event loop and stop the reactor when
+it returns; a watchdog thread ends the process if the drain and stop overrun the bound, and a
+second signal ends it at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
+import signal
+import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -34,14 +44,22 @@ from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.internet import reactor as _reactor
 
+from codexgw import drain
 from codexgw.http_flow import FlowServerMixin
 
 logger = logging.getLogger(__name__)
+# The asyncio reactor daphne installed on import (zope interfaces do not type-check as classes).
+reactor: Any = _reactor
 
 DENIAL_EXTENSION = "websocket.http.response"
 RESPONSE_START = "websocket.http.response.start"
 RESPONSE_BODY = "websocket.http.response.body"
+
+# After a drain, how long stopping the server (cancelling what is left) may take before the
+# process is cut off.
+STOP_GRACE = 3.0
 
 # Close codes a server may send (RFC 6455 §7.4.1; 1004-1006, 1010 and 1015 are not for the wire).
 SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1010), *range(1011, 1015), *range(3000, 5000)})
@@ -202,6 +220,56 @@ class GatewayServer(FlowServerMixin, Server):  # type: ignore[misc]
     """
 
     _gateway_ws_factory: GatewayWebSocketFactory
+
+    def __init__(self, *args: Any, drain_timeout: float | None = None, **kwargs: Any) -> None:
+        """``drain_timeout``: on SIGTERM/SIGINT drain the process (``codexgw.drain``) within this
+        many seconds, then stop. Without it, daphne's own handlers stop the reactor at once."""
+        if drain_timeout is not None:
+            kwargs["signal_handlers"] = False
+        super().__init__(*args, **kwargs)
+        self.drain_timeout = drain_timeout
+        self._draining: asyncio.Task[None] | None = None
+
+    def run(self) -> None:
+        if self.drain_timeout is not None:
+            # Twisted's handlers would stop the reactor on the first signal. The asyncio
+            # reactor runs the asyncio loop, so the handlers go on that loop once it runs.
+            reactor.callWhenRunning(self._install_drain_handlers)
+        super().run()
+
+    def _install_drain_handlers(self) -> None:
+        # Twisted runs this before it starts the loop (daphne has made the loop current).
+        loop = asyncio.get_event_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._draining is not None:
+            logger.warning("%s during the drain: exiting now", name)
+            os._exit(128 + signum)
+        assert self.drain_timeout is not None
+        logger.info("%s: draining for up to %ss", name, self.drain_timeout)
+        # Exit even if the loop itself is stuck: a thread, not a loop timer.
+        watchdog = threading.Timer(self.drain_timeout + STOP_GRACE, self._cut_off)
+        watchdog.daemon = True
+        watchdog.start()
+        loop = asyncio.get_running_loop()
+        self._draining = loop.create_task(self._drain_then_stop(loop.time() + self.drain_timeout), name="drain")
+
+    async def _drain_then_stop(self, deadline: float) -> None:
+        try:
+            await drain.drain(deadline)
+        except Exception:
+            logger.exception("drain failed")
+        finally:
+            logger.info("stopping the server")
+            reactor.stop()
+
+    @staticmethod
+    def _cut_off() -> None:
+        logger.error("the drain and stop overran CODEXGW_DRAIN_TIMEOUT: exiting now")
+        os._exit(1)
 
     @property
     def ws_factory(self) -> GatewayWebSocketFactory:

@@ -1,5 +1,5 @@
-"""Liveness (``/healthz``: no I/O at all) and readiness (``/readyz``: database, Redis and the
-channel layer answer within ``CODEXGW_READYZ_TIMEOUT``)."""
+"""Liveness (``/healthz``: no I/O at all) and readiness (``/readyz``: 503 while the process drains,
+else database, Redis and the channel layer answer within ``CODEXGW_READYZ_TIMEOUT``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from codexgw import drain
 from codexgw import redis as gwredis
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ async def _check_channel_layer() -> None:
 
 
 async def readyz(request: HttpRequest) -> HttpResponse:
+    if drain.is_draining():
+        # Checked first and without I/O: balancers must stop sending new work here at once.
+        return _not_logged(
+            JsonResponse(
+                {"ready": False, "status": "draining"}, status=503, headers={"Retry-After": str(drain.RETRY_AFTER)}
+            )
+        )
     checks = {
         "database": database_sync_to_async(_check_database)(),
         "redis": _check_redis(),
@@ -68,4 +76,11 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         else:
             report[name] = "ok"
     ready = all(value == "ok" for value in report.values())
-    return JsonResponse({"ready": ready, "checks": report}, status=200 if ready else 503)
+    return _not_logged(JsonResponse({"ready": ready, "checks": report}, status=200 if ready else 503))
+
+
+def _not_logged(response: HttpResponse) -> HttpResponse:
+    # A 503 here is an answer, not a server error: balancers poll twice a second, so Django's
+    # ERROR line per 5xx would flood the log (a failed check already logs its own warning).
+    response._has_been_logged = True  # type: ignore[attr-defined]  # read by django.utils.log.log_response
+    return response

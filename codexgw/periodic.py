@@ -17,6 +17,7 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 _started = threading.Event()
+_stop = threading.Event()
 
 
 def _interval(schedule: object) -> float:
@@ -53,10 +54,16 @@ def start_in_process_beat(tick: float = 1.0) -> bool:
 
     def loop() -> None:
         last_run: dict[str, float] = {}
-        while True:
+        while not _stop.is_set():
             run_due(last_run, time.monotonic())
-            time.sleep(tick)
+            _stop.wait(tick)
 
     threading.Thread(target=loop, name="codexgw-in-process-beat", daemon=True).start()
     logger.info("no broker configured: periodic tasks run in-process")
     return True
+
+
+def stop_in_process_beat() -> None:
+    """Run no more periodic tasks in this process (the drain on SIGTERM); one that is running
+    finishes."""
+    _stop.set()

@@ -55,6 +55,8 @@ if not TOKEN_ENCRYPTION_KEYS:
 CXG_CAPTOKEN_HMAC_SECRET = _secrets["CXG_CAPTOKEN_HMAC_SECRET"]
 CXG_INTERNAL_SHARED_SECRET = _secrets["CXG_INTERNAL_SHARED_SECRET"]
 CXG_AGENTSERVER_INTERNAL_SECRET = _secrets["CXG_AGENTSERVER_INTERNAL_SECRET"]
+# Bearer token of GET /metrics (Prometheus); unset: the endpoint answers 503.
+CXG_METRICS_TOKEN = _secrets["CXG_METRICS_TOKEN"]
 
 # --- gateway behaviour ---------------------------------------------------------------------
 CODEXGW_ROLES = set(env_list("CODEXGW_ROLES", ["exec", "app"]))
@@ -85,6 +87,9 @@ CXG_BCRYPT_ROUNDS = env_int("CXG_BCRYPT_ROUNDS", 10, minimum=4, maximum=15)
 CXG_EXECUTOR_CONCURRENT_REQUESTS = env_int("CXG_EXECUTOR_CONCURRENT_REQUESTS", 16, minimum=1)
 CODEXGW_REDIS_PREFIX = env_str("CODEXGW_REDIS_PREFIX", "cxg:")
 CODEXGW_READYZ_TIMEOUT = env_duration("CODEXGW_READYZ_TIMEOUT", 2.0, minimum=0.1)
+# Graceful drain on SIGTERM/SIGINT (codexgw/drain.py; docs/operations.md).
+CODEXGW_DRAIN_TIMEOUT = env_duration("CODEXGW_DRAIN_TIMEOUT", 25.0, minimum=1.0)
+CODEXGW_DRAIN_READINESS_DELAY = env_duration("CODEXGW_DRAIN_READINESS_DELAY", 2.0)
 
 # --- app gateway (appgateway/; docs/app-gateway.md) -------------------------------------------
 # Default binary: the pinned @openai/codex npm package when installed (scripts/test runs npm ci).
@@ -293,7 +298,9 @@ LOGGING = {
         "json": {"()": "codexgw.logging.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # Adds the connection's exe_id / workspace_id / connection_id to every record (codexgw/logcontext.py).
+    "filters": {"context": {"()": "codexgw.logcontext.ContextFilter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["stderr"], "level": {"warn": "WARNING"}.get(LOG_LEVEL, LOG_LEVEL.upper())},
     "loggers": {
         # daphne and django.server log each request with its full path; keep them at warning.

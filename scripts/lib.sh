@@ -20,6 +20,7 @@ ensure_debian_packages() {
   command -v psql >/dev/null || missing+=(postgresql-client)
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v npm >/dev/null || missing+=(nodejs npm)
+  command -v haproxy >/dev/null || missing+=(haproxy)  # the e2e tests' load balancer
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"

@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from bridge.client import Pool
+from bridge.client import FAILOVER_GRACE, Pool
 from bridge.relay_client import RelayClient
 from codexgw import process_rpc, runtime
 from codexgw import redis as gwredis
@@ -159,7 +159,12 @@ async def context_for(workspace_id: str) -> ToolContext:
 
         context = ToolContext(
             workspace_id=workspace_id,
-            pool=Pool(runtime.self_ws_base_url(), token_provider, client_name="codexgw-sdk"),
+            pool=Pool(
+                runtime.self_ws_base_url(),
+                token_provider,
+                client_name="codexgw-sdk",
+                unavailable_grace=FAILOVER_GRACE,
+            ),
             resolver=NameResolver(bindings_fetcher(workspace_id)),
             sessions=_sessions,
             relay=relay,

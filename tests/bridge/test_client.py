@@ -236,3 +236,26 @@ async def test_a_closed_pool_closes_its_clients_and_refuses_more(pool, executor:
     assert client.closed
     with pytest.raises(BridgeError, match="pool is closed"):
         await pool.get(executor.exe_id)
+
+
+async def test_a_pool_with_a_grace_waits_for_an_executor_that_is_between_processes(
+    gateway_cluster, make_executor_credentials, exec_servers
+):
+    """After a failover or drain the executor is offline for about a second: a dial refused with
+    503 is retried within ``unavailable_grace``, and only then reported."""
+    credentials = await database_sync_to_async(make_executor_credentials)()
+    await database_sync_to_async(services.bind_executor)(WORKSPACE, credentials.exe_id, "late", "", False)
+    base = gateway_cluster[1].ws_base_url
+
+    with pytest.raises(BridgeDialError) as refused:
+        await Pool(base, Tokens(), unavailable_grace=0.5).get(credentials.exe_id)
+    assert refused.value.status == 503
+
+    pool = Pool(base, Tokens(), unavailable_grace=30)
+    dial = asyncio.ensure_future(pool.get(credentials.exe_id))
+    await asyncio.sleep(1.0)
+    assert not dial.done()  # still retrying the 503s
+    exec_servers.remote(gateway_cluster[0].base_url, credentials)
+    client = await asyncio.wait_for(dial, 30)
+    assert client.environment_info
+    await pool.close()

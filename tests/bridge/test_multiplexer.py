@@ -17,6 +17,7 @@ from bridge.multiplexer import (
     Dropped,
     Multiplexer,
     SaveSession,
+    TableChanges,
     ToBridge,
     ToExecutor,
 )
@@ -1273,3 +1274,135 @@ def test_recovery_that_finds_output_releases_a_waiting_long_poll():
     page = only(reads(rig.answer(read, read_result([chunk(3)], 4))))
     released = [m for m in reads(rig.answer(page, read_result([], 4))) if m["params"]["afterSeq"] == 2]
     assert released == [forwarded_read(released[0], pid, 2)]
+
+
+# --- the shared table: takeover by another gateway process --------------------------------------
+
+
+def take_over(old: Rig, stored: TableChanges | None = None) -> Rig:
+    """A second process's multiplexer restores what ``old`` stored (by default: everything so
+    far), and the executor resumes its session there."""
+    changes = stored or old.mux.take_changes()
+    new = Rig(session_id=EXEC_SESSION, environment_info=ENV_INFO)
+    new.mux.restore(changes.upserts, changes.next_handle)
+    assert new.connect() == [INITIALIZED, SaveSession(EXEC_SESSION, ENV_INFO)]  # nobody attached: nothing read
+    return new
+
+
+def test_new_sessions_processes_and_int_handles_are_urgent_changes_sequence_progress_is_not():
+    rig = ready_rig()
+    rig.mux.take_changes()
+    vsid = rig.attach("A")
+    assert rig.mux.has_urgent_changes
+    assert set(rig.mux.take_changes().upserts) == {vsid}
+    pid = rig.start("A", "p1")
+    changes = rig.mux.take_changes()
+    assert changes.urgent
+    assert changes.upserts[vsid]["processes"] == {
+        "p1": {"last_seq": 0, "observed_seq": 0, "exited": False, "closed": False, "missing": []}
+    }
+    rig.deliver(output(pid, 1), "A", output("p1", 1))
+    assert rig.mux.has_changes
+    assert not rig.mux.has_urgent_changes
+    assert rig.mux.take_changes().upserts[vsid]["processes"]["p1"]["last_seq"] == 1
+    sent = rig.forward("A", {"id": 3, "method": "fs/watchMissing", "params": {"watchId": 7, "path": "file:///x"}})
+    changes = rig.mux.take_changes()
+    assert changes.urgent
+    assert changes.upserts[vsid]["int_handles"] == [["watchId", 7, sent["params"]["watchId"]]]
+    assert changes.next_handle == sent["params"]["watchId"] + 1
+    assert not rig.mux.has_changes
+
+
+def test_a_refused_start_leaves_no_process_in_the_table():
+    rig = ready_rig()
+    vsid = rig.attach("A")
+    sent = rig.forward("A", {"id": 2, "method": "process/start", "params": {"processId": "p1", **START_PARAMS}})
+    assert "p1" in rig.mux.take_changes().upserts[vsid]["processes"]  # stored before it runs
+    assert rig.fail(sent, -32602, "bad argv") == [ToBridge("A", error(2, -32602, "bad argv"))]
+    assert rig.mux.take_changes().upserts[vsid]["processes"] == {}
+
+
+def test_another_process_takes_over_and_the_resumed_bridge_gets_every_missed_chunk():
+    old = ready_rig()
+    vsid = old.attach("A")
+    pid = old.start("A", "p1")
+    old.deliver(output(pid, 1, "YQ=="), "A", output("p1", 1, "YQ=="))
+    old.deliver(output(pid, 2, "Yg=="), "A", output("p1", 2, "Yg=="))
+    # The old process dies here; its executor reconnects to the new one.
+    new = take_over(old)
+    actions = new.initialize("B", resume=vsid, request_id="init")
+    assert actions == [ToBridge("B", {"id": "init", "result": {"sessionId": vsid, "environmentInfo": ENV_INFO}})]
+    page = only(reads(new.initialized("B")))
+    assert page == recovery_read(page, pid, 2)  # from the last chunk the client got
+    actions = new.answer(page, read_result([chunk(3, "Yw==")], 4))
+    page = only(reads(actions))
+    assert actions == [ToBridge("B", output("p1", 3, "Yw==")), ToExecutor(recovery_read(page, pid, 3))]
+    assert new.answer(page, read_result([], 4)) == []
+    new.deliver(output(pid, 4), "B", output("p1", 4))
+    # Handles keep their meaning on the new process.
+    sent = new.forward("B", {"id": 5, "method": "process/terminate", "params": {"processId": "p1"}})
+    assert sent["params"]["processId"] == pid
+
+
+def test_stale_sequence_progress_repeats_output_with_its_seq_never_skips_it():
+    old = ready_rig()
+    vsid = old.attach("A")
+    pid = old.start("A", "p1")
+    stored = old.mux.take_changes()  # p1 at seq 0
+    old.deliver(output(pid, 1, "YQ=="), "A", output("p1", 1, "YQ=="))  # not stored before the crash
+    new = take_over(old, stored)
+    new.initialize("B", resume=vsid)
+    page = only(reads(new.initialized("B")))
+    assert page == recovery_read(page, pid, 0)
+    actions = new.answer(page, read_result([chunk(1, "YQ=="), chunk(2, "Yg==")], 3))
+    assert to_bridge(actions, "B") == [output("p1", 1, "YQ=="), output("p1", 2, "Yg==")]
+
+
+def test_takeover_keeps_integer_handles_and_allocates_past_them():
+    old = ready_rig()
+    vsid = old.attach("A")
+    watch = old.forward("A", {"id": 2, "method": "fs/watchMissing", "params": {"watchId": 7, "path": "file:///x"}})
+    mapped = watch["params"]["watchId"]
+    new = take_over(old)
+    new.initialize("B", resume=vsid)
+    new.initialized("B")
+    note = {"method": "fs/missingChanged", "params": {"watchId": mapped, "exists": True}}
+    assert new.push(note) == [ToBridge("B", {"method": "fs/missingChanged", "params": {"watchId": 7, "exists": True}})]
+    other = new.attach("C")
+    assert other != vsid
+    fresh = new.forward("C", {"id": 2, "method": "fs/watchMissing", "params": {"watchId": 7, "path": "file:///y"}})
+    assert fresh["params"]["watchId"] > mapped
+
+
+def test_restored_sessions_expire_unless_resumed_in_the_window():
+    old = ready_rig()
+    old.attach("A")
+    pid = old.start("A", "p1")
+    new = take_over(old)
+    new.clock.advance(EXEC_SESSION_RETENTION + 1)
+    actions = new.mux.tick()
+    assert to_executor(actions) == [
+        {"id": to_executor(actions)[0]["id"], "method": "process/terminate", "params": {"processId": pid}}
+    ]
+    assert new.mux.take_changes().deletes == [old.vsids["A"]]
+
+
+LOST_BEFORE_RESPONSE = "executor connection lost before the response; the request may or may not have run"
+
+
+def test_drain_answers_what_waits_and_closes_everything_with_the_code():
+    rig = ready_rig()
+    rig.attach("A")
+    pid = rig.start("A", "p1")
+    sent = rig.forward("A", {"id": 3, "method": "fs/readFile", "params": {"path": "file:///big"}})
+    assert sent["method"] == "fs/readFile"
+    rig.send("A", {"id": 4, "method": "process/read", "params": {"processId": "p1", "afterSeq": 0, "waitMs": 5000}})
+    actions = rig.mux.drain(1012, "gateway restarting")
+    assert actions == [
+        ToBridge("A", error(3, -32000, LOST_BEFORE_RESPONSE, RETRYABLE)),
+        ToBridge("A", error(4, -32000, "executor connection lost", RETRYABLE)),
+        CloseBridge("A", 1012, "gateway restarting"),
+        CloseExecutor(1012, "gateway restarting"),
+    ]
+    assert rig.mux.finished
+    assert pid

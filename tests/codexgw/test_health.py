@@ -19,11 +19,14 @@ def test_readyz_ready_when_everything_answers(client):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_readyz_503_when_redis_is_down(client, redis_down):
+def test_readyz_503_when_redis_is_down(client, redis_down, caplog):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["redis"] == "fail"
     assert response.json()["checks"]["database"] == "ok"
+    # Not-ready is an answer, not a server error: only the check's own warning is logged.
+    assert [r.getMessage() for r in caplog.records if r.name == "django.request"] == []
+    assert any(r.getMessage() == "readiness check failed" for r in caplog.records)
 
 
 def test_readyz_503_when_database_is_down(client, database_down):

@@ -13,7 +13,7 @@ import pytest
 
 from executors import services
 from executors.presence import presence_store
-from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, TcpCutProxy, wait_for
+from tests.e2e.harness import Balancer, ExecServer, ExecutorCredentials, GatewayCluster, TcpCutProxy, wait_for
 
 DEFAULT_CLUSTER_SIZE = 2
 
@@ -137,6 +137,24 @@ def tcp_proxies() -> Iterator[Callable[..., TcpCutProxy]]:
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+@pytest.fixture
+def balancer(tmp_path: Path) -> Iterator[Callable[..., Balancer]]:
+    """``balancer(cluster_or_urls)``: haproxy round-robin over the gateways (``Balancer``), with
+    ``/readyz`` health checks; stopped at teardown."""
+    started: list[Balancer] = []
+
+    def start(targets: GatewayCluster | list[str]) -> Balancer:
+        urls = [gateway.base_url for gateway in targets] if isinstance(targets, GatewayCluster) else targets
+        started.append(Balancer.start(urls, tmp_path / f"haproxy-{len(started)}"))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for each in started:
+            each.stop()
 
 
 @dataclass

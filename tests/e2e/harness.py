@@ -44,12 +44,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import connections
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from bridge.relay_client import RelayClient, RelayTicket
 from executors.executor_command import executor_launch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,6 +199,9 @@ def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             "DATABASE_URL": gateway_database_url(),
             "CODEXGW_REDIS_PREFIX": settings.CODEXGW_REDIS_PREFIX,
             "PYTHONUNBUFFERED": "1",
+            # SIGTERM drains (codexgw/drain.py): no balancer to wait for, and a short bound.
+            "CODEXGW_DRAIN_READINESS_DELAY": "0",
+            "CODEXGW_DRAIN_TIMEOUT": "5s",
         }
     )
     if settings.REDIS_URL:
@@ -931,3 +936,142 @@ def app_gateway_env(
         "CXG_AGENTSERVER_INTERNAL_URL": agentserver_url,
         "CODEXGW_LOG_FORMAT": "text",
     }
+
+
+# --- a real load balancer ---------------------------------------------------------------------
+
+_HAPROXY_CONFIG = """\
+global
+    log stdout format raw local0 info
+    stats socket {socket} mode 600 level admin
+    maxconn 2000
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    # An upgraded WebSocket is a tunnel: executors stay connected for hours.
+    timeout tunnel 1h
+    timeout client-fin 5s
+    timeout http-request 10s
+
+frontend gateway
+    bind 127.0.0.1:{port}
+    default_backend gateways
+
+backend gateways
+    balance roundrobin
+    # Readiness decides: a draining gateway answers 503 and gets no new connections. Established
+    # ones are left alone (no on-marked-down shutdown-sessions): closing them is the gateway's job.
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server check inter 500ms fall 1 rise 2
+{servers}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Balancer:
+    """Debian's haproxy in the foreground (``-db``), round-robin over gateway processes with
+    ``/readyz`` health checks every 500 ms (one failure marks a server down, two successes up).
+    Servers are named ``g0``, ``g1``, … in the order given; ``states()`` reads haproxy's view."""
+
+    process: subprocess.Popen[str]
+    port: int
+    socket_path: Path
+    output: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, targets: Iterable[str], work_dir: Path, timeout: float = 10.0) -> Balancer:
+        """``targets``: gateway base URLs (``http://host:port``)."""
+        work_dir.mkdir(parents=True, exist_ok=True)
+        servers = "\n".join(
+            f"    server g{index} {url.removeprefix('http://').rstrip('/')}" for index, url in enumerate(targets)
+        )
+        port = _free_port()
+        socket_path = work_dir / "haproxy.sock"
+        config = work_dir / "haproxy.cfg"
+        config.write_text(_HAPROXY_CONFIG.format(port=port, socket=socket_path, servers=servers))
+        process = subprocess.Popen(
+            ["haproxy", "-f", str(config), "-db"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert process.stdout is not None
+        balancer = cls(process=process, port=port, socket_path=socket_path)
+        balancer._reader = _pump(process.stdout, balancer.output)
+        if not wait_for(lambda: balancer._accepts() or process.poll() is not None, timeout) or not balancer._accepts():
+            balancer.stop()
+            raise AssertionError(f"haproxy did not start (exit {process.poll()}):\n{balancer.log()}")
+        return balancer
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return self.socket_path.exists()
+        except OSError:
+            return False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def states(self) -> dict[str, str]:
+        """Each server's status as haproxy sees it (``UP``, ``DOWN``, ``UP 1/2``, …)."""
+        with socket.socket(socket.AF_UNIX) as admin:
+            admin.settimeout(5)
+            admin.connect(str(self.socket_path))
+            admin.sendall(b"show stat\n")
+            raw = b""
+            while chunk := admin.recv(65536):
+                raw += chunk
+        lines = raw.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        servers = [row for row in rows if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND")]
+        return {row["svname"]: row["status"] for row in servers}
+
+    def wait_for_states(self, expected: Mapping[str, str], timeout: float = 10.0) -> None:
+        """Until every named server has the expected status (AssertionError otherwise)."""
+        if not wait_for(lambda: all(self.states().get(name) == state for name, state in expected.items()), timeout):
+            raise AssertionError(f"haproxy states {self.states()} != {dict(expected)} after {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 5.0) -> int:
+        code = _reap(self.process, signal.SIGTERM, timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        _close_pipes(self.process)
+        return code
+
+
+def mint_relay_ticket(gateway_base_url: str, workspace: str, user_id: str) -> RelayTicket:
+    """A relay ticket minted over HTTP by the gateway at ``gateway_base_url``, for two new
+    executors bound to ``workspace`` (source and destination)."""
+    from executors import services  # the ORM: only once Django is set up (the bench imports this module first)
+
+    exe_ids = []
+    for name in ("src", "dst"):
+        exe_id = services.register_executor(user_id).executor.exe_id
+        services.bind_executor(workspace, exe_id, f"relay-{name}-{exe_id}", "", False)
+        exe_ids.append(exe_id)
+    client = RelayClient(gateway_base_url, settings.CXG_INTERNAL_SHARED_SECRET)
+    return async_to_sync(client.create)(workspace, exe_ids[0], exe_ids[1], 600)

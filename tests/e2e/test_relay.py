@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from asgiref.sync import async_to_sync
-from django.conf import settings
 
-from bridge.relay_client import RelayClient, RelayTicket
+from bridge.relay_client import RelayTicket
 from codexgw import redis as gwredis
-from executors import services
-from tests.e2e.harness import GatewayCluster, GatewayProcess, wait_for
+from tests.e2e.harness import GatewayCluster, GatewayProcess, mint_relay_ticket, wait_for
 
 MiB = 1024 * 1024
 RELAY_ENV = {"CXG_PUBLIC_HTTPS_BASE_URL": "https://gw.example.test"}
@@ -107,13 +104,7 @@ def sha256_of(path: Path) -> str:
 @pytest.fixture
 def mint(gateway_cluster: GatewayCluster, transactional_db: None) -> RelayTicket:
     """A ticket minted over HTTP by gateway 0, for two executors bound to the workspace."""
-    exe_ids = []
-    for name in ("src", "dst"):
-        exe_id = services.register_executor("user-relay-e2e").executor.exe_id
-        services.bind_executor(WORKSPACE, exe_id, f"env-{name}", "", False)
-        exe_ids.append(exe_id)
-    client = RelayClient(gateway_cluster[0].base_url, settings.CXG_INTERNAL_SHARED_SECRET)
-    return async_to_sync(client.create)(WORKSPACE, exe_ids[0], exe_ids[1], 600)
+    return mint_relay_ticket(gateway_cluster[0].base_url, WORKSPACE, "user-relay-e2e")
 
 
 def relay_through(

@@ -5,6 +5,7 @@ drop executor frames (exec-server allows 16 MiB frames and 64 MiB messages) and 
 socket timeout would cut executors that stay connected for days. And daphne answers every refused
 WebSocket upgrade with 403, while the executor needs 401/403 (exit) vs 503 (retry): the server is
 ``codexgw.daphne_server.GatewayServer``, which adds the ASGI WebSocket denial response extension.
+SIGTERM and SIGINT drain the process (``codexgw/drain.py``) within ``CODEXGW_DRAIN_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from bridge.protocol import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
-from codexgw import runtime
+from codexgw import drain, runtime
 from codexgw.daphne_server import GatewayServer
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from codexgw.asgi import application
 
+        drain.install_gateway_steps()
         host = options["host"] or settings.CXG_BIND
         port = settings.CXG_PORT if options["port"] is None else options["port"]
         # A Server subclass (not a patched daphne module or a copied Server.run()): it only swaps the
@@ -51,6 +53,7 @@ class Command(BaseCommand):
             application_close_timeout=10,
             ready_callable=lambda: self._announce(server),
             server_name="codexgw",
+            drain_timeout=settings.CODEXGW_DRAIN_TIMEOUT,
         )
         server.run()
 

@@ -1,0 +1,121 @@
+"""Each executor's virtual-session table, shared by every gateway process so that the process an
+executor reconnects to (after its holder died or drained) can take its bridges' sessions over.
+
+Redis: one hash per executor (``<prefix>vsessions:<exe_id>``) with the field ``owner`` (the
+inbox channel of the executor session that may write), ``next_handle`` (the next gateway-unique
+integer handle) and one ``vs:<session id>`` field per virtual session (JSON, see
+``VirtualSession.snapshot``). Claiming makes the caller the owner and returns the table in one
+step; a write from anyone else is refused, so a process that lost the executor cannot overwrite
+its successor's table. Embedded default: the same in process memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from bridge.multiplexer import TableChanges
+from bridge.protocol import JSON
+from codexgw import redis as gwredis
+
+# As long as the exec-server session id is kept (bridge/exec_session_store.py); refreshed by
+# every write. Sessions of an executor that never comes back vanish with it.
+KEEP_SECONDS = 7 * 24 * 3600
+
+_SESSION_FIELD = "vs:"
+
+_CLAIM = """
+local previous = redis.call('HGET', KEYS[1], 'owner')
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {previous or '', redis.call('HGETALL', KEYS[1])}
+"""
+
+# ARGV: owner, ttl, next_handle, number of upserts, then field/value pairs, then deleted fields.
+_WRITE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return 0
+end
+local upserts = tonumber(ARGV[4])
+local i = 5
+for _ = 1, upserts do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+redis.call('HSET', KEYS[1], 'next_handle', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass
+class Claimed:
+    previous_owner: str | None
+    sessions: dict[str, JSON] = field(default_factory=dict)
+    next_handle: int = 1
+
+
+_memory: dict[str, dict[str, str]] = {}
+_memory_lock = threading.Lock()
+
+
+def _key(exe_id: str) -> str:
+    return gwredis.key("vsessions", exe_id)
+
+
+def _parse(previous: str, fields: dict[str, str]) -> Claimed:
+    claimed = Claimed(previous_owner=previous or None)
+    for name, raw in fields.items():
+        if name.startswith(_SESSION_FIELD):
+            claimed.sessions[name[len(_SESSION_FIELD) :]] = json.loads(raw)
+        elif name == "next_handle":
+            claimed.next_handle = int(raw)
+    return claimed
+
+
+def _claim(exe_id: str, owner: str) -> Claimed:
+    client = gwredis.sync_client()
+    if client is None:
+        with _memory_lock:
+            table = _memory.setdefault(exe_id, {})
+            previous = table.get("owner", "")
+            table["owner"] = owner
+            return _parse(previous, dict(table))
+    previous, flat = client.eval(_CLAIM, 1, _key(exe_id), owner, KEEP_SECONDS)
+    return _parse(previous, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
+    """Store ``changes``; False if ``owner`` no longer owns the table (nothing is written)."""
+    upserts = {_SESSION_FIELD + vsid: json.dumps(data, separators=(",", ":")) for vsid, data in changes.upserts.items()}
+    deletes = [_SESSION_FIELD + vsid for vsid in changes.deletes]
+    client = gwredis.sync_client()
+    if client is None:
+        with _memory_lock:
+            table = _memory.get(exe_id)
+            if table is None or table.get("owner") != owner:
+                return False
+            table.update(upserts)
+            for name in deletes:
+                table.pop(name, None)
+            table["next_handle"] = str(changes.next_handle)
+            return True
+    args: list[Any] = [owner, KEEP_SECONDS, changes.next_handle, len(upserts)]
+    for name, raw in upserts.items():
+        args += [name, raw]
+    args += deletes
+    return bool(client.eval(_WRITE, 1, _key(exe_id), *args))
+
+
+claim = sync_to_async(_claim, thread_sensitive=False)
+write = sync_to_async(_write, thread_sensitive=False)
+
+__all__ = ["Claimed", "claim", "write"]

@@ -1,0 +1,236 @@
+"""Prometheus metrics of one gateway process, served at ``GET /metrics``.
+
+The endpoint requires ``Authorization: Bearer <CXG_METRICS_TOKEN>`` (constant-time compare) and
+answers 503 while the token is unset: it is never open. Every series is per process except
+``codexgw_celery_tasks_total``, which Celery workers count in Redis: every gateway process reports
+the same fleet-wide value (aggregate it with ``max``, not ``sum``). The list with meanings is in
+``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Iterable
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from codexgw import redis as gwredis
+
+logger = logging.getLogger(__name__)
+
+# A registry of our own: tests and the endpoint see exactly these series (plus process_*/python_*).
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# WebSocket roles: executor (/codex-exec), bridge (/bridge), tui (/ and /codex-app/ws).
+WS_CONNECTIONS = Gauge(
+    "codexgw_ws_connections", "Open (accepted) WebSocket connections, by role.", ["role"], registry=REGISTRY
+)
+WS_OPENED = Counter(
+    "codexgw_ws_connections_opened_total", "Accepted WebSocket connections, by role.", ["role"], registry=REGISTRY
+)
+WS_FRAMES = Counter(
+    "codexgw_ws_frames_total",
+    "WebSocket messages, by role and direction (in: from the peer, out: to the peer).",
+    ["role", "direction"],
+    registry=REGISTRY,
+)
+WS_BYTES = Counter(
+    "codexgw_ws_bytes_total",
+    "WebSocket payload bytes (UTF-8 for text), by role and direction.",
+    ["role", "direction"],
+    registry=REGISTRY,
+)
+DROPS = Counter(
+    "codexgw_drops_total",
+    "Messages or connections the bridge multiplexer dropped, by reason (each also logs a warning).",
+    ["reason"],
+    registry=REGISTRY,
+)
+LAYER_SEND_SECONDS = Histogram(
+    "codexgw_channel_layer_send_seconds",
+    "Duration of one successful channel-layer send (a cross-process frame or control message).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+LAYER_FULL = Counter(
+    "codexgw_channel_layer_full_total",
+    "Channel-layer sends refused because the receiving channel was full (retried with backoff).",
+    registry=REGISTRY,
+)
+RELAY_BYTES = Counter(
+    "codexgw_relay_bytes_total",
+    "Bytes moved by the HTTP byte relay, by direction (upload: read from the PUT, download: written to the GET).",
+    ["direction"],
+    registry=REGISTRY,
+)
+
+
+# The collectors import their modules when called: bridge.session imports this module.
+def _mux_pending() -> float:
+    from bridge import session
+
+    # list(): the scrape runs in a worker thread while the event loop changes the dict.
+    return float(sum(live.mux.pending_count for live in list(session._sessions.values())))
+
+
+def _mux_sessions() -> float:
+    from bridge import session
+
+    return float(sum(1 for live in list(session._sessions.values()) if not live.finished))
+
+
+def _app_server_children() -> float:
+    from appgateway import supervisor
+
+    return float(supervisor.local_child_count())
+
+
+Gauge(
+    "codexgw_mux_pending_requests",
+    "Bridge requests waiting for the executor's answer (held long-polls included), over this process's sessions.",
+    registry=REGISTRY,
+).set_function(_mux_pending)
+Gauge("codexgw_mux_sessions", "Executor sessions (multiplexers) held by this process.", registry=REGISTRY).set_function(
+    _mux_sessions
+)
+Gauge(
+    "codexgw_app_server_children", "Running codex app-server children of this process.", registry=REGISTRY
+).set_function(_app_server_children)
+
+
+# --- WebSocket traffic (called by bridge.consumers.GatewayConsumer) ---------------------------
+
+_frame_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+
+
+def ws_opened(role: str) -> None:
+    WS_OPENED.labels(role).inc()
+    WS_CONNECTIONS.labels(role).inc()
+
+
+def ws_closed(role: str) -> None:
+    WS_CONNECTIONS.labels(role).dec()
+
+
+def ws_frame(role: str, direction: str, text: str | None, data: bytes | None) -> None:
+    children = _frame_children.get((role, direction))
+    if children is None:
+        children = (WS_FRAMES.labels(role, direction), WS_BYTES.labels(role, direction))
+        _frame_children[(role, direction)] = children
+    if data is not None:
+        size = len(data)
+    elif text is None:
+        size = 0
+    else:
+        # isascii() scans without copying; only non-ASCII text pays for an encode.
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    children[0].inc()
+    children[1].inc(size)
+
+
+# --- Celery task outcomes --------------------------------------------------------------------
+
+TASK_OUTCOMES = ("started", "succeeded", "failed", "retried")
+_memory_tasks: dict[tuple[str, str], int] = {}
+_memory_lock = threading.Lock()
+
+
+def _tasks_key() -> str:
+    return gwredis.key("metrics", "celery_tasks")
+
+
+def record_task(task: str, outcome: str) -> None:
+    """Count one task outcome: in Redis (fleet-wide, shared by workers and gateways) or, on the
+    embedded default where tasks run in the gateway process, in memory. Never raises: a metric
+    must not fail the task."""
+    client = gwredis.sync_client()
+    if client is None:
+        with _memory_lock:
+            _memory_tasks[(task, outcome)] = _memory_tasks.get((task, outcome), 0) + 1
+        return
+    try:
+        client.hincrby(_tasks_key(), f"{task}|{outcome}", 1)
+    except Exception:
+        logger.warning("could not count a Celery task outcome", extra={"task": task, "outcome": outcome}, exc_info=True)
+
+
+def task_counts() -> dict[tuple[str, str], int]:
+    """Every (task, outcome) count recorded so far (blocking: reads Redis)."""
+    client = gwredis.sync_client()
+    if client is None:
+        with _memory_lock:
+            return dict(_memory_tasks)
+    raw: dict[str, str] = client.hgetall(_tasks_key())  # type: ignore[assignment]
+    counts = {}
+    for field, value in raw.items():
+        task, _, outcome = field.rpartition("|")
+        counts[(task, outcome)] = int(value)
+    return counts
+
+
+class CeleryTasksCollector(Collector):
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "codexgw_celery_tasks",
+            "Celery task outcomes (started, succeeded, failed, retried) across the fleet; every gateway "
+            "process reports the same value, aggregate with max.",
+            labels=["task", "outcome"],
+        )
+        try:
+            counts = task_counts()
+        except Exception:
+            logger.warning("could not read Celery task counts", exc_info=True)
+            counts = {}
+        for (task, outcome), value in sorted(counts.items()):
+            family.add_metric([task, outcome], value)
+        yield family
+
+
+REGISTRY.register(CeleryTasksCollector())
+
+
+# --- the endpoint ----------------------------------------------------------------------------
+
+
+def _authorized(request: HttpRequest, expected: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    presented = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: the Prometheus text exposition of this process."""
+    expected: str = settings.CXG_METRICS_TOKEN
+    if not expected:
+        return JsonResponse({"error": "metrics not configured: set CXG_METRICS_TOKEN"}, status=503)
+    if not _authorized(request, expected):
+        response = JsonResponse({"error": "unauthorized"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="codexgw metrics"'
+        return response
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse({"error": f"method {request.method} not allowed"}, status=405)
+        response["Allow"] = "GET, HEAD"
+        return response
+    # Collecting reads Redis (Celery counts) with the blocking client: off the event loop.
+    body = await sync_to_async(generate_latest, thread_sensitive=False)(REGISTRY)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,190 @@
+"""Failover: three gateway processes behind haproxy, the real exec-server connected through it.
+The process holding the executor is SIGKILLed; the executor reconnects through the balancer to
+another process, which takes over presence, resumes the exec-server session and the virtual
+sessions (their table lives in Redis), and bridges that reconnect and resume lose no output."""
+
+# ruff: noqa: ASYNC109 - helpers take a timeout like the harness client does
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+from websockets.exceptions import InvalidStatus
+
+from executors import captoken, services
+from executors.presence import presence_store
+from tests.e2e.harness import (
+    Balancer,
+    ExecutorCredentials,
+    GatewayCluster,
+    RpcClient,
+    RpcConnectionClosed,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+WORKSPACE = "ws-failover"
+TICKS = 400
+
+
+def token() -> str:
+    return captoken.mint(settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id="trn_failover", workspace_id=WORKSPACE, ttl=600)
+
+
+def holder_index(cluster: GatewayCluster, exe_id: str, connection_id: str) -> int:
+    """Which process logged accepting the executor connection that presence names."""
+    for index, gateway in enumerate(cluster):
+        if any(exe_id in line and connection_id in line for line in gateway.log().splitlines()):
+            return index
+    raise AssertionError(f"no process logged connection {connection_id}\n{cluster.log()}")
+
+
+def ticker(process_id: str) -> dict[str, Any]:
+    script = f"for i in $(seq 1 {TICKS}); do echo {process_id}-$i; sleep 0.01; done"
+    return {
+        "processId": process_id,
+        "argv": ["/bin/sh", "-c", script],
+        "cwd": "file:///tmp",
+        "env": {"PATH": "/usr/bin:/bin"},
+        "tty": False,
+    }
+
+
+class Collector:
+    """A process's events as one client sees them across connections, keyed by ``seq``: a
+    repeat must be identical (at-least-once across a crash), a gap is a loss."""
+
+    def __init__(self, process_id: str) -> None:
+        self.process_id = process_id
+        self.events: dict[int, dict[str, Any]] = {}
+        self.repeats = 0
+
+    def add(self, event: dict[str, Any]) -> None:
+        params = event["params"]
+        assert params["processId"] == self.process_id, event
+        seq = params["seq"]
+        if seq in self.events:
+            assert self.events[seq] == event, f"seq {seq} came back different"
+            self.repeats += 1
+        self.events[seq] = event
+
+    @property
+    def closed(self) -> bool:
+        return any(e["method"] == "process/closed" for e in self.events.values())
+
+    async def drain(self, client: RpcClient, timeout: float) -> None:
+        """Take events until the process is closed or the connection ends."""
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            try:
+                self.add(await client.next_notification(timeout=max(0.1, deadline - time.monotonic())))
+            except RpcConnectionClosed:
+                return
+
+    def assert_complete(self) -> None:
+        seqs = sorted(self.events)
+        assert seqs == list(range(1, len(seqs) + 1)), f"events lost: {seqs}"
+        text = b"".join(
+            base64.b64decode(self.events[s]["params"]["chunk"])
+            for s in seqs
+            if self.events[s]["method"] == "process/output"
+        )
+        assert text.decode().splitlines() == [f"{self.process_id}-{i}" for i in range(1, TICKS + 1)]
+        exits = [e for e in self.events.values() if e["method"] == "process/exited"]
+        assert [e["params"]["exitCode"] for e in exits] == [0]
+
+
+async def resume(url: str, session_id: str, timeout: float = 40.0) -> RpcClient:
+    """Reconnect and resume ``session_id``, retrying while the executor is between processes."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client = await RpcClient.connect(url, {"Authorization": f"Bearer {token()}"}, open_timeout=5)
+        except (InvalidStatus, OSError, TimeoutError) as error:
+            last = error
+            await asyncio.sleep(0.3)
+            continue
+        try:
+            reply = await client.call("initialize", {"clientName": "failover", "resumeSessionId": session_id}, 5)
+        except (RpcConnectionClosed, TimeoutError) as error:
+            last = error
+            await client.close()
+            await asyncio.sleep(0.3)
+            continue
+        if "error" in reply:
+            retryable = reply["error"].get("data") == {"retryable": True}
+            await client.close()
+            assert retryable, f"resume refused: {reply['error']}"
+            last = AssertionError(str(reply["error"]))
+            await asyncio.sleep(0.3)
+            continue
+        assert reply["result"]["sessionId"] == session_id
+        await client.notify("initialized", {})
+        return client
+    raise AssertionError(f"could not resume {session_id} within {timeout}s: {last!r}")
+
+
+@pytest.mark.gateway_cluster(count=3, env={"CODEXGW_LOG_FORMAT": "json"})
+async def test_killing_the_executors_process_moves_it_and_every_session_without_losing_output(
+    gateway_cluster: GatewayCluster,
+    balancer: Callable[..., Balancer],
+    make_executor_credentials: Callable[..., ExecutorCredentials],
+    exec_servers: Any,
+) -> None:
+    credentials = await database_sync_to_async(make_executor_credentials)()
+    exe_id = credentials.exe_id
+    await database_sync_to_async(services.bind_executor)(WORKSPACE, exe_id, "box", "failover executor", True)
+    lb = balancer(gateway_cluster)
+    server = exec_servers.remote(lb.base_url, credentials)
+    assert await database_sync_to_async(wait_for)(lambda: presence_store().get(exe_id) is not None, 20), (
+        f"executor did not come online\n{server.log()}\n{gateway_cluster.log()}"
+    )
+    first_holder = presence_store().get(exe_id)
+    assert first_holder is not None
+    doomed = holder_index(gateway_cluster, exe_id, first_holder.connection_id)
+    survivor = (doomed + 1) % 3
+    headers = {"Authorization": f"Bearer {token()}"}
+
+    # One bridge on a process that survives (its session lives on the doomed one), one on the
+    # doomed process itself.
+    clients = {
+        "far": await RpcClient.connect(f"{gateway_cluster[survivor].ws_base_url}/bridge/{exe_id}", headers),
+        "near": await RpcClient.connect(f"{gateway_cluster[doomed].ws_base_url}/bridge/{exe_id}", headers),
+    }
+    sessions = {name: (await client.initialize(name))["sessionId"] for name, client in clients.items()}
+    collectors = {name: Collector(name) for name in clients}
+    for name, client in clients.items():
+        await client.call_result("process/start", ticker(name))
+    for name, client in clients.items():
+        collectors[name].add(await client.next_notification("process/output", timeout=10))
+
+    gateway_cluster[doomed].kill()  # no goodbye to Redis, the executor or any bridge
+
+    far_closed = clients["far"]
+    await collectors["far"].drain(far_closed, timeout=30)
+    assert far_closed.closed, "the bridge on the surviving process was not told the executor moved"
+    assert far_closed.close_code == 4002, (far_closed.close_code, far_closed.close_reason)
+    await collectors["near"].drain(clients["near"], timeout=5)
+    assert clients["near"].closed
+
+    for name in clients:
+        again = await resume(f"{lb.ws_base_url}/bridge/{exe_id}", sessions[name])
+        async with again:
+            await collectors[name].drain(again, timeout=60)
+        collectors[name].assert_complete()
+
+    holder = presence_store().get(exe_id)
+    assert holder is not None
+    assert holder.connection_id != first_holder.connection_id
+    assert holder_index(gateway_cluster, exe_id, holder.connection_id) != doomed
+    assert any("took over the executor's virtual sessions" in g.log() for g in gateway_cluster.alive())
+    assert server.alive(), "the exec-server exited instead of reconnecting"
