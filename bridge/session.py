@@ -298,6 +298,7 @@ class ExecutorSession:
             self._flush_at = self.mux.clock() + FLUSH_RETRY
             return
         if not still_owner:
+            logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
             self._table_lost = True
             await self._perform(self.mux.evicted("the executor's sessions moved to another gateway process"))
 
@@ -341,6 +342,7 @@ class ExecutorSession:
         if isinstance(event, Moved):
             if event.owner == self.inbox:
                 return []
+            logger.info("the executor's virtual sessions moved to another process", extra={"exe_id": self.exe_id})
             self._table_lost = True
             return self.mux.evicted("the executor's sessions moved to another gateway process")
         if isinstance(event, Drain):
@@ -361,7 +363,11 @@ class ExecutorSession:
                 if self.executor is None:
                     drop("executor_gone_before_send", exe_id=self.exe_id)
                 else:
-                    await self.executor.send_to_executor(_encode(action.message))
+                    try:
+                        await self.executor.send_to_executor(_encode(action.message))
+                    except Exception:
+                        # Closed under us: ExecClosed follows and fails what waits for an answer.
+                        drop("executor_gone_before_send", exe_id=self.exe_id)
             elif isinstance(action, CloseBridge):
                 await self._close_bridge(action.conn_id, action.code, action.reason)
             elif isinstance(action, CloseExecutor):
@@ -377,7 +383,12 @@ class ExecutorSession:
     async def _to_bridge(self, conn_id: str, text: str) -> None:
         local = self._local.get(conn_id)
         if local is not None:
-            await local.deliver(text)
+            try:
+                await local.deliver(text)
+            except Exception:
+                # Its socket closed under us (its departure is on the way): one bridge leaving
+                # must never end the session every other client shares.
+                drop("bridge_gone_before_send", exe_id=self.exe_id, connection_id=conn_id)
             return
         link = self._remote.get(conn_id)
         if link is None:
@@ -409,7 +420,8 @@ class ExecutorSession:
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
         local = self._local.pop(conn_id, None)
         if local is not None:
-            await local.close_from_gateway(code, reason)
+            with contextlib.suppress(Exception):  # already closed: nothing left to tell it
+                await local.close_from_gateway(code, reason)
             return
         link = self._remote.pop(conn_id, None)
         if link is not None:

@@ -1,0 +1,81 @@
+"""The session driver (``bridge/session.py``) around the multiplexer: a peer whose socket closed
+under it must not end the session every other client shares."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from channels.layers import InMemoryChannelLayer
+
+from bridge import session as sessions
+from tests.e2e.harness import async_wait_for
+
+ENV_INFO = {"shell": {"name": "bash", "path": "/bin/bash"}, "platformOs": "linux"}
+
+
+class FakeExecutor:
+    connection_id = "conn-1"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed: int | None = None
+
+    async def send_to_executor(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def close_executor(self, code: int) -> None:
+        self.closed = code
+
+
+class Bridge:
+    def __init__(self, *, gone: bool = False) -> None:
+        self.gone = gone
+        self.received: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def deliver(self, text: str) -> None:
+        if self.gone:
+            raise RuntimeError("Attempt to send on a closed protocol")  # what autobahn raises
+        self.received.append(json.loads(text))
+
+    async def close_from_gateway(self, code: int, reason: str) -> None:
+        if self.gone:
+            raise RuntimeError("Attempt to send on a closed protocol")
+        self.closed = (code, reason)
+
+
+def initialize(request_id: int) -> str:
+    return json.dumps({"id": request_id, "method": "initialize", "params": {"clientName": "test"}})
+
+
+@pytest.fixture
+async def ready_session() -> Any:
+    session = sessions.ExecutorSession("exe-session-test", InMemoryChannelLayer(), None)
+    await session.start()
+    executor = FakeExecutor()
+    await session.put(sessions.ExecOpen(executor))
+    assert await async_wait_for(lambda: executor.sent, 5)
+    handshake = executor.sent[0]
+    answer = {"id": handshake["id"], "result": {"sessionId": "exec-1", "environmentInfo": ENV_INFO}}
+    await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+    assert await async_wait_for(lambda: len(executor.sent) == 2, 5)  # initialized
+    yield session, executor
+    await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+
+
+@pytest.mark.django_db
+async def test_a_bridge_whose_socket_closed_under_the_session_does_not_end_it(ready_session):
+    session, executor = ready_session
+    gone, alive = Bridge(gone=True), Bridge()
+    await session.put(sessions.BridgeOpen("gone", None, local=gone))
+    await session.put(sessions.BridgeFrame("gone", initialize(1)))
+    await session.put(sessions.BridgeOpen("alive", None, local=alive))
+    await session.put(sessions.BridgeFrame("alive", initialize(7)))
+    assert await async_wait_for(lambda: alive.received, 5)
+    assert alive.received[0]["id"] == 7
+    assert alive.received[0]["result"]["environmentInfo"] == ENV_INFO
+    assert not session.finished
+    assert executor.closed is None
