@@ -272,14 +272,15 @@ class ExecutorSession:
             await self._perform(self.mux.evicted("gateway error"))
         finally:
             self._finish()
-            if self._queue.qsize():
-                # Events that raced the end (a drain request among them) are not left waiting.
-                while not self._queue.empty():
-                    await self.put(self._queue.get_nowait())
+            # Events that raced the end (a drain request among them) are not left waiting.
+            while not self._queue.empty():
+                await self.put(self._queue.get_nowait())
 
     async def _step(self, actions: list[Action]) -> None:
         if self.mux.has_urgent_changes:
             await self._flush()
+            if self._table_lost:
+                return  # another process owns the sessions: these actions are no longer ours
         await self._perform(actions)
         if self.mux.has_changes and self._flush_at is None:
             self._flush_at = self.mux.clock() + FLUSH_DELAY
@@ -299,8 +300,12 @@ class ExecutorSession:
             return
         if not still_owner:
             logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
-            self._table_lost = True
-            await self._perform(self.mux.evicted("the executor's sessions moved to another gateway process"))
+            await self._perform(self._let_go())
+
+    def _let_go(self) -> list[Action]:
+        """Another process owns the executor's sessions now: end this session's part in them."""
+        self._table_lost = True
+        return self.mux.evicted("the executor's sessions moved to another gateway process")
 
     async def _handle(self, event: Event) -> list[Action]:
         if isinstance(event, ExecFrame):
@@ -343,8 +348,7 @@ class ExecutorSession:
             if event.owner == self.inbox:
                 return []
             logger.info("the executor's virtual sessions moved to another process", extra={"exe_id": self.exe_id})
-            self._table_lost = True
-            return self.mux.evicted("the executor's sessions moved to another gateway process")
+            return self._let_go()
         if isinstance(event, Drain):
             await self._perform(self.mux.drain(event.code, event.reason))
             await self._flush()

@@ -11,6 +11,8 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 
 from bridge import session as sessions
+from bridge import vsession_store
+from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
 from tests.e2e.harness import async_wait_for
 
 ENV_INFO = {"shell": {"name": "bash", "path": "/bin/bash"}, "platformOs": "linux"}
@@ -79,3 +81,17 @@ async def test_a_bridge_whose_socket_closed_under_the_session_does_not_end_it(re
     assert alive.received[0]["result"]["environmentInfo"] == ENV_INFO
     assert not session.finished
     assert executor.closed is None
+
+
+@pytest.mark.django_db
+async def test_a_session_whose_table_another_process_claimed_lets_go(ready_session):
+    session, executor = ready_session
+    await vsession_store.claim(session.exe_id, "inbox-of-another-process")
+    bridge = Bridge()
+    await session.put(sessions.BridgeOpen("late", None, local=bridge))
+    await session.put(sessions.BridgeFrame("late", initialize(3)))  # a new session: stored first, refused
+    assert await async_wait_for(lambda: session.finished, 5)
+    assert bridge.received == []  # no session id that no process could take over
+    assert bridge.closed == (CLOSE_EXECUTOR_LOST, "the executor's sessions moved to another gateway process")
+    assert executor.closed == CLOSE_EXECUTOR_REPLACED
+    assert len(executor.sent) == 2  # initialize and initialized only
