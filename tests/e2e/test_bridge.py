@@ -194,7 +194,9 @@ async def test_executor_reconnect_loses_no_output(online_executor: OnlineExecuto
         output, rest = await run_to_close(client, "ticker", timeout=60)
         events += rest
         text = base64.b64decode(first["params"]["chunk"]) + output
-        assert text.decode().splitlines() == [f"tick-{i}" for i in range(1, 301)]
+        # The logs name the multiplexer's drops, should this ever fail (it did once under load).
+        diagnosis = f"seqs {[e['params']['seq'] for e in events]}\n{online_executor.cluster.log()}"
+        assert text.decode().splitlines() == [f"tick-{i}" for i in range(1, 301)], diagnosis
         assert_seqs_strictly_increase(events)
     assert online_executor.server.alive()
     assert "direct exec-server connection failed" in online_executor.server.log() or online_executor.proxy.cuts == 1
