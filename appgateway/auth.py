@@ -1,4 +1,6 @@
-"""Who may attach a TUI: agentserver-issued bearer tokens, verified by agentserver.
+"""Who may attach a TUI: a bearer token checked through the identity interface
+(``workspaces.identity``): a built-in access token with the ``tui`` scope, or, with an
+agentserver, an agentserver-issued token verified there as follows.
 
 ``POST {CXG_AGENTSERVER_INTERNAL_URL}/api/internal/codex/tokens/verify`` with
 ``X-Internal-Secret`` and ``{"token": ...}`` answers 200 ``{user_id, workspace_id}`` or 401.
@@ -23,6 +25,7 @@ import httpx
 from django.conf import settings
 
 from bridge.ws_auth import Denial
+from workspaces import identity
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +129,27 @@ def bearer(headers: dict[str, str]) -> str | None:
     return authorization[len("Bearer ") :] or None
 
 
+async def verify_for_identity(token: str) -> identity.Grant:
+    """The agentserver backend of the ``tui`` scope (registered in ``AppGatewayConfig.ready``)."""
+    try:
+        verified = await verify_token(token)
+    except InvalidToken:
+        raise identity.Unauthorized("unauthorized") from None
+    except VerifierUnavailable as exc:
+        raise identity.Unavailable(str(exc)) from exc
+    return identity.Grant(verified.workspace_id, verified.user_id, "", frozenset({identity.TUI}))
+
+
 async def authenticate_tui(headers: dict[str, str]) -> Identity | Denial:
-    """The upgrade's identity, or the HTTP status to refuse it with (401 or 503)."""
+    """The upgrade's identity, or the HTTP status to refuse it with (401, 403 or 503)."""
     token = bearer(headers)
     if token is None:
         return Denial(401, "missing Bearer")
     try:
-        return await verify_token(token)
-    except InvalidToken:
-        return Denial(401, "unauthorized")
-    except VerifierUnavailable as exc:
-        logger.warning("TUI token verification unavailable", extra={"error": str(exc)})
+        grant = await identity.authenticate(token, identity.TUI)
+    except identity.Unavailable as exc:
+        logger.warning("TUI token verification unavailable", extra={"error": exc.reason})
         return Denial(503, "token verification unavailable, retry later")
+    except identity.IdentityError as exc:
+        return Denial(exc.status, exc.reason)
+    return Identity(user_id=grant.user_id, workspace_id=grant.workspace_id)

@@ -11,6 +11,9 @@ The proxy credential is ``cxgm.<workspace_id>.<HMAC-SHA256 of the id under a key
 SECRET_KEY>``: stateless, so every gateway process accepts it and it survives restarts and
 takeovers. It grants only model calls as that workspace, which the child can make anyway.
 
+In built-in mode (``workspaces.identity``) there is no agentserver: the proxy injects the static
+key, ``CXG_CODEX_API_KEY`` (or ``OPENAI_API_KEY``).
+
 Current tokens are cached per workspace (Redis, cluster-wide; process memory on the embedded
 default) with their expiry. The periodic ``refresh_live`` (Celery beat) re-fetches the tokens of
 live workspaces before they expire; the proxy fetches on demand only when a token is missing or
@@ -39,6 +42,7 @@ from appgateway import supervisor
 from appgateway.codexhome import CodexHomeError, validate_workspace_id
 from codexgw import redis as gwredis
 from codexgw.runtime import self_http_base_url
+from workspaces import identity
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +181,8 @@ async def refresh(workspace_id: str) -> Token | None:
 
 async def current_token(workspace_id: str) -> str:
     """The upstream bearer for the workspace's model calls (possibly the static key, possibly "")."""
+    if identity.builtin():
+        return str(settings.CXG_CODEX_API_KEY)
     now = time.time()
     token = await cached_token(workspace_id)
     # Refreshing ahead of expiry is the beat's job; a request only waits for a fetch when it must.
@@ -225,9 +231,11 @@ def workspace_for_credential(credential: str) -> str | None:
 async def spawn_settings(workspace_id: str) -> ModelSpawn:
     """The model env and base_url for a spawn: the proxy and the workspace's proxy credential.
 
-    Without an agentserver there are no per-workspace tokens, so nothing needs refreshing: the
-    supervisor's defaults apply (the static key, ``CXG_MODEL_PROVIDER_BASE_URL``)."""
-    if not settings.CXG_AGENTSERVER_INTERNAL_URL:
+    Built-in mode always goes through the proxy too, so the static key stays in the gateway and
+    a missing key is explained by the proxy. An agentserver backend without its URL has no
+    per-workspace tokens: the supervisor's defaults apply (the static key,
+    ``CXG_MODEL_PROVIDER_BASE_URL``)."""
+    if not identity.builtin() and not settings.CXG_AGENTSERVER_INTERNAL_URL:
         return ModelSpawn(env={}, provider_base_url=None)
     return ModelSpawn(
         env={settings.CXG_MODEL_PROVIDER_ENV_KEY: proxy_credential(workspace_id)},

@@ -24,6 +24,7 @@ from django.conf import settings
 
 from appgateway import model_credentials
 from bridge.relay_views import ASGIApp, Receive, Scope, Send, _header, _json
+from codexgw.model_key import model_key_problem
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ async def model_proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
     if body is None:
         return
     upstream_token = await model_credentials.current_token(workspace_id)
+    problem = None if upstream_token else model_key_problem()
+    if problem is not None:
+        # OpenAI's error shape: codex shows the message in the TUI and in a turn's error.
+        logger.warning("model call refused: %s", problem, extra={"workspace_id": workspace_id})
+        await _json(send, 401, {"error": {"message": problem, "type": "invalid_request_error", "code": "no_api_key"}})
+        return
     url = settings.CXG_MODEL_PROVIDER_BASE_URL.rstrip("/") + path[len(prefix) :]
     if scope.get("query_string"):
         url += "?" + bytes(scope["query_string"]).decode("latin-1")

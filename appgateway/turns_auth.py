@@ -1,5 +1,7 @@
 """Who may call ``POST /api/turns`` (app-gateway §1.7): agentserver itself, with
-``X-Internal-Secret``, or a workspace API key, ``Authorization: Bearer wak_…``.
+``X-Internal-Secret``, or a bearer token with the ``turns:submit`` scope checked through the
+identity interface (``workspaces.identity``): a built-in access token, or, with an agentserver,
+a workspace API key ``wak_…`` validated there as follows.
 
 API keys are validated by agentserver: ``POST {CXG_AGENTSERVER_INTERNAL_URL}/internal/workspace-api-keys/validate``
 with ``X-Internal-Secret`` and ``{"secret": …}`` answers 200 ``{workspace_id, key_id, scopes}``
@@ -14,17 +16,19 @@ from dataclasses import dataclass
 from typing import Final
 
 from django.conf import settings
+from rest_framework import exceptions
 from rest_framework.request import Request
 
 from appgateway.auth import BODY_LOG_LIMIT, InvalidToken, VerifierUnavailable, ask_agentserver
 from codexgw.api_errors import ServiceUnavailable
 from executors.api_auth import Unauthorized, bearer_token, secret_matches
+from workspaces import identity
 
 logger = logging.getLogger(__name__)
 
 VALIDATE_PATH: Final = "/internal/workspace-api-keys/validate"
 KEY_PREFIX: Final = "wak_"
-TURNS_SCOPE: Final = "turns:submit"
+TURNS_SCOPE: Final = identity.TURNS
 
 
 @dataclass(frozen=True)
@@ -47,21 +51,38 @@ async def validate_api_key(secret: str) -> ApiKey:
     return ApiKey(workspace_id, str(key_id), frozenset(str(scope) for scope in scopes))
 
 
+async def validate_for_identity(token: str) -> identity.Grant:
+    """The agentserver backend of the ``turns:submit`` scope (registered in ``AppGatewayConfig.ready``)."""
+    if not token.startswith(KEY_PREFIX):
+        raise identity.Unauthorized("unauthorized")  # not an API key: agentserver is not even asked
+    try:
+        key = await validate_api_key(token)
+    except InvalidToken:
+        raise identity.Unauthorized("unauthorized") from None
+    except VerifierUnavailable as exc:
+        raise identity.Unavailable(str(exc)) from exc
+    return identity.Grant(key.workspace_id, "", key.key_id, key.scopes)
+
+
 async def authenticate(request: Request) -> ApiKey | None:
-    """None for agentserver (no further checks), else the caller's API key. Raises 401
-    (``Unauthorized``) or 503 (``ServiceUnavailable``: agentserver cannot answer)."""
+    """None for agentserver (no further checks), else the caller's key with the ``turns:submit``
+    scope. Raises 401 (``Unauthorized``), 403 (``PermissionDenied``: no scope) or 503
+    (``ServiceUnavailable``: the identity backend cannot answer)."""
     expected = settings.CXG_AGENTSERVER_INTERNAL_SECRET
     if expected and secret_matches(request.headers.get("X-Internal-Secret"), expected):
         return None
     token = bearer_token(request)
-    if token is None or not token.startswith(KEY_PREFIX):
-        if not expected:
+    if token is None:
+        if not expected and not identity.builtin():
             logger.error("CXG_AGENTSERVER_INTERNAL_SECRET is not set: refusing %s", request.path)
         raise Unauthorized()
     try:
-        return await validate_api_key(token)
-    except InvalidToken:
-        raise Unauthorized() from None
-    except VerifierUnavailable as exc:
-        logger.warning("API key validation unavailable", extra={"error": str(exc)})
+        grant = await identity.authenticate(token, TURNS_SCOPE)
+    except identity.Unavailable as exc:
+        logger.warning("API key validation unavailable", extra={"error": exc.reason})
         raise ServiceUnavailable("API key validation unavailable, retry later") from exc
+    except identity.Forbidden as exc:
+        raise exceptions.PermissionDenied(exc.reason) from None
+    except identity.IdentityError as exc:
+        raise Unauthorized(exc.reason) from None
+    return ApiKey(grant.workspace_id, grant.token_id, grant.scopes)

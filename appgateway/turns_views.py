@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from appgateway import broker
 from appgateway.codexhome import CodexHomeError, validate_workspace_id
-from appgateway.turns_auth import TURNS_SCOPE, authenticate
+from appgateway.turns_auth import authenticate
 from codexgw.async_views import AsyncAPIView
 from executors.serializers import ErrorResponse
 
@@ -50,7 +50,8 @@ class TurnsView(AsyncAPIView):
         request=TurnRequest,
         responses={200: OpenApiTypes.OBJECT, **dict.fromkeys((400, 401, 403, 503), ErrorResponse)},
         description="Run one codex turn: 200 {threadId, turn} or {threadId, transport: {code, message}}. "
-        "Auth: X-Internal-Secret, or Authorization: Bearer wak_… with scope turns:submit.",
+        "Auth: X-Internal-Secret, or Authorization: Bearer <token> with scope turns:submit "
+        "(a built-in access token, or an agentserver workspace API key wak_…).",
     )
     async def post(self, request: Request) -> Response:
         api_key = await authenticate(request)
@@ -58,11 +59,8 @@ class TurnsView(AsyncAPIView):
         body = TurnRequest(data=await sync_to_async(lambda: request.data, thread_sensitive=False)())
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if api_key is not None:
-            if api_key.workspace_id != data["workspaceId"]:
-                raise exceptions.PermissionDenied(f"api key not authorized for workspace {data['workspaceId']}")
-            if TURNS_SCOPE not in api_key.scopes:
-                raise exceptions.PermissionDenied(f"missing scope: {TURNS_SCOPE}")
+        if api_key is not None and api_key.workspace_id != data["workspaceId"]:
+            raise exceptions.PermissionDenied(f"api key not authorized for workspace {data['workspaceId']}")
         timeout_ms = data.get("timeoutMs") or 0
         timeout = (timeout_ms if timeout_ms > 0 else DEFAULT_TIMEOUT_MS) / 1000
         answer = await broker.pool.run_turn(data["workspaceId"], data.get("threadId"), data["params"], timeout)

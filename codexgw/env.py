@@ -16,8 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def _raw(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -67,7 +67,8 @@ def env_int(
 
 
 def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (``300s``, ``5m``, ``1h30m``, ``250ms``) or plain seconds into seconds."""
+    """Parse a Go-style duration (``300s``, ``5m``, ``1h30m``, ``250ms``; also days, ``90d``) or plain
+    seconds into seconds."""
     text = text.strip()
     try:
         return float(text)

@@ -68,6 +68,13 @@ CXG_PUBLIC_WS_BASE_URL = env_str("CXG_PUBLIC_WS_BASE_URL")
 CXG_PUBLIC_HTTPS_BASE_URL = env_str("CXG_PUBLIC_HTTPS_BASE_URL")
 CXG_SELF_HTTP_BASE_URL = env_str("CXG_SELF_HTTP_BASE_URL")
 CXG_AGENTSERVER_INTERNAL_URL = env_str("CXG_AGENTSERVER_INTERNAL_URL")
+# Who answers for user tokens, workspaces and model credentials (workspaces/identity.py):
+# "agentserver" (the external control plane) or "builtin" (this gateway's own workspaces,
+# members and access tokens). Default: agentserver when its URL is set, else builtin.
+CODEXGW_IDENTITY_BACKEND = env_choice(
+    "CODEXGW_IDENTITY_BACKEND", "agentserver" if CXG_AGENTSERVER_INTERNAL_URL else "builtin", {"agentserver", "builtin"}
+)
+_BUILTIN = CODEXGW_IDENTITY_BACKEND == "builtin"
 CXG_RELAY_DEFAULT_TTL = env_duration("CXG_RELAY_DEFAULT_TTL", 300.0, minimum=1.0)
 CXG_RELAY_MAX_PER_WORKSPACE = env_int("CXG_RELAY_MAX_PER_WORKSPACE", 16, minimum=1)
 # Relay bytes cross Redis in chunks of this size, at most this many of them unread per relay.
@@ -92,8 +99,14 @@ CODEXGW_DRAIN_TIMEOUT = env_duration("CODEXGW_DRAIN_TIMEOUT", 25.0, minimum=1.0)
 CODEXGW_DRAIN_READINESS_DELAY = env_duration("CODEXGW_DRAIN_READINESS_DELAY", 2.0)
 
 # --- app gateway (appgateway/; docs/app-gateway.md) -------------------------------------------
-# Default binary: the pinned @openai/codex npm package when installed (scripts/test runs npm ci).
-_PINNED_CODEX = sorted(BASE_DIR.glob("node_modules/@openai/codex-linux-*/vendor/*/bin/codex"))
+# Default binary: the pinned @openai/codex npm package when installed (scripts/run and scripts/test
+# run npm ci). Its platform package is looked up the way node resolves it from the package's own
+# directory (nested, then hoisted), never an older Codex installed under another name (codex-older).
+_PINNED_CODEX = [
+    binary
+    for packages in ("node_modules/@openai/codex/node_modules/@openai", "node_modules/@openai")
+    for binary in sorted(BASE_DIR.glob(f"{packages}/codex-linux-*/vendor/*/bin/codex"))
+]
 CXG_CODEX_BIN = env_str("CXG_CODEX_BIN", str(_PINNED_CODEX[0]) if _PINNED_CODEX else "codex")
 CXG_TMP_ROOT = env_str("CXG_TMP_ROOT", "/tmp/codex-app-gateway")  # noqa: S108 - per-workspace 0700 dirs
 CXG_IDLE_SHUTDOWN = env_duration("CXG_IDLE_SHUTDOWN", 1800.0, minimum=0.1)
@@ -101,13 +114,18 @@ CXG_APP_SERVER_STOP_GRACE = env_duration("CXG_APP_SERVER_STOP_GRACE", 10.0, mini
 CXG_APP_SERVER_LEASE_TTL = env_duration("CXG_APP_SERVER_LEASE_TTL", 15.0, minimum=0.3)
 CXG_CHECKPOINT_INTERVAL = env_duration("CXG_CHECKPOINT_INTERVAL", 300.0, minimum=1.0)
 CXG_MODEL_TOKEN_REFRESH_INTERVAL = env_duration("CXG_MODEL_TOKEN_REFRESH_INTERVAL", 60.0, minimum=1.0)
-CXG_MODEL_PROVIDER = env_str("CXG_MODEL_PROVIDER", "modelserver")
+# Built-in mode talks to OpenAI unless told otherwise; agentserver mode to its llmproxy. The
+# provider id is not "openai": codex's built-in provider of that name would win over ours.
+CXG_MODEL_PROVIDER = env_str("CXG_MODEL_PROVIDER", "codexgw" if _BUILTIN else "modelserver")
 CXG_MODEL = env_str("CXG_MODEL", "gpt-5.5")
-CXG_MODEL_PROVIDER_NAME = env_str("CXG_MODEL_PROVIDER_NAME", CXG_MODEL_PROVIDER)
-CXG_MODEL_PROVIDER_BASE_URL = env_str("CXG_MODEL_PROVIDER_BASE_URL", "http://llmproxy:8085/v1")
+CXG_MODEL_PROVIDER_NAME = env_str("CXG_MODEL_PROVIDER_NAME", "OpenAI" if _BUILTIN else CXG_MODEL_PROVIDER)
+CXG_MODEL_PROVIDER_BASE_URL = env_str(
+    "CXG_MODEL_PROVIDER_BASE_URL", "https://api.openai.com/v1" if _BUILTIN else "http://llmproxy:8085/v1"
+)
 CXG_MODEL_PROVIDER_ENV_KEY = env_str("CXG_MODEL_PROVIDER_ENV_KEY", "CODEX_API_KEY")
 CXG_MODEL_PROVIDER_WIRE_API = env_choice("CXG_MODEL_PROVIDER_WIRE_API", "responses", {"responses", "chat"})
-CXG_CODEX_API_KEY = env_secret("CXG_CODEX_API_KEY")
+# The model key; built-in mode also takes OPENAI_API_KEY. Only the gateway's model proxy holds it.
+CXG_CODEX_API_KEY = env_secret("CXG_CODEX_API_KEY") or (env_secret("OPENAI_API_KEY") if _BUILTIN else "")
 CXG_PROJECT_TRUSTED_PATHS = env_list("CXG_PROJECT_TRUSTED_PATHS", ["/tmp"])  # noqa: S108 - the Go default
 CXG_APPROVAL_POLICY = env_choice("CXG_APPROVAL_POLICY", "never", {"untrusted", "on-failure", "on-request", "never"})
 CXG_SANDBOX_MODE = env_choice("CXG_SANDBOX_MODE", "read-only", {"read-only", "workspace-write", "danger-full-access"})
@@ -128,6 +146,8 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("CXG_T
 
 INSTALLED_APPS = [
     "daphne",
+    # Before the admin: its templates (admin/base_site.html) override the admin's own.
+    "codexgw",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -137,8 +157,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
-    "codexgw",
     "executors",
+    "workspaces",
     "bridge",
     "sdk",
     "appgateway",

@@ -5,6 +5,10 @@ from drf_spectacular.views import SpectacularAPIView
 
 from codexgw import health, metrics
 
+admin.site.site_header = "codexgw administration"
+admin.site.site_title = "codexgw"
+admin.site.index_title = "Gateway administration"
+
 urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),

@@ -1,4 +1,6 @@
-"""ProxyTokenAuth: a sandbox's proxy token → (workspace_id, user_id), verified by the agentserver.
+"""ProxyTokenAuth: a bearer token → (workspace_id, user_id), checked through the identity
+interface (``workspaces.identity``) for the ``sdk`` scope: a built-in access token, or, with an
+agentserver, a sandbox's proxy token verified there as follows.
 
 ``POST {CXG_AGENTSERVER_INTERNAL_URL}/internal/validate-proxy-token`` with ``X-Internal-Secret``.
 Results are cached per process in a small LRU: accepted tokens for 5 minutes, rejected ones for
@@ -17,10 +19,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import httpx
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
+
+from workspaces import identity
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,12 @@ class InvalidToken(SdkAuthError):
     status_code = status.HTTP_401_UNAUTHORIZED
     default_detail = "token rejected"
     code = "invalid_token"
+
+
+class ScopeMissing(SdkAuthError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_detail = "token not allowed here"
+    code = "forbidden"
 
 
 class AgentserverUnavailable(SdkAuthError):
@@ -162,14 +173,34 @@ def verifier() -> ProxyTokenVerifier:
         return _verifier
 
 
+async def verify_for_identity(token: str) -> identity.Grant:
+    """The agentserver backend of the ``sdk`` scope (registered in ``SdkConfig.ready``)."""
+    try:
+        verified = await sync_to_async(verifier().verify, thread_sensitive=False)(token)
+    except InvalidToken:
+        raise identity.Unauthorized(str(InvalidToken.default_detail)) from None
+    except AgentserverUnavailable:
+        raise identity.Unavailable(str(AgentserverUnavailable.default_detail)) from None
+    return identity.Grant(verified.workspace_id, verified.user_id, "", frozenset({identity.SDK}))
+
+
 class ProxyTokenAuthentication(BaseAuthentication):
-    """DRF authentication for ``/api/connectors/*``: ``request.auth`` is the ``ProxyIdentity``."""
+    """DRF authentication for ``/api/connectors/*``: ``request.auth`` is the ``ProxyIdentity``.
+    Runs in a worker thread (``AsyncAPIView``), so it may wait for the identity interface."""
 
     def authenticate(self, request: Request) -> tuple[None, ProxyIdentity]:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[len("Bearer ") :]:
             raise MissingBearer()
-        return None, verifier().verify(header[len("Bearer ") :])
+        try:
+            grant = async_to_sync(identity.authenticate)(header[len("Bearer ") :], identity.SDK)
+        except identity.Unavailable:
+            raise AgentserverUnavailable() from None
+        except identity.Forbidden as exc:
+            raise ScopeMissing(exc.reason) from None
+        except identity.IdentityError as exc:
+            raise InvalidToken(exc.reason) from None
+        return None, ProxyIdentity(workspace_id=grant.workspace_id, user_id=grant.user_id)
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="connectors"'

@@ -15,6 +15,9 @@ _TEST_ENV = {
     "CXG_CAPTOKEN_HMAC_SECRET": "test-captoken-secret",
     "CXG_INTERNAL_SHARED_SECRET": "test-shared-secret",
     "CXG_AGENTSERVER_INTERNAL_SECRET": "test-agentserver-secret",
+    # The suite's older tests are agentserver-mode tests (a fake agentserver per test); the
+    # built-in control plane's tests switch to "builtin" themselves.
+    "CODEXGW_IDENTITY_BACKEND": "agentserver",
     "CODEXGW_REDIS_PREFIX": f"cxgtest{os.getpid()}:",
     "CXG_BCRYPT_ROUNDS": "4",
     "CODEXGW_DB_CONN_MAX_AGE": "0",

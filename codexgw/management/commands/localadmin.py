@@ -1,8 +1,10 @@
 """``manage.py localadmin``: on the embedded default, make sure an admin login exists.
 
 Creates the superuser ``admin`` once, with a password generated into the local secrets file,
-and prints where to log in. Does nothing when local secrets are off (production): operators
-there create their accounts with ``createsuperuser``.
+and, with the built-in identity backend, the workspace ``default`` owned by it, so that
+``manage.py createtoken default`` works right away. Prints where the password is (``serve``
+prints the admin's address, which only it knows). Does nothing when local secrets are off
+(production): operators there create their accounts with ``createsuperuser``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from codexgw.local_secrets import store_extra
+from workspaces import identity, tokens
 
 USERNAME = "admin"
 
@@ -33,8 +36,8 @@ class Command(BaseCommand):
             password = password or secrets.token_urlsafe(16)
             store_extra(settings.LOCAL_SECRETS_FILE, "CODEXGW_LOCAL_ADMIN_PASSWORD", password)
             users.create_superuser(USERNAME, "", password)
+        if identity.builtin():
+            workspace = tokens.ensure_default_workspace(users.get(username=USERNAME))
+            self.stdout.write(f"workspace {workspace.id!r} (owner {USERNAME})")
         if password:
-            self.stdout.write(
-                f"admin: http://{settings.CXG_BIND}:{settings.CXG_PORT}/admin/ "
-                f"(user {USERNAME}, password in {settings.LOCAL_SECRETS_FILE})"
-            )
+            self.stdout.write(f"admin login: user {USERNAME}, password in {settings.LOCAL_SECRETS_FILE}")

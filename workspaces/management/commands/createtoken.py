@@ -1,0 +1,66 @@
+"""``manage.py createtoken WORKSPACE``: mint a built-in access token and print it alone on
+stdout, so ``export CODEXGW_TOKEN=$(manage.py createtoken default)`` works. Everything else
+(errors included) goes to stderr."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from codexgw.env import parse_duration
+from workspaces import tokens
+from workspaces.models import Workspace
+
+
+class Command(BaseCommand):
+    help = "Create a personal access token for a workspace and print it (shown only this once)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("workspace", help="workspace id, e.g. default")
+        parser.add_argument("--user", help="username of a workspace member (default: the workspace's first owner)")
+        parser.add_argument("--name", default="", help="what the token is for, shown in the admin")
+        parser.add_argument(
+            "--scope",
+            action="append",
+            choices=tokens.ALL_SCOPES,
+            help="repeat for several; default: all of " + ", ".join(tokens.ALL_SCOPES),
+        )
+        parser.add_argument("--expires", help="lifetime, e.g. 90d, 12h, 30m (default: never)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        workspace = Workspace.objects.filter(id=options["workspace"]).first()
+        if workspace is None:
+            raise CommandError(f"no workspace {options['workspace']!r}; create it in the admin first")
+        expires_in = _lifetime(options["expires"]) if options["expires"] else None
+        try:
+            user = _user(options["user"]) if options["user"] else tokens.default_user(workspace)
+            created = tokens.mint(
+                workspace,
+                user,
+                name=options["name"],
+                scopes=options["scope"] or tokens.ALL_SCOPES,
+                expires_in=expires_in,
+            )
+        except tokens.TokenError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(created.token)
+
+
+def _lifetime(text: str) -> timedelta:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise CommandError(f"--expires {text!r} is not a duration (e.g. 90d, 12h, 30m)") from None
+    if seconds <= 0:
+        raise CommandError("--expires must be positive")
+    return timedelta(seconds=seconds)
+
+
+def _user(username: str) -> Any:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise CommandError(f"no user {username!r}")
+    return user
