@@ -84,7 +84,12 @@ class TuiProxyConsumer(GatewayConsumer):
         if verdict.reply is not None:
             await self.send(text_data=verdict.reply)
         if not verdict.forward:
-            logger.info("TUI request refused: local IO", extra={"workspace_id": self.workspace_id})
+            logger.info(
+                "TUI request refused (%s): %s",
+                verdict.refusal,
+                verdict.method,
+                extra={"workspace_id": self.workspace_id, "method": verdict.method, "refusal": verdict.refusal},
+            )
             return
         if self.leg is not None:
             await self.leg.send(frame)

@@ -87,12 +87,18 @@ def refusal_message(method: str) -> str:
     )
 
 
+Refusal = Literal["local IO", "protected config"]
+
+
 @dataclass(frozen=True)
 class ClientVerdict:
-    """``forward`` the frame unchanged, or not; ``reply`` (a text frame) goes back to the client."""
+    """``forward`` the frame unchanged, or not; ``reply`` (a text frame) goes back to the client.
+    A refused frame names its ``method`` (a batch: the refused ones, comma-separated) and why."""
 
     forward: bool
     reply: str | None = None
+    method: str = ""
+    refusal: Refusal | None = None
 
 
 FORWARD: Final = ClientVerdict(forward=True)
@@ -181,14 +187,22 @@ def inspect_client_frame(frame: Frame) -> ClientVerdict:
         if not blocked:
             return FORWARD
         replies = [_error_reply(element["id"], method) for element, method in blocked if element.get("id") is not None]
-        return ClientVerdict(forward=False, reply=_encode(replies) if replies else None)
+        return ClientVerdict(
+            forward=False,
+            reply=_encode(replies) if replies else None,
+            method=", ".join(method for _, method in blocked),
+            refusal="local IO",
+        )
     method = _blocked_method(message)
     reason = None if method is not None else _config_override(message)
     if method is None and reason is None:
         return FORWARD
+    refused = method or message["method"]
+    refusal: Refusal = "local IO" if method is not None else "protected config"
     if message.get("id") is None:
-        return ClientVerdict(forward=False)
-    return ClientVerdict(forward=False, reply=_encode(_error_reply(message["id"], method or message["method"], reason)))
+        return ClientVerdict(forward=False, method=refused, refusal=refusal)
+    reply = _encode(_error_reply(message["id"], refused, reason))
+    return ClientVerdict(forward=False, reply=reply, method=refused, refusal=refusal)
 
 
 def approval_answer(frame: Frame, mode: ApprovalMode) -> str | None:

@@ -71,6 +71,10 @@ MAX_LOG_LINE = 4000
 REAPER_MAX_TICK = 5.0  # cheap (no I/O unless a child is idle); bounds how late a reap can be
 CHECKPOINT = "appserver.checkpoint"
 SHUTDOWN = "appserver.shutdown"
+# The child's working directory, which becomes a thread's cwd when the client names none (the TUI
+# does not): the model's tools run on executors, so no directory of the gateway (CODEX_HOME least
+# of all) may pass for where it works. "/" holds nothing of the gateway's and exists everywhere.
+CHILD_CWD = "/"
 _WS_URL = re.compile(r"ws://[^\s\x1b]+")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -458,7 +462,7 @@ async def _spawn_child(workspace_id: str, home: Path, env: Mapping[str, str]) ->
             "app-server",
             "--listen",
             "ws://127.0.0.1:0",
-            cwd=home,
+            cwd=CHILD_CWD,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
@@ -38,8 +39,15 @@ from bridge.multiplexer import (
     ToBridge,
     ToExecutor,
 )
-from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN
+from bridge.protocol import (
+    CLOSE_EXECUTOR_LOST,
+    CLOSE_EXECUTOR_REPLACED,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN,
+    JSON,
+)
 from codexgw import metrics
+from executors import services
 
 logger = logging.getLogger(__name__)
 
@@ -381,8 +389,17 @@ class ExecutorSession:
                 await exec_session_store.save(
                     self.exe_id, exec_session_store.SavedSession(action.session_id, action.environment_info)
                 )
+                await self._record_environment(action.environment_info)
             else:
                 drop(action.reason, exe_id=self.exe_id, detail=action.detail)
+
+    async def _record_environment(self, environment_info: JSON) -> None:
+        """Version and OS for the executor's row: codex reports them only in its handshake."""
+        try:
+            await database_sync_to_async(services.record_environment)(self.exe_id, environment_info)
+        except Exception:
+            # Bookkeeping only: the session works on without it.
+            logger.warning("could not record the executor's version", extra={"exe_id": self.exe_id}, exc_info=True)
 
     async def _to_bridge(self, conn_id: str, text: str) -> None:
         local = self._local.get(conn_id)

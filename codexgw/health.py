@@ -1,5 +1,7 @@
 """Liveness (``/healthz``: no I/O at all) and readiness (``/readyz``: 503 while the process drains,
-else database, Redis and the channel layer answer within ``CODEXGW_READYZ_TIMEOUT``)."""
+else database, Redis (when configured) and the channel layer answer within
+``CODEXGW_READYZ_TIMEOUT``). Readiness also says which backends are in use and carries warnings
+that do not make the process unready (a missing model key)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from codexgw import drain
 from codexgw import redis as gwredis
+from codexgw.model_key import model_key_problem
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +34,7 @@ def _check_database() -> None:
 
 async def _check_redis() -> None:
     client = gwredis.async_client()
-    if client is None:
-        return
+    assert client is not None, "only checked when REDIS_URL is set"
     try:
         await client.ping()
     finally:
@@ -59,11 +61,9 @@ async def readyz(request: HttpRequest) -> HttpResponse:
                 {"ready": False, "status": "draining"}, status=503, headers={"Retry-After": str(drain.RETRY_AFTER)}
             )
         )
-    checks = {
-        "database": database_sync_to_async(_check_database)(),
-        "redis": _check_redis(),
-        "channel_layer": _check_channel_layer(),
-    }
+    checks = {"database": database_sync_to_async(_check_database)(), "channel_layer": _check_channel_layer()}
+    if settings.REDIS_URL:
+        checks["redis"] = _check_redis()
     timeout = settings.CODEXGW_READYZ_TIMEOUT
     results = await asyncio.gather(
         *(asyncio.wait_for(check, timeout) for check in checks.values()), return_exceptions=True
@@ -76,7 +76,22 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         else:
             report[name] = "ok"
     ready = all(value == "ok" for value in report.values())
-    return _not_logged(JsonResponse({"ready": ready, "checks": report}, status=200 if ready else 503))
+    if not settings.REDIS_URL:
+        report["redis"] = "not used"
+    problem = model_key_problem()
+    body = {"ready": ready, "checks": report, "backends": _backends(), "warnings": [problem] if problem else []}
+    return _not_logged(JsonResponse(body, status=200 if ready else 503))
+
+
+def _backends() -> dict[str, str]:
+    """What this process runs on: the embedded default keeps the channel layer and the shared
+    stores (presence, revocations, sessions, leases) in process memory, without Redis."""
+    layer = get_channel_layer()
+    return {
+        "database": connection.vendor,
+        "channel_layer": type(layer).__name__ if layer is not None else "none",
+        "stores": "redis" if settings.REDIS_URL else "in-process",
+    }
 
 
 def _not_logged(response: HttpResponse) -> HttpResponse:

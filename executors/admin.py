@@ -18,10 +18,12 @@ from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.cache import patch_cache_control
+from django.utils.html import format_html
 
 from executors import services
-from executors.executor_command import executor_launch, public_base_url
+from executors.executor_command import codex_install_command, executor_launch, public_base_url
 from executors.models import Executor, WorkspaceExecutor
 from executors.presence import presence_store
 
@@ -101,6 +103,17 @@ class RegisterExecutorForm(forms.ModelForm[Executor]):
         return data
 
 
+# Characters of an id the changelist shows: "exe_" and 8 hex digits of the UUID.
+ID_CHARS = 12
+
+
+def _abridged(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, in full in the tooltip."""
+    if len(value) <= limit:
+        return value
+    return format_html('<span title="{}">{}…</span>', value, value[:limit])
+
+
 # What the executor's connections recorded: shown, never edited.
 CONNECTION_FIELDS: tuple[str, ...] = (
     "registered_at",
@@ -116,18 +129,9 @@ CONNECTION_FIELDS: tuple[str, ...] = (
 
 @admin.register(Executor)
 class ExecutorAdmin(admin.ModelAdmin[Executor]):
-    list_display = [
-        "exe_id",
-        "display_name",
-        "user_id",
-        "online",
-        "registered_at",
-        "last_seen_at",
-        "connected_at",
-        "disconnected_at",
-        "codex_version",
-        "client_ip",
-    ]
+    # Narrow enough for a laptop screen: ids shortened (in full on hover and on the change page),
+    # one compact timestamp; the rest of the connection record is on the change page.
+    list_display = ["executor_id", "display_name", "owner", "online", "last_seen", "codex", "platform"]
     list_filter = [OnlineFilter, "registered_at"]
     search_fields = ["exe_id", "display_name", "user_id", "bindings__name", "bindings__workspace_id"]
     fieldsets = [
@@ -136,6 +140,28 @@ class ExecutorAdmin(admin.ModelAdmin[Executor]):
     ]
     readonly_fields = ["exe_id", "online", *CONNECTION_FIELDS]
     inlines = [WorkspaceExecutorInline]
+
+    @admin.display(description="executor id", ordering="exe_id")
+    def executor_id(self, obj: Executor) -> str:
+        return _abridged(obj.exe_id, ID_CHARS)
+
+    @admin.display(description="user id", ordering="user_id")
+    def owner(self, obj: Executor) -> str:
+        return _abridged(obj.user_id, ID_CHARS)
+
+    @admin.display(description="last seen", ordering="last_seen_at")
+    def last_seen(self, obj: Executor) -> str | None:
+        if obj.last_seen_at is None:
+            return None
+        return timezone.localtime(obj.last_seen_at).strftime("%Y-%m-%d %H:%M")
+
+    @admin.display(description="codex", ordering="codex_version")
+    def codex(self, obj: Executor) -> str | None:
+        return obj.codex_version or None
+
+    @admin.display(description="OS", ordering="client_os")
+    def platform(self, obj: Executor) -> str | None:
+        return obj.client_os or None
 
     @admin.display(boolean=True, description="online")
     def online(self, obj: Executor) -> bool:
@@ -164,6 +190,7 @@ class ExecutorAdmin(admin.ModelAdmin[Executor]):
             "opts": self.opts,
             "title": "Register executor",
             "adminform": AdminForm(form, _REGISTER_FIELDSETS, {}),
+            "codex_install": codex_install_command(),
             "has_view_permission": self.has_view_permission(request),
             **(extra_context or {}),
         }
@@ -201,6 +228,7 @@ class ExecutorAdmin(admin.ModelAdmin[Executor]):
             "binding": binding,
             "token": created.registration_token,
             "launch": executor_launch(executor.exe_id, created.registration_token, public_base_url(request)),
+            "codex_install": codex_install_command(),
             "has_view_permission": self.has_view_permission(request),
         }
         response = TemplateResponse(request, "admin/executors/executor/registered.html", context)

@@ -6,6 +6,7 @@ executor id is the access key id and the registration token the secret key.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from django.http import HttpRequest
 
 # The SigV4 signer needs some region; the gateway's verifier accepts any.
 AWS_REGION = "us-east-1"
+CODEX_PACKAGE = "@openai/codex"
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,13 @@ def executor_launch(exe_id: str, token: str, base_url: str) -> ExecutorLaunch:
             str(settings.CXG_EXECUTOR_CONCURRENT_REQUESTS),
         ],
     )
+
+
+def codex_install_command() -> str:
+    """How to get codex onto an executor machine: the version this gateway pins (package.json;
+    the one its tests run) when the checkout has it."""
+    try:
+        pinned = json.loads((settings.BASE_DIR / "package.json").read_text())["dependencies"][CODEX_PACKAGE]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"npm install -g {CODEX_PACKAGE}"
+    return f"npm install -g {CODEX_PACKAGE}@{pinned}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,12 +151,14 @@ def client_meta(headers: dict[str, str], remote_addr: str) -> ClientMeta:
 
 
 def _meta_fields(meta: ClientMeta) -> dict[str, str]:
-    return {
-        "client_ip": meta.ip,
-        "client_ua": meta.user_agent,
-        "codex_version": meta.codex_version[:64],
-        "client_os": meta.os[:255],
-    }
+    fields = {"client_ip": meta.ip, "client_ua": meta.user_agent}
+    # codex sends no User-Agent; its version and OS then come from its initialize answer
+    # (record_environment), which a connection without one must not blank.
+    if meta.codex_version:
+        fields["codex_version"] = meta.codex_version[:64]
+    if meta.os:
+        fields["client_os"] = meta.os[:255]
+    return fields
 
 
 def record_registration(exe_id: str, meta: ClientMeta) -> None:
@@ -167,6 +170,20 @@ def record_connected(exe_id: str, meta: ClientMeta) -> None:
     Executor.objects.filter(exe_id=exe_id).update(
         connected_at=now, last_seen_at=now, disconnected_at=None, **_meta_fields(meta)
     )
+
+
+def record_environment(exe_id: str, environment_info: Mapping[str, Any]) -> None:
+    """The codex version and OS the executor's exec-server reports in its ``initialize`` answer
+    (``environmentInfo.executorVersion`` and ``platformOs``, codex-wire §A.1)."""
+    fields = {}
+    version = environment_info.get("executorVersion")
+    if isinstance(version, str) and version:
+        fields["codex_version"] = version[:64]
+    platform = environment_info.get("platformOs")
+    if isinstance(platform, str) and platform:
+        fields["client_os"] = platform[:255]
+    if fields:
+        Executor.objects.filter(exe_id=exe_id).update(**fields)
 
 
 def record_disconnected(exe_id: str) -> None:

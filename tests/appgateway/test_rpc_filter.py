@@ -59,6 +59,7 @@ def test_local_io_request_is_refused_with_an_error_naming_the_reason(method):
     assert method in message
     assert "inside the gateway" in message
     assert "executor" in message
+    assert (verdict.method, verdict.refusal) == (method, "local IO")
 
 
 @pytest.mark.parametrize("method", PASSING_METHODS)
@@ -81,7 +82,9 @@ def test_reply_keeps_the_request_id_and_its_type(request_id):
     ],
 )
 def test_blocked_notification_or_null_id_is_dropped_without_reply(frame):
-    assert inspect_client_frame(frame) == rpc_filter.ClientVerdict(forward=False, reply=None)
+    verdict = inspect_client_frame(frame)
+    assert (verdict.forward, verdict.reply, verdict.refusal) == (False, None, "local IO")
+    assert verdict.method in ("fs/readFile", "command/exec")
 
 
 def test_escaped_method_name_is_still_recognised():
@@ -121,10 +124,13 @@ def test_a_batch_with_a_blocked_request_is_refused_whole():
     assert not verdict.forward
     assert verdict.reply is not None
     assert [reply["id"] for reply in json.loads(verdict.reply)] == [2, "x"]
+    assert verdict.method == "fs/readFile, command/exec, thread/shellCommand"
 
 
 def test_a_batch_of_blocked_notifications_is_dropped_silently():
-    assert inspect_client_frame('[{"method":"fs/remove"}]') == rpc_filter.ClientVerdict(forward=False)
+    assert inspect_client_frame('[{"method":"fs/remove"}]') == rpc_filter.ClientVerdict(
+        forward=False, method="fs/remove", refusal="local IO"
+    )
 
 
 def test_a_batch_without_blocked_requests_passes():
@@ -231,6 +237,7 @@ def test_config_overrides_that_would_reopen_the_gateway_are_refused(message):
     assert reply["id"] == 5
     assert reply["error"]["code"] == -32601
     assert "may not override" in reply["error"]["message"]
+    assert (verdict.method, verdict.refusal) == (message["method"], "protected config")
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,28 @@ async def test_spawn_serves_a_real_turn_and_holds_the_lease(sup, appgw, fake_mod
     sessions = sup.live_sessions()
     assert [(s.workspace_id, s.pid, s.process_id) for s in sessions] == [("ws-turn", handle.pid, PROCESS_ID)]
     assert sessions[0].uptime >= 0
+
+
+async def test_no_gateway_directory_is_presented_as_the_working_directory(sup, fake_model):
+    handle = await sup.ensure_app_server("ws-cwd")
+    # The app-server runs in "/" (docs/app-gateway.md), not in its CODEX_HOME.
+    assert os.readlink(f"/proc/{handle.pid}/cwd") == "/"
+
+    client = await app_client(handle.ws_url)
+    try:
+        # Like the TUI's thread/start: no cwd, so the thread takes the app-server's.
+        started = await client.call_result("thread/start", {})
+        thread_id = started["thread"]["id"]
+        await client.call_result("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "hi"}]})
+        await client.next_notification("turn/completed", timeout=60)
+    finally:
+        await client.close()
+    assert (started["cwd"], started["thread"]["cwd"]) == ("/", "/")
+    # Nor is the model told it works there (codex's bundled skills are still listed from CODEX_HOME).
+    sent = json.dumps(fake_model.responses_requests()[0].body)
+    context = re.findall(r"<environment_context>.*?</environment_context>", sent)
+    assert context
+    assert re.findall(r"<(?:cwd|root)>([^<]*)</", "".join(context)) == ["/", "/"] * len(context)
 
 
 async def test_concurrent_ensure_spawns_once(sup, caplog):

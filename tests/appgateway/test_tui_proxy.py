@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -138,6 +139,20 @@ async def test_accept_mode_answers_for_the_tui(sup, appgw, agentserver, fake_mod
         await tui.communicator.disconnect()
     assert "item/tool/requestUserInput" not in [frame.get("method") for frame in tui.frames]
     assert json.loads(fake_model.responses_requests()[1].body["input"][-1]["output"]) == {"answers": {}}
+
+
+async def test_a_refused_request_is_logged_with_its_method(sup, agentserver, caplog):
+    caplog.set_level(logging.INFO, logger="appgateway.consumers")
+    tui = await open_tui()
+    try:
+        await tui.send({"id": 41, "method": "fs/readFile", "params": {"path": "/etc/passwd"}})
+        refused = await tui.next(lambda f: f.get("id") == 41)
+    finally:
+        await tui.communicator.disconnect()
+    assert refused["error"]["code"] == -32601
+    (record,) = [r for r in caplog.records if r.name == "appgateway.consumers" and "refused" in r.getMessage()]
+    assert record.getMessage() == "TUI request refused (local IO): fs/readFile"
+    assert (record.method, record.refusal, record.workspace_id) == ("fs/readFile", "local IO", WORKSPACE)
 
 
 async def test_denials_happen_before_the_upgrade(sup, agentserver):

@@ -8,11 +8,14 @@ import json
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer
 
 from bridge import session as sessions
 from bridge import vsession_store
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
+from executors import services
+from executors.models import Executor
 from tests.e2e.harness import async_wait_for
 
 ENV_INFO = {"shell": {"name": "bash", "path": "/bin/bash"}, "platformOs": "linux"}
@@ -95,3 +98,26 @@ async def test_a_session_whose_table_another_process_claimed_lets_go(ready_sessi
     assert bridge.closed == (CLOSE_EXECUTOR_LOST, "the executor's sessions moved to another gateway process")
     assert executor.closed == CLOSE_EXECUTOR_REPLACED
     assert len(executor.sent) == 2  # initialize and initialized only
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_handshake_records_the_version_and_os_the_executor_reports():
+    exe_id = (await database_sync_to_async(services.register_executor)("user-s")).executor.exe_id
+    session = sessions.ExecutorSession(exe_id, InMemoryChannelLayer(), None)
+    await session.start()
+    executor = FakeExecutor()
+    try:
+        await session.put(sessions.ExecOpen(executor))
+        assert await async_wait_for(lambda: executor.sent, 5)
+        info = {**ENV_INFO, "executorVersion": "0.171.0"}
+        answer = {"id": executor.sent[0]["id"], "result": {"sessionId": "exec-1", "environmentInfo": info}}
+        await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+
+        row = database_sync_to_async(lambda: Executor.objects.values("codex_version", "client_os").get(exe_id=exe_id))
+        for _ in range(100):
+            if await row() == {"codex_version": "0.171.0", "client_os": "linux"}:
+                break
+            await asyncio.sleep(0.05)
+        assert await row() == {"codex_version": "0.171.0", "client_os": "linux"}
+    finally:
+        await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))

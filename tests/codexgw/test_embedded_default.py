@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from codexgw.model_key import MISSING_KEY
+
 REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
@@ -132,6 +134,11 @@ def test_embedded_default_serves_admin_and_api(tmp_path):
             time.sleep(0.2)
         status, body = http("GET", f"{base}/readyz")
         assert status == 200, body
+        readiness = json.loads(body)
+        assert readiness["checks"]["redis"] == "not used"
+        assert readiness["backends"]["stores"] == "in-process"
+        # No environment means built-in identity and no model key: a warning, not unreadiness.
+        assert readiness["warnings"] == [MISSING_KEY]
         status, body = http("GET", f"{base}/admin/login/")
         assert status == 200
         assert b"Django administration" in body or b"codexgw" in body
@@ -153,3 +160,29 @@ def test_embedded_default_serves_admin_and_api(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.parametrize(("key", "warnings"), [("", 1), ("sk-test", 0)])
+def test_serve_warns_once_at_start_about_a_missing_model_key(tmp_path, key, warnings):
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=clean_env(tmp_path, CXG_CODEX_API_KEY=key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    lines = []
+    try:
+        for line in server.stdout:
+            lines.append(line)
+            if "codexgw listening on" in line:
+                break
+    finally:
+        server.terminate()
+        server.wait(10)
+    output = "".join(lines)
+    assert "codexgw listening on" in output, output
+    logged = [json.loads(line) for line in lines if MISSING_KEY in line]
+    assert [(entry["level"], entry["msg"]) for entry in logged] == [("warning", MISSING_KEY)] * warnings, output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from codexgw.model_key import MISSING_KEY
+
 
 def test_healthz_is_ok_while_database_and_redis_are_down(client, database_down, redis_down):
     response = client.get("/healthz")
@@ -15,7 +17,41 @@ def test_healthz_is_ok_while_database_and_redis_are_down(client, database_down, 
 def test_readyz_ready_when_everything_answers(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "checks": {"database": "ok", "redis": "ok", "channel_layer": "ok"}}
+    assert response.json() == {
+        "ready": True,
+        "checks": {"database": "ok", "redis": "ok", "channel_layer": "ok"},
+        "backends": {"database": "postgresql", "channel_layer": "RedisChannelLayer", "stores": "redis"},
+        "warnings": [],
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_says_redis_is_not_used_on_the_embedded_default(client, settings):
+    settings.REDIS_URL = ""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["checks"] == {"database": "ok", "redis": "not used", "channel_layer": "ok"}
+    assert body["backends"] == {
+        "database": "postgresql",
+        "channel_layer": "InMemoryChannelLayer",
+        "stores": "in-process",
+    }
+    assert body["ready"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_warns_about_a_missing_model_key_and_stays_ready(client, settings):
+    settings.CODEXGW_IDENTITY_BACKEND = "builtin"
+    settings.CXG_CODEX_API_KEY = ""
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["ready"] is True
+    assert response.json()["warnings"] == [MISSING_KEY]
+
+    settings.CXG_CODEX_API_KEY = "sk-configured"
+    assert client.get("/readyz").json()["warnings"] == []
 
 
 @pytest.mark.django_db(transaction=True)

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from django.conf import settings
 
 from executors import services
 from executors.models import Executor
@@ -17,6 +18,8 @@ from tests.executors.test_sigv4 import sign
 pytestmark = pytest.mark.e2e
 
 EVIDENCE_TIMEOUT = 20.0
+# The pinned @openai/codex (package.json) that the executor runs.
+PINNED_CODEX_VERSION = json.loads((settings.BASE_DIR / "package.json").read_text())["dependencies"]["@openai/codex"]
 EXIT_TIMEOUT = 20.0
 
 
@@ -47,14 +50,24 @@ def test_real_codex_registers_with_the_gateway_and_dials_the_returned_websocket(
         )
         assert ex.alive()
         assert Executor.objects.get(exe_id=exe_id).connected_at is not None
+
+        # The version and OS come from the executor's answer to the gateway's initialize.
+        def reported() -> bool:
+            row = Executor.objects.get(exe_id=exe_id)
+            return (row.codex_version, row.client_os) == (PINNED_CODEX_VERSION, "linux")
+
+        assert wait_for(reported, EVIDENCE_TIMEOUT), (
+            f"version not recorded: {Executor.objects.filter(exe_id=exe_id).values('codex_version', 'client_os')}\n"
+            f"gateway:\n{gateway_server.log()}"
+        )
     finally:
         ex.stop()
     output = ex.output()
     assert "environment registry" not in output, output
     row = Executor.objects.get(exe_id=exe_id)
     assert row.client_ip == "127.0.0.1"
-    # codex 0.169.0 sends no User-Agent on the registration, so there is no version to record.
-    assert (row.client_ua, row.codex_version) == ("", "")
+    # codex sends no User-Agent, and a connection without one keeps the reported version.
+    assert (row.client_ua, row.codex_version) == ("", PINNED_CODEX_VERSION)
     assert "executor registered" in gateway_server.log()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from executors import services
-from executors.executor_command import executor_launch, public_base_url
+from executors.executor_command import codex_install_command, executor_launch, public_base_url
 from executors.models import Executor, WorkspaceExecutor
 from executors.presence import Holder, presence_store
 
@@ -38,10 +40,10 @@ def claim(exe_id: str) -> None:
 
 
 def online_column(html: str) -> dict[str, bool]:
-    """exe_id -> the changelist's online icon, row by row."""
+    """exe_id (in full in the id's tooltip) -> the changelist's online icon, row by row."""
     column = {}
     for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html, re.S):
-        exe = re.search(r'class="field-exe_id"><a [^>]*>([^<]+)</a>', row)
+        exe = re.search(r'class="field-executor_id"><a [^>]*><span title="([^"]+)">', row)
         online = re.search(r'class="field-online"><img [^>]*alt="(True|False)"', row)
         if exe and online:
             column[exe.group(1)] = online.group(1) == "True"
@@ -118,6 +120,24 @@ def test_changelist_online_column_follows_presence(admin_client: Client, alpha: 
     assert response.status_code == 200
     assert online_column(response.content.decode()) == {alpha.exe_id: True, beta.exe_id: False}
     assert "Register executor" in response.content.decode()
+
+
+def test_changelist_is_narrow_and_shows_what_the_executor_reported(admin_client: Client, alpha: Executor) -> None:
+    services.record_environment(alpha.exe_id, {"executorVersion": "0.171.0", "platformOs": "linux"})
+    Executor.objects.filter(exe_id=alpha.exe_id).update(last_seen_at=datetime(2026, 12, 6, 19, 1, 30, tzinfo=UTC))
+
+    response = admin_client.get(CHANGELIST)
+
+    html = response.content.decode()
+    headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', html)
+    assert headers == ["executor_id", "display_name", "owner", "online", "last_seen", "codex", "platform"]
+    row = re.search(r"<tr[^>]*>(.*?)</tr>", html.split("<tbody>", 1)[1], re.S)
+    assert row is not None
+    fields = re.findall(r'class="field-(\w+)"[^>]*>(.*?)</t[dh]>', row.group(1), re.S)
+    cells = {name: re.sub(r"<[^>]+>", "", text).strip() for name, text in fields}
+    assert cells["executor_id"] == alpha.exe_id[:12] + "…"
+    assert cells["last_seen"] == "2026-12-06 19:01"
+    assert (cells["codex"], cells["platform"]) == ("0.171.0", "linux")
 
 
 def test_changelist_looks_presence_up_once_per_page(
@@ -339,6 +359,25 @@ def test_register_form_renders(admin_client: Client) -> None:
     for field in ("user_id", "display_name", "workspace_id", "binding_name", "description", "is_default"):
         assert f'name="{field}"' in html
     assert not Executor.objects.exists()
+
+
+def test_register_pages_tell_how_to_install_the_pinned_codex(admin_client: Client) -> None:
+    pinned = json.loads((settings.BASE_DIR / "package.json").read_text())["dependencies"]["@openai/codex"]
+    hint = f"<code>npm install -g @openai/codex@{pinned}</code>"
+
+    form = admin_client.get(REGISTER).content.decode()
+    registered = admin_client.post(REGISTER, {"user_id": "user-r"}).content.decode()
+
+    for html in (form, registered):
+        assert hint in html
+        assert "Node.js 18 or newer" in html
+        assert "standalone <code>codex</code> binary" in html
+
+
+def test_install_hint_without_a_package_json_names_no_version(settings: Any, tmp_path: Any) -> None:
+    settings.BASE_DIR = tmp_path
+
+    assert codex_install_command() == "npm install -g @openai/codex"
 
 
 @pytest.fixture

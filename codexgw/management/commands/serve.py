@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from bridge.protocol import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from codexgw import drain, runtime
 from codexgw.daphne_server import GatewayServer
+from codexgw.model_key import model_key_problem
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from codexgw.asgi import application
 
+        problem = model_key_problem()
+        if problem:
+            # Said once here, before any turn fails for it (also on /readyz and the admin).
+            logger.warning(problem)
         drain.install_gateway_steps()
         host = options["host"] or settings.CXG_BIND
         port = settings.CXG_PORT if options["port"] is None else options["port"]
