@@ -13,7 +13,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import AdminForm
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -26,6 +26,8 @@ from executors import services
 from executors.executor_command import codex_install_command, executor_launch, public_base_url
 from executors.models import Executor, WorkspaceExecutor
 from executors.presence import presence_store
+from workspaces import identity
+from workspaces.models import Workspace
 
 # Instance attribute carrying an executor's presence, looked up once per changelist page.
 _ONLINE_ATTR = "_cxg_online"
@@ -58,7 +60,26 @@ class ExecutorChangeList(ChangeList):
             setattr(executor, _ONLINE_ATTR, executor.exe_id in online)
 
 
-class WorkspaceExecutorInline(admin.TabularInline[WorkspaceExecutor, Executor]):
+def known_workspace(workspace_id: str) -> None:
+    """With the built-in control plane, a binding must name one of its workspaces (a typo would
+    bind the executor where no token can reach it); an agentserver's workspaces are not known here."""
+    if workspace_id and identity.builtin() and not Workspace.objects.filter(id=workspace_id).exists():
+        raise ValidationError(f"No workspace {workspace_id!r}: create it under Workspaces first.")
+
+
+class KnownWorkspaceField:
+    """Admin mixin: the ``workspace_id`` field is checked by ``known_workspace``."""
+
+    def formfield_for_dbfield(
+        self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
+        formfield: forms.Field | None = super().formfield_for_dbfield(db_field, request, **kwargs)  # type: ignore[misc]
+        if formfield is not None and db_field.name == "workspace_id":
+            formfield.validators.append(known_workspace)
+        return formfield
+
+
+class WorkspaceExecutorInline(KnownWorkspaceField, admin.TabularInline[WorkspaceExecutor, Executor]):
     model = WorkspaceExecutor
     fields = ["workspace_id", "name", "description", "is_default", "created_at"]
     readonly_fields = ["created_at"]
@@ -77,7 +98,10 @@ class RegisterExecutorForm(forms.ModelForm[Executor]):
     """Validates the executor's fields like its model; saving goes through ``services.register_executor``."""
 
     workspace_id = forms.CharField(
-        max_length=255, required=False, help_text="Bind the new executor to this workspace right away."
+        max_length=255,
+        required=False,
+        validators=[known_workspace],
+        help_text="Bind the new executor to this workspace right away.",
     )
     binding_name = forms.CharField(
         max_length=128,
@@ -177,7 +201,9 @@ class ExecutorAdmin(admin.ModelAdmin[Executor]):
         """Register an executor (and optionally bind it), then show its token and launch command once."""
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = RegisterExecutorForm(request.POST if request.method == "POST" else None)
+        # Built-in mode: the operator owns what they register, in the embedded default's workspace.
+        initial = {"user_id": str(request.user.pk), "workspace_id": "default"} if identity.builtin() else {}
+        form = RegisterExecutorForm(request.POST if request.method == "POST" else None, initial=initial)
         if form.is_valid():
             try:
                 created, binding = self._register(request, form.cleaned_data)
@@ -238,7 +264,7 @@ class ExecutorAdmin(admin.ModelAdmin[Executor]):
 
 
 @admin.register(WorkspaceExecutor)
-class WorkspaceExecutorAdmin(admin.ModelAdmin[WorkspaceExecutor]):
+class WorkspaceExecutorAdmin(KnownWorkspaceField, admin.ModelAdmin[WorkspaceExecutor]):
     list_display = ["workspace_id", "name", "executor", "is_default", "created_at"]
     list_filter = ["workspace_id", "name", ("executor", admin.RelatedOnlyFieldListFilter), "is_default"]
     list_select_related = ["executor"]

@@ -17,7 +17,11 @@ def new_exe_id() -> str:
 
 class Executor(models.Model):
     exe_id = models.CharField(primary_key=True, max_length=64, default=new_exe_id, editable=False)
-    user_id = models.CharField(max_length=255, db_index=True, help_text="Owner (agentserver user id).")
+    user_id = models.CharField(
+        max_length=255,
+        db_index=True,
+        help_text="Owner: a user id (the agentserver's, or in built-in mode this gateway's user id).",
+    )
     display_name = models.CharField(max_length=255, blank=True, default="")
     registration_token_hash = models.CharField(
         max_length=128, editable=False, help_text="bcrypt hash of the registration token (bearer routes)."

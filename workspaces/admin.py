@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -18,10 +19,11 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_cache_control
+from django.utils.html import format_html
 
-from executors.models import WorkspaceExecutor
 from workspaces import tokens
 from workspaces.models import AccessToken, Membership, Scope, Workspace
 
@@ -57,10 +59,9 @@ class WorkspaceAdmin(admin.ModelAdmin[Workspace]):
 
     @admin.display(description="executors")
     def executors(self, obj: Workspace) -> str:
-        """The executors bound to the workspace (bindings are edited on the executors' pages)."""
-        bindings = WorkspaceExecutor.objects.filter(workspace_id=obj.pk).select_related("executor")
-        lines = [f"{b.name}{' (default)' if b.is_default else ''}: {b.executor}" for b in bindings]
-        return "; ".join(lines) or "none yet: Executors → Register executor"
+        # Bindings belong to the executors app (above this one): link to them, filtered.
+        url = reverse("admin:executors_workspaceexecutor_changelist") + "?" + urlencode({"workspace_id": obj.pk})
+        return format_html('<a href="{}">Executors bound to {}</a>', url, obj.pk)
 
 
 class NewTokenForm(forms.Form):

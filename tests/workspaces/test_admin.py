@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
+from executors.models import WorkspaceExecutor
 from workspaces import tokens
 from workspaces.identity import Unauthorized
 from workspaces.models import AccessToken, Workspace
@@ -89,3 +90,48 @@ def test_a_workspace_id_must_be_usable_as_a_path(admin_client: Client) -> None:
     response = admin_client.post(add, data)
     assert response.status_code == 200
     assert not Workspace.objects.filter(id="../etc").exists()
+
+
+REGISTER = reverse("admin:executors_executor_add")
+
+
+def register(client: Client, workspace_id: str) -> Any:
+    data = {"user_id": "1", "display_name": "laptop", "workspace_id": workspace_id, "binding_name": "laptop"}
+    return client.post(REGISTER, data)
+
+
+@pytest.mark.usefixtures("builtin")
+def test_builtin_mode_binds_executors_only_to_existing_workspaces(admin_client: Client, workspace: Workspace) -> None:
+    refused = register(admin_client, "ws-typo")
+    assert "No workspace &#x27;ws-typo&#x27;: create it under Workspaces first." in refused.content.decode()
+    assert not WorkspaceExecutor.objects.exists()
+    accepted = register(admin_client, "ws-a")
+    assert "is registered and bound to workspace <code>ws-a</code>" in accepted.content.decode()
+    # The binding admin refuses the same typo.
+    binding = WorkspaceExecutor.objects.get()
+    change = reverse("admin:executors_workspaceexecutor_change", args=[binding.pk])
+    data = {"workspace_id": "ws-typo", "name": "laptop", "executor": binding.executor_id, "description": ""}
+    assert "No workspace" in admin_client.post(change, data).content.decode()
+    assert WorkspaceExecutor.objects.get().workspace_id == "ws-a"
+
+
+@pytest.mark.usefixtures("builtin")
+def test_builtin_mode_fills_in_the_operator_and_the_default_workspace(admin_client: Client, admin_user: Any) -> None:
+    html = admin_client.get(REGISTER).content.decode()
+    assert f'name="user_id" value="{admin_user.pk}"' in html
+    assert 'name="workspace_id" value="default"' in html
+
+
+def test_agentserver_mode_binds_to_any_workspace_id(admin_client: Client, settings: Any) -> None:
+    settings.CODEXGW_IDENTITY_BACKEND = "agentserver"
+    assert (
+        "is registered and bound to workspace <code>ws-anywhere</code>"
+        in register(admin_client, "ws-anywhere").content.decode()
+    )
+    assert 'name="user_id" value' not in admin_client.get(REGISTER).content.decode()
+
+
+def test_a_workspace_page_links_to_its_executors(admin_client: Client, workspace: Workspace) -> None:
+    html = admin_client.get(reverse("admin:workspaces_workspace_change", args=[workspace.pk])).content.decode()
+    link = reverse("admin:executors_workspaceexecutor_changelist") + "?workspace_id=ws-a"
+    assert f'<a href="{link}">Executors bound to ws-a</a>' in html
