@@ -72,4 +72,7 @@ class Command(BaseCommand):
             self.stdout.flush()
         if settings.LOCAL_SECRETS:
             self.stdout.write(f"local secrets (embedded default): {settings.LOCAL_SECRETS_FILE}")
+            if server.listening_addresses:
+                # Here, not in localadmin: only this command knows the port it really listens on.
+                self.stdout.write(f"admin: {runtime.self_http_base_url()}/admin/")
             self.stdout.flush()
