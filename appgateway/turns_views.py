@@ -20,6 +20,7 @@ from appgateway.codexhome import CodexHomeError, validate_workspace_id
 from appgateway.turns_auth import authenticate
 from codexgw.async_views import AsyncAPIView
 from executors.serializers import ErrorResponse
+from workspaces import identity
 
 DEFAULT_TIMEOUT_MS = 60 * 60 * 1000
 
@@ -48,7 +49,7 @@ class TurnsView(AsyncAPIView):
     @extend_schema(
         operation_id="turns_create",
         request=TurnRequest,
-        responses={200: OpenApiTypes.OBJECT, **dict.fromkeys((400, 401, 403, 503), ErrorResponse)},
+        responses={200: OpenApiTypes.OBJECT, **dict.fromkeys((400, 401, 403, 404, 503), ErrorResponse)},
         description="Run one codex turn: 200 {threadId, turn} or {threadId, transport: {code, message}}. "
         "Auth: X-Internal-Secret, or Authorization: Bearer <token> with scope turns:submit "
         "(a built-in access token, or an agentserver workspace API key wak_…).",
@@ -61,6 +62,8 @@ class TurnsView(AsyncAPIView):
         data = body.validated_data
         if api_key is not None and api_key.workspace_id != data["workspaceId"]:
             raise exceptions.PermissionDenied(f"api key not authorized for workspace {data['workspaceId']}")
+        if not await identity.workspace_known(data["workspaceId"]):
+            raise exceptions.NotFound(f"no workspace {data['workspaceId']}")
         timeout_ms = data.get("timeoutMs") or 0
         timeout = (timeout_ms if timeout_ms > 0 else DEFAULT_TIMEOUT_MS) / 1000
         answer = await broker.pool.run_turn(data["workspaceId"], data.get("threadId"), data["params"], timeout)

@@ -94,7 +94,11 @@ async def authenticate(token: str, scope: str) -> Grant:
     return grant
 
 
-def require_workspace(grant: Grant, workspace_id: str) -> None:
-    """Raise ``Forbidden`` unless the grant is for ``workspace_id``."""
-    if grant.workspace_id != workspace_id:
-        raise Forbidden(f"token not valid for workspace {workspace_id}")
+async def workspace_known(workspace_id: str) -> bool:
+    """Whether ``workspace_id`` may be served. Built-in mode knows its workspaces, so a made-up
+    id is refused before an app-server is spawned for it; an agentserver's are not known here."""
+    if not builtin():
+        return True
+    from workspaces.models import Workspace
+
+    return await Workspace.objects.filter(id=workspace_id).aexists()

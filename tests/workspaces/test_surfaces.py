@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from appgateway import auth, model_credentials
+from appgateway import auth, model_credentials, supervisor
 from appgateway.auth import Identity
 from appgateway.model_proxy import model_proxy_app
 from bridge.ws_auth import Denial
@@ -24,6 +24,11 @@ from workspaces.models import AccessToken, Workspace
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("builtin")]
 
 ENVS = "/api/connectors/envs/list"
+
+
+@pytest.fixture
+def agentserver_secret(settings: Any) -> dict[str, str]:
+    return {"HTTP_X_INTERNAL_SECRET": settings.CXG_AGENTSERVER_INTERNAL_SECRET}
 
 
 def token_for(workspace: Workspace, owner: Any, scopes: list[str] | None = None) -> str:
@@ -192,3 +197,13 @@ async def _async(function: Any, *args: Any) -> Any:
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(function)(*args)
+
+
+def test_turns_for_a_workspace_that_does_not_exist_are_404_before_anything_spawns(
+    workspace: Workspace, agentserver_secret: dict[str, str]
+) -> None:
+    # Even the internal secret, which skips token checks, cannot make up a workspace.
+    body = {"workspaceId": "W", "params": {"input": []}}
+    response = APIClient().post("/api/turns", body, format="json", **agentserver_secret)
+    assert (response.status_code, response.json()) == (404, {"error": "no workspace W"})
+    assert supervisor.live_sessions() == []
