@@ -27,7 +27,7 @@ ENVS = "/api/connectors/envs/list"
 
 
 @pytest.fixture
-def agentserver_secret(settings: Any) -> dict[str, str]:
+def agentserver_secret(settings: Any) -> dict[str, Any]:
     return {"HTTP_X_INTERNAL_SECRET": settings.CXG_AGENTSERVER_INTERNAL_SECRET}
 
 
@@ -200,7 +200,7 @@ async def _async(function: Any, *args: Any) -> Any:
 
 
 def test_turns_for_a_workspace_that_does_not_exist_are_404_before_anything_spawns(
-    workspace: Workspace, agentserver_secret: dict[str, str]
+    workspace: Workspace, agentserver_secret: dict[str, Any]
 ) -> None:
     # Even the internal secret, which skips token checks, cannot make up a workspace.
     body = {"workspaceId": "W", "params": {"input": []}}
