@@ -151,5 +151,7 @@ async def authenticate_tui(headers: dict[str, str]) -> Identity | Denial:
         logger.warning("TUI token verification unavailable", extra={"error": exc.reason})
         return Denial(503, "token verification unavailable, retry later")
     except identity.IdentityError as exc:
+        # codex shows only the status: the reason is for whoever reads the gateway's log.
+        logger.info("TUI token refused (%s): %s", exc.status, exc.reason, extra={"status": exc.status})
         return Denial(exc.status, exc.reason)
     return Identity(user_id=grant.user_id, workspace_id=grant.workspace_id)

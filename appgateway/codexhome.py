@@ -119,8 +119,6 @@ class CodexConfig:
 def _validate(config: CodexConfig) -> None:
     if not config.model_provider or not _TABLE_NAME.fullmatch(config.model_provider):
         raise CodexHomeError(f"model_provider {config.model_provider!r} must be a non-empty [A-Za-z0-9_-] name")
-    if not config.model:
-        raise CodexHomeError("model is required")
     if not config.base_url.startswith(("http://", "https://")):
         raise CodexHomeError(f"base_url {config.base_url!r} must be an http(s) URL")
     if not _ENV_NAME.fullmatch(config.env_key):
@@ -152,7 +150,8 @@ def render_config_toml(config: CodexConfig) -> str:
     _validate(config)
     document: dict[str, Any] = {
         "model_provider": config.model_provider,
-        "model": config.model,
+        # Empty: codex's own default model (the newest it knows, so the TUI offers no upgrade).
+        **({"model": config.model} if config.model else {}),
         "approval_policy": config.approval_policy,
         "sandbox_mode": config.sandbox_mode,
         # Keep the child off the internet: no update check, analytics, plugin sync or apps (codex-wire §C.1).

@@ -55,6 +55,13 @@ EMPTY_LISTS: dict[str, JSON] = {
 Write = Callable[[bytes], Awaitable[None]]
 
 
+INSTRUCTIONS = (
+    "Run commands and read or write files on this workspace's executors (remote machines, not this host); "
+    "call list_environments first to see them.\n"
+    "Tools name the executor they act on with environment_id."
+)
+
+
 class RpcError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -206,6 +213,9 @@ class McpServer:
                 "protocolVersion": requested if isinstance(requested, str) else DEFAULT_PROTOCOL_VERSION,
                 "capabilities": {"tools": {}},
                 "serverInfo": {"name": SERVER_NAME, "version": SERVER_VERSION},
+                # Codex shows the first line to models that find tools by search, where this
+                # server is otherwise only a bare name.
+                "instructions": INSTRUCTIONS,
             }
         if method == "tools/list":
             return {"tools": tool_specs()}

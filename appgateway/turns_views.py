@@ -61,7 +61,8 @@ class TurnsView(AsyncAPIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         if api_key is not None and api_key.workspace_id != data["workspaceId"]:
-            raise exceptions.PermissionDenied(f"api key not authorized for workspace {data['workspaceId']}")
+            credential = "token" if identity.builtin() else "api key"
+            raise exceptions.PermissionDenied(f"{credential} not authorized for workspace {data['workspaceId']}")
         if not await identity.workspace_known(data["workspaceId"]):
             raise exceptions.NotFound(f"no workspace {data['workspaceId']}")
         timeout_ms = data.get("timeoutMs") or 0

@@ -35,9 +35,18 @@ def load_or_create(path: Path) -> dict[str, str]:
     return stored
 
 
+def read_stored(path: Path) -> dict[str, str]:
+    """What the file holds; nothing when it was never written (every secret came from the
+    environment, so settings had nothing to generate)."""
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return {}
+
+
 def store_extra(path: Path, name: str, value: str) -> None:
     """Add one more generated value (e.g. the local admin password) to the file."""
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = read_stored(path)
     stored[name] = value
     _write(path, stored)
 

@@ -117,7 +117,8 @@ CXG_MODEL_TOKEN_REFRESH_INTERVAL = env_duration("CXG_MODEL_TOKEN_REFRESH_INTERVA
 # Built-in mode talks to OpenAI unless told otherwise; agentserver mode to its llmproxy. The
 # provider id is not "openai": codex's built-in provider of that name would win over ours.
 CXG_MODEL_PROVIDER = env_str("CXG_MODEL_PROVIDER", "codexgw" if _BUILTIN else "modelserver")
-CXG_MODEL = env_str("CXG_MODEL", "gpt-5.5")
+# Built-in mode: empty, codex's own default model (the newest the pinned codex knows).
+CXG_MODEL = env_str("CXG_MODEL", "" if _BUILTIN else "gpt-5.5")
 CXG_MODEL_PROVIDER_NAME = env_str("CXG_MODEL_PROVIDER_NAME", "OpenAI" if _BUILTIN else CXG_MODEL_PROVIDER)
 CXG_MODEL_PROVIDER_BASE_URL = env_str(
     "CXG_MODEL_PROVIDER_BASE_URL", "https://api.openai.com/v1" if _BUILTIN else "http://llmproxy:8085/v1"

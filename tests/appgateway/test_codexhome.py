@@ -156,7 +156,6 @@ def test_hostile_strings_round_trip_as_data():
     [
         ({"model_provider": ""}, "model_provider"),
         ({"model_provider": "a.b"}, "model_provider"),
-        ({"model": ""}, "model is required"),
         ({"base_url": "ftp://x"}, "base_url"),
         ({"env_key": "1BAD"}, "env_key"),
         ({"wire_api": "grpc"}, "wire_api"),
@@ -172,6 +171,12 @@ def test_hostile_strings_round_trip_as_data():
 def test_invalid_configs_are_refused(overrides, message):
     with pytest.raises(CodexHomeError, match=message):
         render_config_toml(base_config(**overrides))
+
+
+def test_an_empty_model_leaves_the_choice_to_codex():
+    parsed = tomllib.loads(render_config_toml(base_config(model="")))
+    assert "model" not in parsed
+    assert parsed["model_provider"] == "modelserver"
 
 
 def test_config_from_settings_uses_the_reference_defaults(settings):

@@ -156,7 +156,9 @@ async def test_handshake_and_listings(server: EnvMcp):
         "protocolVersion": "2025-06-18",
         "capabilities": {"tools": {}},
         "serverInfo": {"name": "agentserver", "version": envmcp.SERVER_VERSION},
+        "instructions": envmcp.INSTRUCTIONS,
     }
+    assert "executors" in envmcp.INSTRUCTIONS.splitlines()[0]
     await server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
     tools = await server.request(1, "tools/list", {"_meta": {"progressToken": 0}})
     assert tools["result"] == {"tools": tool_specs()}

@@ -65,10 +65,15 @@ async def test_tui_accepts_a_token_with_the_tui_scope(workspace: Workspace, owne
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
-async def test_tui_refuses_bad_tokens_with_401(workspace: Workspace, owner: Any, kind: str) -> None:
+async def test_tui_refuses_bad_tokens_with_401_and_logs_why(
+    workspace: Workspace, owner: Any, kind: str, caplog: Any
+) -> None:
     make, reason = BAD[kind]
     token = await _async(make, workspace, owner)
+    caplog.set_level("INFO", logger="appgateway.auth")
     assert await auth.authenticate_tui({"authorization": f"Bearer {token}"}) == Denial(401, reason)
+    assert f"TUI token refused (401): {reason}" in caplog.text
+    assert token not in caplog.text
 
 
 async def test_tui_refuses_a_token_without_the_scope_with_403(workspace: Workspace, owner: Any) -> None:
@@ -96,7 +101,7 @@ def test_turns_refuse_a_token_without_the_scope_or_for_another_workspace(workspa
     good = token_for(workspace, owner, ["turns:submit"])
     assert post_turn(good, "ws-other", {"input": []}) == (
         403,
-        {"error": "api key not authorized for workspace ws-other"},
+        {"error": "token not authorized for workspace ws-other"},
     )
     # Authenticated and authorised: what is left to refuse is the body (a turn itself is e2e).
     status, body = post_turn(good, "ws-a", ["not", "an", "object"])

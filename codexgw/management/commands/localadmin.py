@@ -9,7 +9,6 @@ prints the admin's address, which only it knows). Does nothing when local secret
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
@@ -17,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from codexgw.local_secrets import store_extra
+from codexgw.local_secrets import read_stored, store_extra
 from workspaces import identity, tokens
 
 USERNAME = "admin"
@@ -29,8 +28,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.LOCAL_SECRETS:
             return
-        stored = json.loads(settings.LOCAL_SECRETS_FILE.read_text(encoding="utf-8"))
-        password = stored.get("CODEXGW_LOCAL_ADMIN_PASSWORD")
+        password = read_stored(settings.LOCAL_SECRETS_FILE).get("CODEXGW_LOCAL_ADMIN_PASSWORD")
         users = get_user_model().objects
         if not users.filter(username=USERNAME).exists():
             password = password or secrets.token_urlsafe(16)
