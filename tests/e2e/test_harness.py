@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
 import pytest
+from django.conf import settings
 from websockets.exceptions import InvalidStatus
 
 from executors.presence import Holder, presence_store
@@ -20,6 +22,9 @@ from tests.e2e.harness import (
 )
 
 pytestmark = pytest.mark.e2e
+
+# The pinned @openai/codex (package.json) that the executors run.
+PINNED_CODEX_VERSION = json.loads((settings.BASE_DIR / "package.json").read_text())["dependencies"]["@openai/codex"]
 
 ECHO = {
     "processId": "echo-1",
@@ -54,7 +59,7 @@ async def test_rpc_client_drives_a_real_exec_server(local_exec_server):
     async with await RpcClient.connect(local_exec_server.listen_url) as client:
         info = await client.initialize("harness")
         assert info["sessionId"]
-        assert info["environmentInfo"]["executorVersion"] == "0.169.0"
+        assert info["environmentInfo"]["executorVersion"] == PINNED_CODEX_VERSION
         assert await _run_echo(client) == b"hi\n"
 
         # The whole response object comes back, errors included; ids are integers.
@@ -68,7 +73,7 @@ async def test_rpc_client_drives_a_real_exec_server(local_exec_server):
         assert (parse_error["id"], parse_error["error"]["code"]) == (-1, -32600)
         assert all("jsonrpc" not in frame for frame in client.frames if isinstance(frame, dict))
     assert client.closed
-    # exec-server 0.169.0 answers a client's close frame by dropping TCP, without a close frame back.
+    # exec-server (0.169.0 and 0.171.0) answers a client's close frame by dropping TCP, without a close frame back.
     assert client.close_code == 1006
 
 
