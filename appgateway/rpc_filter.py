@@ -51,6 +51,10 @@ PROTECTED_CONFIG: Final = frozenset(
     }
 )
 _CONFIG_CARRIERS: Final = frozenset({"thread/start", "thread/resume", "thread/fork"})
+# Requests that change the model provider without naming a config key (codex 0.171.0 added
+# modelProvider/default/set {providerId}: new threads would use another configured provider, e.g.
+# a built-in one pointing at this host or at a service that is not the workspace's).
+_PROVIDER_SWITCHES: Final = frozenset({"modelProvider/default/set"})
 
 # The gateway's answer to each approval-type request: accept, grant no extra permissions, give
 # no answers, accept the elicitation without content.
@@ -167,6 +171,8 @@ def _config_override(message: Any) -> str | None:
         touched = _protected_keys(params.get("config"))
     elif method.startswith("config/") and "write" in method.lower():
         touched = _protected_keys(params)
+    elif method in _PROVIDER_SWITCHES:
+        touched = {"model_provider"}
     else:
         return None
     if not touched:

@@ -227,6 +227,7 @@ def test_approval_mode_names():
         {"id": 5, "method": "config/value/write", "params": {"keyPath": "features.shell_tool", "value": True}},
         {"id": 5, "method": "config/batchWrite", "params": {"edits": [{"keyPath": "notify", "value": ["sh"]}]}},
         {"id": 5, "method": "config/value/write", "params": {"keyPath": "", "value": {"hooks": {}}}},
+        {"id": 5, "method": "modelProvider/default/set", "params": {"providerId": "ollama"}},
     ],
 )
 def test_config_overrides_that_would_reopen_the_gateway_are_refused(message):
