@@ -15,9 +15,11 @@ at most ``CACHE_TTL``. Refusals and outages are never cached.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -129,14 +131,21 @@ def bearer(headers: dict[str, str]) -> str | None:
     return authorization[len("Bearer ") :] or None
 
 
-async def verify_for_identity(token: str) -> identity.Grant:
-    """The agentserver backend of the ``tui`` scope (registered in ``AppGatewayConfig.ready``)."""
+@contextlib.contextmanager
+def agentserver_answers() -> Iterator[None]:
+    """The agentserver's refusal and outage as the identity interface's 401 and 503."""
     try:
-        verified = await verify_token(token)
+        yield
     except InvalidToken:
         raise identity.Unauthorized("unauthorized") from None
     except VerifierUnavailable as exc:
         raise identity.Unavailable(str(exc)) from exc
+
+
+async def verify_for_identity(token: str) -> identity.Grant:
+    """The agentserver backend of the ``tui`` scope (registered in ``AppGatewayConfig.ready``)."""
+    with agentserver_answers():
+        verified = await verify_token(token)
     return identity.Grant(verified.workspace_id, verified.user_id, "", frozenset({identity.TUI}))
 
 

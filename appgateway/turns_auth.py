@@ -19,7 +19,7 @@ from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.request import Request
 
-from appgateway.auth import BODY_LOG_LIMIT, InvalidToken, VerifierUnavailable, ask_agentserver
+from appgateway.auth import BODY_LOG_LIMIT, VerifierUnavailable, agentserver_answers, ask_agentserver
 from codexgw.api_errors import ServiceUnavailable
 from executors.api_auth import Unauthorized, bearer_token, secret_matches
 from workspaces import identity
@@ -55,12 +55,8 @@ async def validate_for_identity(token: str) -> identity.Grant:
     """The agentserver backend of the ``turns:submit`` scope (registered in ``AppGatewayConfig.ready``)."""
     if not token.startswith(KEY_PREFIX):
         raise identity.Unauthorized("unauthorized")  # not an API key: agentserver is not even asked
-    try:
+    with agentserver_answers():
         key = await validate_api_key(token)
-    except InvalidToken:
-        raise identity.Unauthorized("unauthorized") from None
-    except VerifierUnavailable as exc:
-        raise identity.Unavailable(str(exc)) from exc
     return identity.Grant(key.workspace_id, "", key.key_id, key.scopes)
 
 

@@ -475,13 +475,7 @@ def test_the_quick_start(quickstart: QuickStart, codex_bin: Path, exec_servers: 
     # 5. The same turn over the REST API: curl -H "Authorization: Bearer $CODEXGW_TOKEN" …
     model.script(shell_call(f"cat {MARKER_FILE}"), Reply("The executor answered again."))
     before = len(model.responses_requests())
-    status, answer = http_json(
-        "POST",
-        gateway.base_url + "/api/turns",
-        {"workspaceId": WORKSPACE, "params": {"input": [{"type": "text", "text": "and now?"}]}},
-        headers={"Authorization": f"Bearer {quickstart.token}"},
-        timeout=180,
-    )
+    status, answer = post_turn(gateway, quickstart.token, "and now?")
     assert status == 200, answer
     assert "transport" not in answer, f"{answer}\n{gateway.log()}"
     turn = answer["turn"]
@@ -515,6 +509,16 @@ def test_the_quick_start(quickstart: QuickStart, codex_bin: Path, exec_servers: 
 
 
 # --- what a wrong token gets ------------------------------------------------------------------
+
+
+def post_turn(
+    gateway: GatewayProcess, token: str, text: str, workspace: str = WORKSPACE, timeout: float = 180
+) -> tuple[int, Any]:
+    """``curl -H "Authorization: Bearer $CODEXGW_TOKEN" …/api/turns`` as the README has it."""
+    body = {"workspaceId": workspace, "params": {"input": [{"type": "text", "text": text}]}}
+    return http_json(
+        "POST", gateway.base_url + "/api/turns", body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    )
 
 
 def upgrade_status(gateway: GatewayProcess, token: str) -> tuple[int, Any]:
@@ -563,17 +567,10 @@ def test_wrong_tokens_are_refused_with_401_or_403(quickstart: QuickStart, codex_
     assert upgrade_status(gateway, revoked) == (401, {"error": "token revoked"})
 
     # POST /api/turns
-    def post_turn(token: str, workspace: str = WORKSPACE) -> tuple[int, Any]:
-        body = {"workspaceId": workspace, "params": {"input": [{"type": "text", "text": "hi"}]}}
-        return http_json(
-            "POST", gateway.base_url + "/api/turns", body, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-
-    status, body = post_turn(other_token)
-    assert status == 403, body
-    assert WORKSPACE in body["error"], body
-    assert post_turn(unknown)[0] == 401
-    assert post_turn(sdk_only) == (403, {"error": "missing scope: turns:submit"})
+    status, body = post_turn(gateway, other_token, "hi", timeout=30)
+    assert (status, body) == (403, {"error": f"token not authorized for workspace {WORKSPACE}"})
+    assert post_turn(gateway, unknown, "hi", timeout=30) == (401, {"error": "unknown token"})
+    assert post_turn(gateway, sdk_only, "hi", timeout=30) == (403, {"error": "missing scope: turns:submit"})
 
     # /api/connectors/*
     connectors = gateway.base_url + "/api/connectors/envs/list"
@@ -611,13 +608,7 @@ def test_without_a_model_key_the_user_is_told_which_variable_to_set(
     finally:
         tui.kill()
 
-    status, answer = http_json(
-        "POST",
-        gateway.base_url + "/api/turns",
-        {"workspaceId": WORKSPACE, "params": {"input": [{"type": "text", "text": "hello?"}]}},
-        headers={"Authorization": f"Bearer {start.token}"},
-        timeout=180,
-    )
+    status, answer = post_turn(gateway, start.token, "hello?")
     assert status == 200, answer
     assert answer["turn"]["status"] == "failed", answer
     assert MISSING_KEY in answer["turn"]["error"]["message"], answer
