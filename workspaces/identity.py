@@ -20,42 +20,17 @@ business:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-TUI = "tui"
-TURNS = "turns:submit"
-SDK = "sdk"
+from workspaces import tokens
 
+# The interface's vocabulary: defined in grants.py, shared with the built-in backend (tokens.py).
+from workspaces.grants import SDK, TUI, TURNS, Forbidden, Grant, IdentityError, Unauthorized, Unavailable
+from workspaces.models import Workspace
 
-@dataclass(frozen=True)
-class Grant:
-    workspace_id: str
-    user_id: str
-    token_id: str  # a loggable name of the token (its visible prefix, or the agentserver's key id)
-    scopes: frozenset[str]
-
-
-class IdentityError(Exception):
-    status = 401
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Unauthorized(IdentityError):
-    status = 401
-
-
-class Forbidden(IdentityError):
-    status = 403
-
-
-class Unavailable(IdentityError):
-    status = 503
+__all__ = ["SDK", "TUI", "TURNS", "Forbidden", "Grant", "IdentityError", "Unauthorized", "Unavailable"]
 
 
 Verifier = Callable[[str], Awaitable[Grant]]
@@ -81,8 +56,6 @@ async def authenticate(token: str, scope: str) -> Grant:
     if not token:
         raise Unauthorized("missing Bearer token")
     if builtin():
-        from workspaces import tokens  # models: importable only once the app registry is ready
-
         # Off the event loop, in Django's sync thread, which closes connections past their age.
         return await database_sync_to_async(tokens.check)(token, scope)
     verifier = _agentserver.get(scope)
@@ -99,6 +72,4 @@ async def workspace_known(workspace_id: str) -> bool:
     id is refused before an app-server is spawned for it; an agentserver's are not known here."""
     if not builtin():
         return True
-    from workspaces.models import Workspace
-
     return await Workspace.objects.filter(id=workspace_id).aexists()

@@ -20,7 +20,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from workspaces.identity import Forbidden, Grant, Unauthorized
+from workspaces.grants import Forbidden, Grant, Unauthorized
 from workspaces.models import AccessToken, Membership, Role, Scope, Workspace
 
 TOKEN_PREFIX = "cxgt_"  # noqa: S105 - a format, not a secret
