@@ -14,8 +14,9 @@ import secrets
 
 # Nothing in env-mcp signs anything; Django only insists on a non-empty value when it is read.
 SECRET_KEY = secrets.token_urlsafe(32)
-# executors: its models, imported by the tool code; appgateway: the envmcp command itself.
-INSTALLED_APPS = ["executors", "appgateway"]
+# executors: its models, imported by the tool code; appgateway: the envmcp command itself;
+# workspaces: its models, imported by appgateway's ready() (the identity interface).
+INSTALLED_APPS = ["executors", "workspaces", "appgateway"]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
 _LEVEL = os.environ.get("CXG_LOG_LEVEL", "info").upper()
