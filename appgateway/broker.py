@@ -38,7 +38,7 @@ from typing import Any, Final, Protocol
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from appgateway import relay, supervisor
+from appgateway import environments, relay, supervisor
 from appgateway.rpc_filter import METHOD_DISABLED, Frame
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,10 @@ class Conn:
         except relay.AppServerUnavailable as exc:
             raise SubprocessCrash(str(exc)) from exc
         try:
-            await conn.request("initialize", {"clientInfo": CLIENT_INFO, "capabilities": {}}, HANDSHAKE_TIMEOUT)
+            # experimentalApi: codex accepts thread/start.environments only then.
+            await conn.request(
+                "initialize", {"clientInfo": CLIENT_INFO, "capabilities": {"experimentalApi": True}}, HANDSHAKE_TIMEOUT
+            )
             await conn.notify("initialized", {})
         except TransportError as exc:
             await conn.close()
@@ -292,7 +295,10 @@ class Conn:
     async def start_thread(self, deadline: float) -> str:
         try:
             async with asyncio.timeout_at(deadline):
-                result = await self.request("thread/start", {})
+                # The workspace's default executor first, in its own working directory, then the
+                # others (never codex's local environment, the gateway host).
+                selected = await environments.default_selection(self.workspace_id)
+                result = await self.request("thread/start", {"environments": selected})
         except TimeoutError as exc:
             await self.close("thread/start timed out")
             raise BrokerTimeout("thread/start timed out") from exc

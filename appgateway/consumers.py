@@ -5,8 +5,10 @@
 503 when agentserver cannot answer). After the upgrade the workspace's app-server is ensured
 (spawned here, or found in the process that owns it) and every frame passes verbatim in both
 directions: text stays text, binary stays binary, one message per message. On the way in,
-local-IO requests are refused (``rpc_filter``); on the way out, approval requests are answered
-by the leg (``relay.AppServerLeg``). When either side ends, the other is closed.
+local-IO requests are refused (``rpc_filter``), ``initialize`` is made to declare
+``experimentalApi`` and a ``thread/start`` that names no environments gets the workspace's
+executors, the default first (``environments``); on the way out, approval requests are answered by
+the leg (``relay.AppServerLeg``). When either side ends, the other is closed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from asgiref.typing import WebSocketConnectEvent
 
-from appgateway import relay, rpc_filter, supervisor
+from appgateway import environments, relay, rpc_filter, supervisor
 from appgateway.auth import authenticate_tui
 from appgateway.rpc_filter import Frame
 from bridge.consumers import GatewayConsumer
@@ -91,6 +93,10 @@ class TuiProxyConsumer(GatewayConsumer):
                 extra={"workspace_id": self.workspace_id, "method": verdict.method, "refusal": verdict.refusal},
             )
             return
+        # A new thread that names no environments gets the workspace's default executor (never
+        # codex's local environment, the gateway host); initialize declares experimentalApi so
+        # codex accepts that.
+        frame = await environments.rewrite_client_frame(self.workspace_id, frame)
         if self.leg is not None:
             await self.leg.send(frame)
         elif self.link is not None:

@@ -56,6 +56,14 @@ _CONFIG_CARRIERS: Final = frozenset({"thread/start", "thread/resume", "thread/fo
 # a built-in one pointing at this host or at a service that is not the workspace's).
 _PROVIDER_SWITCHES: Final = frozenset({"modelProvider/default/set"})
 
+# Requests that select a thread's or turn's environments. codex's own environment ``local`` is the
+# gateway host: a client that names it would have the model's tools run there (measured: turn/start
+# with environments [{environmentId: "local"}] let exec_command run on the app-server's machine).
+_ENVIRONMENT_CARRIERS: Final = frozenset(
+    {"thread/start", "thread/resume", "thread/fork", "turn/start", "thread/settings/update"}
+)
+LOCAL_ENVIRONMENT: Final = "local"
+
 # The gateway's answer to each approval-type request: accept, grant no extra permissions, give
 # no answers, accept the elicitation without content.
 APPROVAL_ANSWERS: Final[dict[str, dict[str, Any]]] = {
@@ -91,7 +99,7 @@ def refusal_message(method: str) -> str:
     )
 
 
-Refusal = Literal["local IO", "protected config"]
+Refusal = Literal["local IO", "protected config", "local environment"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,27 @@ def _config_override(message: Any) -> str | None:
     )
 
 
+def _names_local_environment(message: Any) -> str | None:
+    """The method of a request that selects codex's local environment (the gateway host) by name."""
+    if not isinstance(message, _Pairs):
+        return None
+    carriers = [method for method in message.methods if isinstance(method, str) and method in _ENVIRONMENT_CARRIERS]
+    params = message.get("params")
+    environments = params.get("environments") if isinstance(params, dict) else None
+    if not carriers or not isinstance(environments, list):
+        return None
+    if any(isinstance(entry, dict) and entry.get("environmentId") == LOCAL_ENVIRONMENT for entry in environments):
+        return carriers[0]
+    return None
+
+
+def local_environment_message(method: str) -> str:
+    return (
+        f"{method} may not select the environment {LOCAL_ENVIRONMENT!r} on the codexgw app gateway: it is the "
+        "gateway's own machine. Name one of the workspace's executors, or none for the default one."
+    )
+
+
 def inspect_client_frame(frame: Frame) -> ClientVerdict:
     """Refuse requests for blocked methods: an error reply when they carry an id, silently when
     they do not (notifications, ``id: null``). A batch (the app-server rejects arrays today) is
@@ -201,10 +230,14 @@ def inspect_client_frame(frame: Frame) -> ClientVerdict:
         )
     method = _blocked_method(message)
     reason = None if method is not None else _config_override(message)
+    refusal: Refusal = "local IO" if method is not None else "protected config"
+    local = _names_local_environment(message) if method is None and reason is None else None
+    if local is not None:
+        reason = local_environment_message(local)
+        refusal = "local environment"
     if method is None and reason is None:
         return FORWARD
-    refused = method or message["method"]
-    refusal: Refusal = "local IO" if method is not None else "protected config"
+    refused = method or local or message["method"]
     if message.get("id") is None:
         return ClientVerdict(forward=False, method=refused, refusal=refusal)
     reply = _encode(_error_reply(message["id"], refused, reason))

@@ -7,6 +7,10 @@
   its environment only, never in argv. It runs on ``appgateway.envmcp_settings``, so it needs no
   gateway secret, database or Redis.
 
+* Executors as native environments: ``SpawnConfig.after_start`` registers every executor bound to
+  the workspace with the running app-server (``appgateway.environments``), each with a token of
+  the spawn's turn limited to that executor (so revoking the turn stops them too).
+
 Each spawn's turn id is remembered per workspace, and the next spawn of that workspace in this
 process (a restart or a crash respawn) revokes it; revocation through the exec gateway also
 closes the bridges the old env-mcp still holds.
@@ -24,7 +28,7 @@ from pathlib import Path
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from appgateway import model_credentials
+from appgateway import environments, model_credentials
 from appgateway.codexhome import McpServer
 from appgateway.supervisor import SpawnConfig, add_stop_hook, set_spawn_builder
 from codexgw import runtime
@@ -57,6 +61,20 @@ def mint_turn(workspace_id: str, now: float | None = None) -> tuple[SpawnTurn, s
         settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id=turn.turn_id, workspace_id=workspace_id, ttl=ttl, now=issued
     )
     return turn, token
+
+
+def environment_token(workspace_id: str, turn: SpawnTurn, exe_id: str, now: float | None = None) -> str:
+    """The capability token an environment of the spawn reaches its executor's bridge with: the
+    spawn's turn (revoked with it), limited to that one executor, expiring with the turn."""
+    issued = time.time() if now is None else now
+    return captoken.mint(
+        settings.CXG_CAPTOKEN_HMAC_SECRET,
+        turn_id=turn.turn_id,
+        workspace_id=workspace_id,
+        ttl=max(1.0, turn.exp - issued),
+        exe_ids=[exe_id],
+        now=issued,
+    )
 
 
 def env_mcp_server(workspace_id: str, token: str, exec_gateway_url: str) -> McpServer:
@@ -95,7 +113,17 @@ async def build(workspace_id: str) -> SpawnConfig:
     turn, token = mint_turn(workspace_id)
     _turns[workspace_id] = turn
     server = env_mcp_server(workspace_id, token, exec_gateway_url)
-    return SpawnConfig(env=model.env, mcp_servers=[server], provider_base_url=model.provider_base_url)
+    return SpawnConfig(
+        env=model.env,
+        mcp_servers=[server],
+        provider_base_url=model.provider_base_url,
+        # Every bound executor becomes a native environment of the app-server, reached at this
+        # process's /bridge with a token of the spawn's turn for that executor alone (sent over
+        # the loopback WebSocket only).
+        after_start=environments.after_start(
+            exec_gateway_url, lambda exe_id: environment_token(workspace_id, turn, exe_id)
+        ),
+    )
 
 
 def install() -> None:

@@ -66,6 +66,7 @@ PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 START_TIMEOUT = 30.0  # until the child prints its URL (first start unpacks codex's bundled skills)
 READY_TIMEOUT = 5.0  # then until /readyz answers 200
+AFTER_START_TIMEOUT = 15.0  # SpawnConfig.after_start
 READY_POLL = 0.05
 MAX_LOG_LINE = 4000
 REAPER_MAX_TICK = 5.0  # cheap (no I/O unless a child is idle); bounds how late a reap can be
@@ -152,6 +153,10 @@ class SpawnConfig:
     # The model provider's base_url for this spawn (e.g. the gateway's credential-refreshing proxy);
     # None keeps CXG_MODEL_PROVIDER_BASE_URL.
     provider_base_url: str | None = None
+    # Run once the app-server answers, before anyone else may use it (e.g. registering the
+    # workspace's executors as environments). At most AFTER_START_TIMEOUT; failures are logged and
+    # the app-server is kept.
+    after_start: Callable[[AppServerHandle], Awaitable[None]] | None = None
 
 
 SpawnBuilder = Callable[[str], Awaitable[SpawnConfig]]
@@ -789,10 +794,20 @@ async def ensure_app_server(workspace_id: str) -> AppServerHandle:
             # The directory stays: on this machine it may already be the new owner's.
             raise SpawnError(f"lost the lease of workspace {workspace_id} while spawning")
         state.leases[workspace_id] = lease
+        if config.after_start is not None:
+            await _after_start(config.after_start, child.handle)
         state.children[workspace_id] = child
         touch(workspace_id)
         logger.info("app-server started", extra={"workspace_id": workspace_id, "pid": child.handle.pid})
         return child.handle
+
+
+async def _after_start(hook: Callable[[AppServerHandle], Awaitable[None]], handle: AppServerHandle) -> None:
+    try:
+        async with asyncio.timeout(AFTER_START_TIMEOUT):
+            await hook(handle)
+    except Exception:
+        logger.warning("app-server after-start step failed", extra={"workspace_id": handle.workspace_id}, exc_info=True)
 
 
 async def shutdown(workspace_id: str, reason: str) -> None:

@@ -193,7 +193,10 @@ async def test_a_completion_before_the_turn_start_answer_is_buffered_and_items_s
     }
     methods = [m.get("method") for m in app.received]
     assert methods == ["initialize", "initialized", "thread/start", "turn/start"]  # no resume after our start
-    assert app.received[0]["params"] == {"clientInfo": broker.CLIENT_INFO, "capabilities": {}}
+    # experimentalApi: codex accepts thread/start.environments only then.
+    assert app.received[0]["params"] == {"clientInfo": broker.CLIENT_INFO, "capabilities": {"experimentalApi": True}}
+    # No executor is bound: the thread gets no environment (never codex's local one).
+    assert app.received[2]["params"] == {"environments": []}
     assert app.received[3]["params"] == {"input": TEXT, "threadId": "th"}
 
 

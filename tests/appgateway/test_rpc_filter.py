@@ -252,3 +252,40 @@ def test_config_overrides_that_would_reopen_the_gateway_are_refused(message):
 )
 def test_harmless_config_passes(message):
     assert inspect_client_frame(json.dumps(message)).forward
+
+
+# --- codex's local environment (the gateway host) cannot be selected ---------------------------
+
+
+@pytest.mark.parametrize(
+    "method", ["thread/start", "thread/resume", "thread/fork", "turn/start", "thread/settings/update"]
+)
+def test_a_request_selecting_the_local_environment_is_refused(method):
+    environments = [{"environmentId": "box", "cwd": "/w"}, {"environmentId": "local", "cwd": "/"}]
+    frame = json.dumps({"id": 9, "method": method, "params": {"threadId": "t", "environments": environments}})
+    verdict = inspect_client_frame(frame)
+    assert not verdict.forward
+    assert verdict.refusal == "local environment"
+    reply = json.loads(verdict.reply or "")
+    assert reply["id"] == 9
+    assert reply["error"]["code"] == rpc_filter.METHOD_DISABLED
+    assert "'local'" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"environments": [{"environmentId": "box", "cwd": "/w"}]},
+        {"environments": []},
+        {"environments": None},
+        {},
+        {"environments": [{"environmentId": "localhost", "cwd": "/"}]},
+    ],
+)
+def test_requests_selecting_other_environments_pass(params):
+    assert inspect_client_frame(json.dumps({"id": 1, "method": "thread/start", "params": params})) == FORWARD
+
+
+def test_other_methods_may_mention_the_local_environment():
+    frame = json.dumps({"id": 1, "method": "thread/list", "params": {"environments": [{"environmentId": "local"}]}})
+    assert inspect_client_frame(frame) == FORWARD

@@ -400,10 +400,11 @@ class ExecServer:
     _readers: list[threading.Thread] = field(default_factory=list, repr=False)
 
     @classmethod
-    def spawn(cls, args: list[str], env: Mapping[str, str]) -> ExecServer:
+    def spawn(cls, args: list[str], env: Mapping[str, str], cwd: Path | None = None) -> ExecServer:
         process = subprocess.Popen(
             args,
             env=dict(env),
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -426,13 +427,15 @@ class ExecServer:
         *,
         extra_args: Iterable[str] = (),
         extra_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> ExecServer:
         """Exactly the command and credentials the admin shows an operator
-        (``executors.executor_command``), with this binary and an allow-listed environment."""
+        (``executors.executor_command``), with this binary and an allow-listed environment, run
+        in ``cwd`` (default: the test's)."""
         launch = executor_launch(credentials.exe_id, credentials.token, base_url)
         args = [str(codex_bin), *launch.argv[1:], *extra_args]
         env = exec_server_env(codex_home, extra={**launch.env, **(extra_env or {})})
-        return cls.spawn(args, env)
+        return cls.spawn(args, env, cwd)
 
     @classmethod
     def listen(

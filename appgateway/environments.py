@@ -1,0 +1,331 @@
+"""The workspace's executors as native Codex environments of its app-server (issue #14).
+
+* **Registration** (``register``, run by the spawn builder's ``after_start``): once the app-server
+  answers, over its own loopback WebSocket, ``initialize`` with ``experimentalApi`` and one
+  ``environment/add {environmentId: <binding name>, execServerUrl: <this process>/bridge/<exe_id>,
+  authBearerToken: <a token of the spawn's turn for that executor only>}`` per executor bound to the
+  workspace. The token is only ever in that frame: not in argv, the child's environment, a URL or
+  CODEX_HOME.
+* **Selection** (``thread_start_environments`` and ``with_environments``, pure; ``default_selection``
+  reads the bindings): a ``thread/start`` that names no environments (absent or ``null``, as the TUI
+  sends it) gets the workspace's default executor first, with the client's ``cwd`` or else the
+  executor's own working directory, then the other registered executors (the model reaches them
+  with ``environment_id``); without a usable default, ``[]``, so codex never falls back to its
+  local environment (the gateway host). ``rpc_filter`` refuses requests that name ``local`` themselves.
+  codex accepts ``environments`` only from a connection that declared
+  ``capabilities.experimentalApi``, so a TUI-proxy client's ``initialize`` is made to declare it.
+
+Measured facts behind this: ``docs/app-gateway.md``, "Native environments (measured on 0.171.0)".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+from asgiref.sync import sync_to_async
+from websockets.asyncio.client import connect as ws_connect
+
+from appgateway import supervisor
+from appgateway.rpc_filter import Frame
+from bridge import exec_session_store
+from bridge.protocol import MAX_MESSAGE_BYTES
+from executors.models import WorkspaceExecutor
+
+logger = logging.getLogger(__name__)
+
+CLIENT_INFO: Final = {"name": "codexgw-environments", "version": "0.1.0"}
+FALLBACK_CWD: Final = "/"  # exists on every executor, holds nothing of the gateway's
+_THREAD_START: Final = "thread/start"
+
+# --- pure ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Binding:
+    """An executor bound to the workspace, as an environment of its app-server."""
+
+    name: str
+    exe_id: str
+    is_default: bool
+    bound_at: float  # epoch seconds
+
+
+def bridge_url(ws_base_url: str, exe_id: str) -> str:
+    return f"{ws_base_url.rstrip('/')}/bridge/{exe_id}"
+
+
+def environment_add_params(binding: Binding, ws_base_url: str, token: str) -> dict[str, Any]:
+    return {
+        "environmentId": binding.name,
+        "execServerUrl": bridge_url(ws_base_url, binding.exe_id),
+        "authBearerToken": token,
+    }
+
+
+def path_from_file_uri(uri: Any) -> str | None:
+    """``file:///a%20b`` → ``/a b``; anything else (no string, another scheme, a relative path) → None."""
+    if not isinstance(uri, str):
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    path = unquote(parts.path)
+    return path if path.startswith("/") else None
+
+
+def thread_bindings(bindings: list[Binding], app_server_started_at: float) -> list[Binding]:
+    """The bindings a new thread gets, the default first (codex runs a tool without
+    ``environment_id`` in the first): those registered with the app-server, i.e. bound before it
+    started. None at all when the workspace has no registered default."""
+    registered = [binding for binding in bindings if binding.bound_at <= app_server_started_at]
+    default = next((binding for binding in registered if binding.is_default), None)
+    if default is None:
+        return []
+    return [default, *(binding for binding in registered if binding is not default)]
+
+
+def selection(
+    chosen: list[Binding], cwds: Mapping[str, str | None], client_cwd: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``environments`` a thread gets: each chosen binding in its executor's directory
+    (``cwds`` by exe_id; else ``/``), the first one in the client's ``cwd`` when it named one."""
+    return [
+        {
+            "environmentId": binding.name,
+            "cwd": (client_cwd if index == 0 else None) or cwds.get(binding.exe_id) or FALLBACK_CWD,
+        }
+        for index, binding in enumerate(chosen)
+    ]
+
+
+def thread_start_environments(frame: Frame) -> tuple[dict[str, Any], str | None] | None:
+    """For a ``thread/start`` request that names no environments: the decoded request and the
+    ``cwd`` the client named (or None). Anything else: None (the frame passes unchanged)."""
+    if isinstance(frame, bytes):
+        return None
+    if _THREAD_START not in frame:
+        return None
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("method") != _THREAD_START or message.get("id") is None:
+        return None
+    params = message.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict) or params.get("environments") is not None:
+        return None
+    cwd = params.get("cwd")
+    return message, cwd if isinstance(cwd, str) and cwd.startswith("/") else None
+
+
+def initialize_without_experimental_api(frame: Frame) -> dict[str, Any] | None:
+    """An ``initialize`` request that does not declare ``capabilities.experimentalApi: true``
+    (decoded), else None. codex refuses ``thread/start.environments`` on such a connection."""
+    if isinstance(frame, bytes) or '"initialize"' not in frame:
+        return None
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("method") != "initialize" or message.get("id") is None:
+        return None
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return None
+    capabilities = params.get("capabilities")
+    if isinstance(capabilities, dict) and capabilities.get("experimentalApi") is True:
+        return None
+    return message
+
+
+def with_experimental_api(message: dict[str, Any]) -> str:
+    """The ``initialize`` request with ``capabilities.experimentalApi: true`` (the rest kept)."""
+    params = message["params"]
+    capabilities = params.get("capabilities")
+    capabilities = {**(capabilities if isinstance(capabilities, dict) else {}), "experimentalApi": True}
+    return json.dumps({**message, "params": {**params, "capabilities": capabilities}}, separators=(",", ":"))
+
+
+# turn/start keys that, without ``environments``, make codex re-select its default environments
+# (the local one, the gateway host, first) in that directory. Measured on 0.171.0: after
+# ``turn/start {cwd}`` on a thread of ``[box]``, exec_command ran on the gateway host. The TUI
+# sends its own machine's directory there on every turn.
+_TURN_PLACEMENT: Final = ("cwd", "runtimeWorkspaceRoots")
+
+
+def turn_start_without_environments(frame: Frame) -> dict[str, Any] | None:
+    """A ``turn/start`` request that names a ``cwd`` or ``runtimeWorkspaceRoots`` but no
+    environments (decoded), else None."""
+    if isinstance(frame, bytes) or '"turn/start"' not in frame:
+        return None
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("method") != "turn/start" or message.get("id") is None:
+        return None
+    params = message.get("params")
+    if not isinstance(params, dict) or params.get("environments") is not None:
+        return None
+    if all(params.get(key) is None for key in _TURN_PLACEMENT):
+        return None
+    return message
+
+
+def without_turn_placement(message: dict[str, Any]) -> str:
+    """The ``turn/start`` without ``cwd`` and ``runtimeWorkspaceRoots``: the turn keeps the
+    thread's environments, each in its own directory."""
+    params = {key: value for key, value in message["params"].items() if key not in _TURN_PLACEMENT}
+    return json.dumps({**message, "params": params}, separators=(",", ":"))
+
+
+def with_environments(message: dict[str, Any], environments: list[dict[str, Any]]) -> str:
+    """The request with ``params.environments`` set (everything else kept)."""
+    params = message.get("params")
+    rewritten = {**message, "params": {**(params if isinstance(params, dict) else {}), "environments": environments}}
+    return json.dumps(rewritten, separators=(",", ":"))
+
+
+# --- reading the bindings -----------------------------------------------------------------------
+
+
+def _bindings_sync(workspace_id: str) -> list[Binding]:
+    rows = WorkspaceExecutor.objects.filter(workspace_id=workspace_id).order_by("created_at", "id")
+    return [
+        Binding(name=row.name, exe_id=row.executor_id, is_default=row.is_default, bound_at=row.created_at.timestamp())
+        for row in rows
+    ]
+
+
+bindings = sync_to_async(_bindings_sync, thread_sensitive=False)
+
+
+async def executor_cwd(exe_id: str) -> str | None:
+    """The executor's working directory, from its exec-server's ``initialize`` answer
+    (``environmentInfo.cwd``, a file URI), as the gateway saved it; None if never seen."""
+    saved = await exec_session_store.load(exe_id)
+    return path_from_file_uri(saved.environment_info.get("cwd")) if saved is not None else None
+
+
+async def default_selection(workspace_id: str, client_cwd: str | None = None) -> list[dict[str, Any]]:
+    """``environments`` for a new thread of the workspace that names none (see ``selection``).
+    When the bindings cannot be read (an outage): none, so the thread still starts, on no machine."""
+    try:
+        return await _default_selection(workspace_id, client_cwd)
+    except Exception:
+        logger.warning(
+            "default environment unknown: the thread gets none", extra={"workspace_id": workspace_id}, exc_info=True
+        )
+        return []
+
+
+async def _default_selection(workspace_id: str, client_cwd: str | None) -> list[dict[str, Any]]:
+    lease = await supervisor.lease_owner(workspace_id)
+    if lease is None:
+        return []
+    chosen = thread_bindings(await bindings(workspace_id), lease.started_at)
+    cwds = {binding.exe_id: await executor_cwd(binding.exe_id) for binding in chosen}
+    return selection(chosen, cwds, client_cwd)
+
+
+async def rewrite_client_frame(workspace_id: str, frame: Frame) -> Frame:
+    """A client's frame as the app-server gets it: ``initialize`` declares ``experimentalApi``
+    (codex accepts ``thread/start.environments`` only then), a ``thread/start`` that names no
+    environments gets the workspace's executors, a ``turn/start`` that names no environments loses
+    its ``cwd`` and ``runtimeWorkspaceRoots`` (which would bring back the local environment); any
+    other frame is returned itself."""
+    initialize = initialize_without_experimental_api(frame)
+    if initialize is not None:
+        return with_experimental_api(initialize)
+    turn = turn_start_without_environments(frame)
+    if turn is not None:
+        return without_turn_placement(turn)
+    found = thread_start_environments(frame)
+    if found is None:
+        return frame
+    message, client_cwd = found
+    environments = await default_selection(workspace_id, client_cwd)
+    logger.info(
+        "thread/start: environments filled in",
+        extra={"workspace_id": workspace_id, "environments": [env["environmentId"] for env in environments]},
+    )
+    return with_environments(message, environments)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+class RegistrationError(Exception):
+    pass
+
+
+async def _call(ws: Any, request_id: int, method: str, params: dict[str, Any]) -> Any:
+    await ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
+    while True:
+        message = json.loads(await ws.recv())
+        if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
+            if "error" in message:
+                raise RegistrationError(f"{method}: {message['error']}")
+            return message.get("result")
+
+
+TokenFor = Callable[[str], str]  # exe_id → the capability token its environment uses
+
+
+async def register(workspace_id: str, app_server_ws_url: str, ws_base_url: str, token_for: TokenFor) -> list[str]:
+    """Add every executor bound to the workspace as an environment of its app-server; returns the
+    names added. A binding codex refuses is logged and skipped."""
+    found = await bindings(workspace_id)
+    added: list[str] = []
+    async with ws_connect(app_server_ws_url, compression=None, max_size=MAX_MESSAGE_BYTES, ping_interval=None) as ws:
+        await _call(ws, 0, "initialize", {"clientInfo": CLIENT_INFO, "capabilities": {"experimentalApi": True}})
+        await ws.send(json.dumps({"method": "initialized"}))
+        for request_id, binding in enumerate(found, start=1):
+            try:
+                params = environment_add_params(binding, ws_base_url, token_for(binding.exe_id))
+                await _call(ws, request_id, "environment/add", params)
+            except RegistrationError as exc:
+                logger.warning(
+                    "executor not added as an environment",
+                    extra={"workspace_id": workspace_id, "environment": binding.name, "error": str(exc)},
+                )
+                continue
+            added.append(binding.name)
+    logger.info("executors added as environments", extra={"workspace_id": workspace_id, "environments": added})
+    return added
+
+
+def after_start(ws_base_url: str, token_for: TokenFor) -> Callable[[supervisor.AppServerHandle], Awaitable[None]]:
+    """The spawn builder's ``SpawnConfig.after_start`` for one spawn."""
+
+    async def hook(handle: supervisor.AppServerHandle) -> None:
+        await register(handle.workspace_id, handle.ws_url, ws_base_url, token_for)
+
+    return hook
+
+
+__all__ = [
+    "Binding",
+    "after_start",
+    "bridge_url",
+    "default_selection",
+    "environment_add_params",
+    "initialize_without_experimental_api",
+    "path_from_file_uri",
+    "register",
+    "rewrite_client_frame",
+    "selection",
+    "thread_bindings",
+    "thread_start_environments",
+    "turn_start_without_environments",
+    "with_environments",
+    "with_experimental_api",
+    "without_turn_placement",
+]
