@@ -10,6 +10,18 @@ owner with the handles restored.
 This module is pure logic: every input returns a list of actions for the caller (the session
 driver in ``bridge/session.py``) to carry out, so it can be tested without sockets or clocks.
 It is not thread-safe; one driver task owns it.
+
+Process events reach a client in one of two ways: live (pushed by the executor and forwarded)
+or recovered (re-read with ``process/read`` after the executor reconnected, or after the client
+resumed its session). The rule that keeps output from being lost between the two: **nothing is
+delivered past a seq the client is still owed**. From the moment a process needs recovery (the
+executor dropped, or the owner was away) until a recovery read succeeds, live events are held
+(``ProcessState.held``, bounded); a live event that overtook a lower seq waits for it (then, if
+it does not come, the gap is read); a recovery read starts after the lowest seq still owed (not
+after the highest delivered); a recovery read that fails or is abandoned delivers nothing and
+leaves the gap owed for the next read. Only what the executor can no longer give back (it fell
+out of its ~1 MiB retention, or the process cannot be read any more) is given up on, and then
+the client is told the exact range (``gateway/outputLost``) and the drop is counted.
 """
 
 from __future__ import annotations
@@ -38,10 +50,24 @@ from bridge.protocol import (
 )
 
 GATEWAY_CLIENT_NAME = "codexgw"
-# process/read page size while recovering missed output (exec-server retains ~1 MiB per process).
+# process/read page size while recovering missed output (exec-server retains ~1 MiB per process,
+# trimming the oldest chunks only as far as it must: what it retains stays close to that).
 RECOVERY_READ_BYTES = 4 * 1024 * 1024
+EXEC_RETENTION_BYTES = 1024 * 1024
 # An executor that does not answer initialize within this time is hung up on (it reconnects).
 HANDSHAKE_TIMEOUT = 30.0
+# Live events held per process while it waits for recovery. Past the bound the newest are let go
+# and recovery reads on until it has them (exec-server itself retains only ~1 MiB of output).
+HELD_EVENTS_MAX = 512
+# A recovery read that fails is retried after RECOVERY_RETRY_DELAY, doubling, RECOVERY_ATTEMPTS
+# times in all; then what the client is owed is given up on (and the client told).
+RECOVERY_ATTEMPTS = 5
+RECOVERY_RETRY_DELAY = 0.5
+# A live event that overtook a lower seq (exec-server pushes output, exit and close from different
+# tasks) waits this long for it to be pushed too; then the gap is read.
+REORDER_WAIT = 1.0
+# The notification that tells a client which seqs of a process it will never get (docs/protocol.md).
+OUTPUT_LOST = "gateway/outputLost"
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -123,18 +149,40 @@ class LinkState(Enum):
 
 @dataclass
 class ProcessState:
-    """What the gateway knows of one process of a virtual session."""
+    """What the gateway knows of one process of a virtual session.
 
-    last_seq: int = 0  # last event seq delivered to the owner
+    Every seq up to ``last_seq`` has been delivered to the owner (or the owner was told it is
+    lost), except those in ``missing``: the lowest seq still owed is ``min(missing)``, or
+    ``last_seq + 1``. While ``needs_recovery`` or ``recovering`` is set, live events are held;
+    otherwise a live event is held only while a lower seq is still owed (it overtook it)."""
+
+    last_seq: int = 0  # highest event seq delivered to the owner
     observed_seq: int = 0  # highest event seq seen from the executor
     exited: bool = False
     closed: bool = False
-    needs_recovery: bool = False
-    recovering: bool = False
-    held: list[JSON] = field(default_factory=list)  # events that arrived during recovery
-    missing: set[int] = field(default_factory=set)  # seqs skipped by recovery (exited/closed or lost)
+    needs_recovery: bool = False  # the owner may have missed events: read them before delivering more
+    recovering: bool = False  # a recovery read is in flight, or its retry is due at retry_at
+    held: list[JSON] = field(default_factory=list)  # live events waiting for a recovery read or a lower seq
+    held_overflow: bool = False  # events past HELD_EVENTS_MAX were let go: recovery must read them
+    # Seqs below last_seq still owed to the owner (at the end of a recovery read, also those above
+    # it the executor has but did not return as output: its exit and close, or lost output).
+    missing: set[int] = field(default_factory=set)
+    retry_at: float | None = None  # when a failed recovery read is tried again
+    reorder_at: float | None = None  # when a live gap that did not fill is read
+    failures: int = 0  # failed recovery reads in a row
     exit_info: JSON | None = None
     starting: bool = False  # process/start forwarded, no answer yet
+
+    @property
+    def owed_after(self) -> int:
+        """Where a recovery read starts: after the last seq up to which nothing is owed."""
+        return min(self.last_seq, min(self.missing, default=self.last_seq + 1) - 1)
+
+    @property
+    def readable(self) -> bool:
+        """The executor may still have events for the owner: the process has not closed, or an
+        event overtaken by ``process/closed`` (codex-wire.md §C.10) is still owed."""
+        return not self.closed or bool(self.missing)
 
     def snapshot(self) -> JSON:
         return {
@@ -147,15 +195,15 @@ class ProcessState:
 
     @classmethod
     def restore(cls, data: JSON) -> ProcessState:
-        closed = bool(data.get("closed"))
-        return cls(
+        process = cls(
             last_seq=int(data.get("last_seq") or 0),
             observed_seq=int(data.get("observed_seq") or 0),
             exited=bool(data.get("exited")),
-            closed=closed,
+            closed=bool(data.get("closed")),
             missing={int(seq) for seq in data.get("missing") or []},
-            needs_recovery=not closed,
         )
+        process.needs_recovery = process.readable
+        return process
 
 
 @dataclass
@@ -192,6 +240,8 @@ class Pending:
     vsession: VirtualSession | None = None
     process: str | None = None
     method: str = ""
+    after_seq: int = 0  # a recovery read's afterSeq
+    continued: bool = False  # a recovery read for the next page
 
 
 @dataclass
@@ -204,6 +254,11 @@ class HeldRead:
     process: str
     params: JSON
     deadline: float
+
+
+def _chunk_bytes(chunks: list[JSON]) -> int:
+    """Roughly how many bytes of output ``process/read`` chunks carry (base64)."""
+    return sum(len(c["chunk"]) * 3 // 4 for c in chunks if isinstance(c.get("chunk"), str))
 
 
 def _after_seq(params: JSON) -> int:
@@ -355,21 +410,21 @@ class Multiplexer:
                         ),
                     )
                 )
-            elif pending.kind == "recover" and pending.vsession is not None and pending.process is not None:
-                process = pending.vsession.processes.get(pending.process)
-                if process is not None:
-                    process.recovering = False
-                    process.needs_recovery = True
         self._pending.clear()
         for held in self._held_reads:
             if held.conn_id in self._links:
                 actions.append(ToBridge(held.conn_id, _unavailable(held.client_id, "executor connection lost")))
         self._held_reads.clear()
         actions.extend(self._fail_backlog("executor connection lost"))
-        # Every live process must be re-read after the session resumes.
+        # Every process that may owe its owner events must be re-read after the session resumes;
+        # an abandoned recovery read (or a pending retry) delivered nothing, so its gap is still
+        # owed too. Held events stay held: until that read, nothing goes out past the gap.
         for vsession in self._vsessions.values():
             for process in vsession.processes.values():
-                if not process.closed:
+                process.recovering = False
+                process.retry_at = process.reorder_at = None
+                process.failures = 0
+                if process.readable:
                     process.needs_recovery = True
         return actions
 
@@ -487,10 +542,37 @@ class Multiplexer:
             process.observed_seq = max(process.observed_seq, seq)
         event = {"method": method, "params": params}
         actions = self._wake_reads(vsession, process_id)
-        if process.recovering:
-            process.held.append(event)
+        if not self._attached_ready(vsession):
+            return actions + self._deliver_event(vsession, process, event)  # not delivered: re-read on resume
+        if process.needs_recovery or process.recovering:
+            # The owner may be owed events before this one (the executor was away, or so was the
+            # owner): delivering it now could put it past a gap. Even a push that comes before the
+            # executor answers the resume initialize waits for the recovery read.
+            self._hold(process, event)
+            if not process.recovering and self.state is ExecutorState.READY:
+                # Recovery starts as soon as it can (handshake, initialized); never wait for it.
+                actions += self._start_recovery(vsession)
             return actions
-        return actions + self._deliver_event(vsession, process, event)
+        if isinstance(seq, int) and seq > process.owed_after + 1:
+            # It overtook a lower seq (codex-wire.md §C.10: process/closed before process/exited,
+            # process/exited before the last process/output): wait for that one.
+            self._hold(process, event)
+            if process.held_overflow and self.state is ExecutorState.READY:
+                return [*actions, self._recover(vsession, process_id, process)]
+            if process.reorder_at is None:
+                process.reorder_at = self.clock() + REORDER_WAIT
+            return actions
+        actions += self._deliver_event(vsession, process, event)
+        if process.held:
+            actions += self._drain_held(vsession, process)
+        return actions
+
+    def _hold(self, process: ProcessState, event: JSON) -> None:
+        if len(process.held) < HELD_EVENTS_MAX:
+            process.held.append(event)
+        else:
+            # Not lost: the executor retains it, and recovery reads on until it has it.
+            process.held_overflow = True
 
     def _deliver_event(self, vsession: VirtualSession, process: ProcessState, event: JSON) -> list[Action]:
         params = event["params"]
@@ -498,11 +580,12 @@ class Multiplexer:
         if isinstance(seq, int) and seq <= process.last_seq and seq not in process.missing:
             return []  # already delivered (a recovery read and the live push overlap)
         if not self._attached_ready(vsession):
-            # Not delivered: the owner re-reads from last_seq when it resumes its session.
+            # Not delivered: the owner re-reads from what it is owed when it resumes its session.
             process.needs_recovery = True
             return [Dropped("owner_detached", event["method"])]
         if isinstance(seq, int):
-            # Seqs skipped here are still owed (events may arrive out of order): remember them.
+            # Seqs skipped here are still owed (a recovery read delivers past a gap it cannot
+            # place yet: the exit, or output lost; its end settles them): remember them.
             process.missing.update(range(process.last_seq + 1, seq))
             process.last_seq = max(process.last_seq, seq)
             process.missing.discard(seq)
@@ -510,7 +593,6 @@ class Multiplexer:
             process.exited = True
         elif event["method"] == "process/closed":
             process.closed = True
-            process.needs_recovery = False
         assert vsession.conn_id is not None
         return [ToBridge(vsession.conn_id, event)]
 
@@ -519,16 +601,30 @@ class Multiplexer:
     def _start_recovery(self, vsession: VirtualSession) -> list[Action]:
         actions: list[Action] = []
         for process_id, process in vsession.processes.items():
-            if process.closed or process.recovering:
-                continue
             process.needs_recovery = False
-            process.recovering = True
-            actions.append(self._recovery_read(vsession, process_id, process.last_seq))
+            if process.recovering:
+                continue  # the read in flight (or its retry) reads on from where it is
+            if not process.readable:
+                if process.held:
+                    actions.extend(self._drain_held(vsession, process))  # nothing is owed: let them go out
+                continue
+            actions.append(self._recover(vsession, process_id, process))
         return actions
 
-    def _recovery_read(self, vsession: VirtualSession, process_id: str, after_seq: int) -> ToExecutor:
+    def _recover(self, vsession: VirtualSession, process_id: str, process: ProcessState) -> ToExecutor:
+        """Start reading what the owner is owed; events pushed meanwhile are held."""
+        process.needs_recovery = False
+        process.recovering = True
+        process.reorder_at = None
+        return self._recovery_read(vsession, process_id, process.owed_after)
+
+    def _recovery_read(
+        self, vsession: VirtualSession, process_id: str, after_seq: int, *, continued: bool = False
+    ) -> ToExecutor:
         request_id = next(self._ids)
-        self._pending[request_id] = Pending(kind="recover", vsession=vsession, process=process_id)
+        self._pending[request_id] = Pending(
+            kind="recover", vsession=vsession, process=process_id, after_seq=after_seq, continued=continued
+        )
         params = {
             "processId": f"{vsession.prefix}.{process_id}",
             "afterSeq": after_seq,
@@ -547,27 +643,38 @@ class Multiplexer:
         self._touch(vsession)
         if not self._attached_ready(vsession):
             # The owner left (or resumed and is not initialized yet): nothing can be delivered,
-            # so stop paging; recovery restarts from last_seq once the session is ready again.
-            process.recovering = False
-            process.needs_recovery = True
-            return [Dropped("owner_detached", "process/read"), *self._flush_held(vsession, process)]
+            # so stop paging; recovery restarts from what is owed once the session is ready again.
+            return [Dropped("owner_detached", "process/read"), *self._stop_recovery(process)]
         result = message.get("result")
         if not isinstance(result, dict):
-            # Typically "unknown process id": the process ended and its output expired.
-            process.recovering = False
-            actions: list[Action] = [Dropped("recovery_failed", f"{process_id}: {message.get('error')}")]
-            return actions + self._flush_held(vsession, process)
+            return self._recovery_failed(vsession, process_id, process, message.get("error"))
+        process.failures = 0
         if isinstance(result.get("nextSeq"), int):
             # What recovery learned exists counts as seen, as pushed events do (long-polls).
             process.observed_seq = max(process.observed_seq, result["nextSeq"] - 1)
-        chunks = [c for c in result.get("chunks") or [] if isinstance(c, dict) and isinstance(c.get("seq"), int)]
-        actions = []
-        expected = process.last_seq + 1
-        for chunk in sorted(chunks, key=lambda c: c["seq"]):
-            if chunk["seq"] <= process.last_seq:
-                continue
-            process.missing.update(range(expected, chunk["seq"]))
-            expected = chunk["seq"] + 1
+        after = pending.after_seq
+        chunks = sorted(
+            (c for c in result.get("chunks") or [] if isinstance(c, dict) and isinstance(c.get("seq"), int)),
+            key=lambda c: c["seq"],
+        )
+        chunks = [c for c in chunks if c["seq"] > after]
+        actions: list[Action] = []
+        exit_pending = bool(result.get("exited")) and not process.exited
+        if chunks and chunks[0]["seq"] > after + 1 and not exit_pending:
+            # The answer starts later than asked, and the gap cannot hold the exit (closed would
+            # come after every chunk): that output fell out of exec-server's retention.
+            actions += self._give_up(vsession, process_id, process, range(after + 1, chunks[0]["seq"]))
+        # Could the answer's start have been trimmed by retention? Not if it continues a page, or
+        # holds far less than exec-server retains (it trims only as far as it must).
+        trimmed = not pending.continued and _chunk_bytes(chunks) >= EXEC_RETENTION_BYTES // 2
+        previous = after
+        for chunk in chunks:
+            if exit_pending and chunk["seq"] == previous + 2 and not (previous == after and trimmed):
+                # One seq missing between retained output: the exit, which came before the last
+                # output (codex-wire.md §C.10). Placed now, so everything goes out in seq order.
+                actions += self._deliver_event(vsession, process, self._exited_event(process_id, previous + 1, result))
+                exit_pending = False
+            previous = chunk["seq"]
             event_params = {
                 "processId": process_id,
                 "seq": chunk["seq"],
@@ -577,47 +684,141 @@ class Multiplexer:
             actions.extend(self._deliver_event(vsession, process, {"method": "process/output", "params": event_params}))
         if chunks:
             # A page came back: read on until the executor has nothing more.
-            actions.append(self._recovery_read(vsession, process_id, process.last_seq))
+            actions.append(self._recovery_read(vsession, process_id, chunks[-1]["seq"], continued=True))
+            return actions
+        if process.held_overflow or process.needs_recovery:
+            # Caught up as of this answer, but pushes were let go meanwhile (held past the bound,
+            # or dropped while the owner was away): read them too.
+            process.held_overflow = process.needs_recovery = False
+            actions.append(self._recovery_read(vsession, process_id, after, continued=True))
             return actions
         next_seq = result.get("nextSeq")
         if isinstance(next_seq, int):
-            process.missing.update(range(expected, next_seq))
+            # Seqs the executor has but did not return as output: its exit and close, or lost.
+            process.missing.update(range(max(after, process.last_seq) + 1, next_seq))
         actions.extend(self._finish_recovery(vsession, process_id, process, result))
+        return actions
+
+    def _recovery_failed(
+        self, vsession: VirtualSession, process_id: str, process: ProcessState, error: Any
+    ) -> list[Action]:
+        """A recovery read failed: nothing is delivered past the gap. It is read again later,
+        unless the executor says the process is gone or it kept failing: then what the owner is
+        owed is given up on (the owner is told) and what was held is delivered."""
+        actions: list[Action] = [Dropped("recovery_failed", f"{process_id}: {error}")]
+        process.failures += 1
+        message = error.get("message") if isinstance(error, dict) else None
+        gone = isinstance(message, str) and message.startswith("unknown process id")
+        if not gone and process.failures < RECOVERY_ATTEMPTS:
+            process.retry_at = self.clock() + RECOVERY_RETRY_DELAY * 2 ** (process.failures - 1)
+            return actions
+        process.failures = 0
+        held = {e["params"]["seq"] for e in process.held if isinstance(e["params"].get("seq"), int)}
+        held = {seq for seq in held if seq > process.last_seq}
+        # Owed: every seq not delivered up to the first one held, or, if pushes were let go, up
+        # to the highest seen.
+        owed_to = process.observed_seq if process.held_overflow or not held else min(held) - 1
+        owed = (process.missing | set(range(process.last_seq + 1, owed_to + 1))) - held
+        actions += self._give_up(vsession, process_id, process, owed, reason="output_lost_unreadable")
+        process.recovering = process.needs_recovery = False
+        return actions + self._drain_held(vsession, process)
+
+    def _read_again(self, vsession: VirtualSession, process_id: str, process: ProcessState) -> list[Action]:
+        """A failed recovery read's retry is due, or a live gap did not fill in time: read what
+        the owner is owed."""
+        process.retry_at = None
+        if not self._attached_ready(vsession):
+            return self._stop_recovery(process)
+        return [self._recover(vsession, process_id, process)]
+
+    def _stop_recovery(self, process: ProcessState) -> list[Action]:
+        """The owner cannot take events now: what was held is let go (the owner re-reads what it
+        is owed when it is back)."""
+        process.recovering = False
+        process.needs_recovery = True
+        process.retry_at = process.reorder_at = None
+        process.failures = 0
+        process.held_overflow = False
+        held, process.held = process.held, []
+        return [Dropped("owner_detached", event["method"]) for event in held]
+
+    def _give_up(
+        self,
+        vsession: VirtualSession,
+        process_id: str,
+        process: ProcessState,
+        seqs: Iterable[int],
+        reason: str = "output_lost_beyond_retention",
+    ) -> list[Action]:
+        """The executor cannot give back ``seqs``: tell the owner which ones it will never get
+        (one ``gateway/outputLost`` per contiguous range) and count the loss. Seqs already
+        delivered are left out; the rest are no longer owed."""
+        lost = sorted({s for s in seqs if s > process.last_seq or s in process.missing})
+        if not lost:
+            return []
+        # Seqs below the lost ones that are not lost stay owed.
+        process.missing.update(s for s in range(process.last_seq + 1, lost[-1]) if s not in lost)
+        process.missing.difference_update(lost)
+        process.last_seq = max(process.last_seq, lost[-1])
+        assert vsession.conn_id is not None
+        actions: list[Action] = []
+        ranges: list[list[int]] = []
+        for seq in lost:
+            if ranges and seq == ranges[-1][1] + 1:
+                ranges[-1][1] = seq
+            else:
+                ranges.append([seq, seq])
+        for first, last in ranges:
+            params = {"processId": process_id, "fromSeq": first, "toSeq": last}
+            actions.append(ToBridge(vsession.conn_id, {"method": OUTPUT_LOST, "params": params}))
+            actions.append(Dropped(reason, f"{process_id}: {last - first + 1} event(s), seq {first}-{last}"))
         return actions
 
     def _finish_recovery(
         self, vsession: VirtualSession, process_id: str, process: ProcessState, result: JSON
     ) -> list[Action]:
         """Deliver the exited/closed events that happened while the executor was away; what
-        else is missing fell out of exec-server's retention and is lost (counted)."""
+        else is still owed fell out of exec-server's retention: the owner is told, before its
+        exit and close."""
         gaps = sorted(process.missing)
-        actions: list[Action] = []
         closed_seq = gaps.pop() if result.get("closed") and not process.closed and gaps else None
         exited_seq = gaps.pop() if result.get("exited") and not process.exited and gaps else None
+        actions = self._give_up(vsession, process_id, process, gaps)
         if exited_seq is not None:
-            exited = {
-                "processId": process_id,
-                "seq": exited_seq,
-                "exitCode": result.get("exitCode"),
-                "sandboxDenied": bool(result.get("sandboxDenied")),
-            }
-            actions.extend(self._deliver_event(vsession, process, {"method": "process/exited", "params": exited}))
+            actions.extend(self._deliver_event(vsession, process, self._exited_event(process_id, exited_seq, result)))
         if closed_seq is not None:
             closed = {"processId": process_id, "seq": closed_seq}
             actions.extend(self._deliver_event(vsession, process, {"method": "process/closed", "params": closed}))
-        if gaps:
-            actions.append(Dropped("output_lost_beyond_retention", f"{process_id}: {len(gaps)} event(s)"))
-            process.missing.difference_update(gaps)
         process.recovering = False
-        return actions + self._flush_held(vsession, process)
+        return actions + self._drain_held(vsession, process)
 
-    def _flush_held(self, vsession: VirtualSession, process: ProcessState) -> list[Action]:
-        """End of a recovery: deliver the events held meanwhile, and release the long-polls that
-        now have something to read."""
-        held, process.held = process.held, []
+    @staticmethod
+    def _exited_event(process_id: str, seq: int, result: JSON) -> JSON:
+        params = {
+            "processId": process_id,
+            "seq": seq,
+            "exitCode": result.get("exitCode"),
+            "sandboxDenied": bool(result.get("sandboxDenied")),
+        }
+        return {"method": "process/exited", "params": params}
+
+    def _drain_held(self, vsession: VirtualSession, process: ProcessState) -> list[Action]:
+        """Deliver the held events that owe nothing before them, in seq order (the end of a
+        recovery, or a live gap filled), and release the long-polls that now have something to
+        read. Events still behind a gap stay held, for at most REORDER_WAIT before it is read."""
+        held = sorted(process.held, key=lambda e: e["params"].get("seq") or 0)
+        process.held_overflow = False
         actions: list[Action] = []
-        for event in sorted(held, key=lambda e: e["params"].get("seq") or 0):
-            actions.extend(self._deliver_event(vsession, process, event))
+        while held:
+            seq = held[0]["params"].get("seq")
+            if isinstance(seq, int) and seq > process.owed_after + 1:
+                break
+            actions.extend(self._deliver_event(vsession, process, held.pop(0)))
+        if held and (actions or process.reorder_at is None):
+            process.reorder_at = self.clock() + REORDER_WAIT
+        elif not held:
+            process.reorder_at = None
+        process.held = held
         ready = [
             h
             for h in self._held_reads
@@ -752,7 +953,7 @@ class Multiplexer:
             vsession.conn_id = conn_id
             vsession.detached_at = None
             for process in vsession.processes.values():
-                if not process.closed:
+                if process.readable:
                     process.needs_recovery = True
         else:
             vsid = str(uuid.uuid4())
@@ -905,6 +1106,7 @@ class Multiplexer:
         if self.state is ExecutorState.READY:
             detached = [v.detached_at for v in self._vsessions.values() if v.detached_at is not None]
             deadlines += [at + self.resume_window for at in detached]
+            deadlines += [at for _, _, at in self._timers()]
         if self.state is ExecutorState.DISCONNECTED and self.disconnected_at is not None:
             deadlines.append(self.disconnected_at + self.retention)
         if self.state is ExecutorState.HANDSHAKING:
@@ -931,10 +1133,25 @@ class Multiplexer:
                 self._links.clear()
                 self.finished = True
             return actions
+        if self.state is ExecutorState.READY:
+            for vsession, process_id, at in self._timers():
+                if now >= at:
+                    actions.extend(self._read_again(vsession, process_id, vsession.processes[process_id]))
         for vsession in list(self._vsessions.values()):
             if vsession.detached_at is not None and now >= vsession.detached_at + self.resume_window:
                 actions.extend(self._expire_vsession(vsession))
         return actions
+
+    def _timers(self) -> list[tuple[VirtualSession, str, float]]:
+        """Failed recovery reads waiting to be tried again, and live gaps waiting to be filled
+        (only ever while the executor is ready: a disconnect cancels both)."""
+        timers = []
+        for vsession in self._vsessions.values():
+            for process_id, process in vsession.processes.items():
+                for at in (process.retry_at, process.reorder_at):
+                    if at is not None:
+                        timers.append((vsession, process_id, at))
+        return timers
 
     def _expire_vsession(self, vsession: VirtualSession) -> list[Action]:
         """Nobody resumed the virtual session in time: end its processes on the executor."""

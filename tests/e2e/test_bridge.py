@@ -110,6 +110,8 @@ def start_params(process_id: str, argv: list[str], **extra: Any) -> dict[str, An
 
 
 def assert_seqs_strictly_increase(events: list[dict[str, Any]]) -> None:
+    lost = [event["params"] for event in events if event.get("method") == "gateway/outputLost"]
+    assert lost == [], f"the gateway reported output lost: {lost}"
     seqs = [event["params"]["seq"] for event in events]
     assert len(set(seqs)) == len(seqs), f"duplicate events: {seqs}"
     assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"missing events: {seqs}"
