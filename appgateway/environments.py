@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from websockets.asyncio.client import connect as ws_connect
 
 from appgateway import supervisor
 from appgateway.rpc_filter import Frame
 from bridge import exec_session_store
 from bridge.protocol import MAX_MESSAGE_BYTES
+from codexgw import redis as gwredis
 from executors.models import WorkspaceExecutor
 
 logger = logging.getLogger(__name__)
@@ -78,11 +80,11 @@ def path_from_file_uri(uri: Any) -> str | None:
     return path if path.startswith("/") else None
 
 
-def thread_bindings(bindings: list[Binding], app_server_started_at: float) -> list[Binding]:
+def thread_bindings(bindings: list[Binding], registered_names: Collection[str]) -> list[Binding]:
     """The bindings a new thread gets, the default first (codex runs a tool without
-    ``environment_id`` in the first): those registered with the app-server, i.e. bound before it
-    started. None at all when the workspace has no registered default."""
-    registered = [binding for binding in bindings if binding.bound_at <= app_server_started_at]
+    ``environment_id`` in the first): those the app-server accepted (a name it does not know
+    would make codex refuse the whole thread). None at all without a registered default."""
+    registered = [binding for binding in bindings if binding.name in registered_names]
     default = next((binding for binding in registered if binding.is_default), None)
     if default is None:
         return []
@@ -204,7 +206,39 @@ def _bindings_sync(workspace_id: str) -> list[Binding]:
     ]
 
 
-bindings = sync_to_async(_bindings_sync, thread_sensitive=False)
+bindings = database_sync_to_async(_bindings_sync)
+
+
+# --- what the running app-server accepted ----------------------------------------------------------
+# Redis key <prefix>environments:<workspace_id> (process memory on the embedded default): the
+# names registered with the workspace's running app-server, for whichever process rewrites a
+# thread/start of that workspace (the TUI's, not necessarily the owner's). Each spawn empties it
+# before registering, under the spawn lock, so no thread of a new app-server sees the old names.
+
+_registered_memory: dict[str, str] = {}
+
+
+def _registered_key(workspace_id: str) -> str:
+    return gwredis.key("environments", workspace_id)
+
+
+def _save_registered(workspace_id: str, names: list[str]) -> None:
+    raw = json.dumps(names)
+    client = gwredis.sync_client()
+    if client is None:
+        _registered_memory[workspace_id] = raw
+    else:
+        client.set(_registered_key(workspace_id), raw, ex=exec_session_store.KEEP_SECONDS)
+
+
+def _load_registered(workspace_id: str) -> list[str]:
+    client = gwredis.sync_client()
+    raw = client.get(_registered_key(workspace_id)) if client is not None else _registered_memory.get(workspace_id)
+    return [str(name) for name in json.loads(raw)] if isinstance(raw, str) else []
+
+
+save_registered = sync_to_async(_save_registered, thread_sensitive=False)
+load_registered = sync_to_async(_load_registered, thread_sensitive=False)
 
 
 async def executor_cwd(exe_id: str) -> str | None:
@@ -230,7 +264,7 @@ async def _default_selection(workspace_id: str, client_cwd: str | None) -> list[
     lease = await supervisor.lease_owner(workspace_id)
     if lease is None:
         return []
-    chosen = thread_bindings(await bindings(workspace_id), lease.started_at)
+    chosen = thread_bindings(await bindings(workspace_id), await load_registered(workspace_id))
     cwds = {binding.exe_id: await executor_cwd(binding.exe_id) for binding in chosen}
     return selection(chosen, cwds, client_cwd)
 
@@ -281,7 +315,8 @@ TokenFor = Callable[[str], str]  # exe_id → the capability token its environme
 
 async def register(workspace_id: str, app_server_ws_url: str, ws_base_url: str, token_for: TokenFor) -> list[str]:
     """Add every executor bound to the workspace as an environment of its app-server; returns the
-    names added. A binding codex refuses is logged and skipped."""
+    names added (``after_start`` records them for thread selection). A binding codex refuses is
+    logged and skipped."""
     found = await bindings(workspace_id)
     added: list[str] = []
     async with ws_connect(app_server_ws_url, compression=None, max_size=MAX_MESSAGE_BYTES, ping_interval=None) as ws:
@@ -306,7 +341,9 @@ def after_start(ws_base_url: str, token_for: TokenFor) -> Callable[[supervisor.A
     """The spawn builder's ``SpawnConfig.after_start`` for one spawn."""
 
     async def hook(handle: supervisor.AppServerHandle) -> None:
-        await register(handle.workspace_id, handle.ws_url, ws_base_url, token_for)
+        await save_registered(handle.workspace_id, [])  # a failed registration leaves none behind
+        added = await register(handle.workspace_id, handle.ws_url, ws_base_url, token_for)
+        await save_registered(handle.workspace_id, added)
 
     return hook
 

@@ -45,15 +45,29 @@ LATE = Binding(name="late", exe_id="exe_3", is_default=False, bound_at=500.0)
 
 
 def test_a_thread_gets_the_default_binding_first_then_the_other_registered_ones():
-    assert environments.thread_bindings([OTHER, BOX, LATE], app_server_started_at=100.0) == [BOX, OTHER]
-    assert environments.thread_bindings([OTHER, BOX, LATE], app_server_started_at=600.0) == [BOX, OTHER, LATE]
+    assert environments.thread_bindings([OTHER, BOX, LATE], {"box", "other"}) == [BOX, OTHER]
+    assert environments.thread_bindings([OTHER, BOX, LATE], {"box", "other", "late"}) == [BOX, OTHER, LATE]
 
 
 def test_without_a_registered_default_a_thread_gets_no_environment():
-    # The default was bound after the app-server started: not registered with it yet.
-    assert environments.thread_bindings([OTHER, BOX], app_server_started_at=99.0) == []
-    assert environments.thread_bindings([OTHER, LATE], app_server_started_at=1000.0) == []
-    assert environments.thread_bindings([], app_server_started_at=1000.0) == []
+    # Bound after the app-server started, or refused by codex: not known to the app-server, and
+    # a thread naming it would be refused whole.
+    assert environments.thread_bindings([OTHER, BOX], {"other"}) == []
+    assert environments.thread_bindings([OTHER, LATE], {"other", "late"}) == []
+    assert environments.thread_bindings([], {"box"}) == []
+
+
+async def test_the_registered_names_in_process_memory(settings):
+    settings.REDIS_URL = ""  # the embedded default
+    await environments.save_registered("ws-reg", ["box"])
+    assert await environments.load_registered("ws-reg") == ["box"]
+    assert await environments.load_registered("ws-none") == []
+
+
+async def test_the_registered_names_are_shared_through_redis():
+    await environments.save_registered("ws-reg", ["box", "other"])
+    environments._registered_memory.clear()
+    assert await environments.load_registered("ws-reg") == ["box", "other"]
 
 
 def test_selection():
