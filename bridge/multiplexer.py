@@ -985,11 +985,8 @@ class Multiplexer:
                     self._touch(vsession, urgent=True)
             if method == "process/read" and process_id is not None and self._should_hold(vsession, process_id, params):
                 wait = params.get("waitMs")
-                deadline = (
-                    self.clock() + min(float(wait), 300_000.0) / 1000.0
-                    if isinstance(wait, int | float)
-                    else self.clock()
-                )
+                # min() before any float(): a JSON integer can be beyond a float's range.
+                deadline = self.clock() + min(wait, 300_000) / 1000.0 if isinstance(wait, int | float) else self.clock()
                 self._held_reads.append(HeldRead(link.conn_id, client_id, vsession, process_id, params, deadline))
                 return []
             params = self._namespace_handles(vsession, params)
@@ -1013,7 +1010,9 @@ class Multiplexer:
 
     def _should_hold(self, vsession: VirtualSession, process_id: str, params: JSON) -> bool:
         wait = params.get("waitMs")
-        if not isinstance(wait, int | float) or wait <= 0:
+        # "not > 0" rather than "<= 0": a NaN (Python's JSON reads it) must not be held, or the
+        # deadlines would turn NaN and the session driver would spin.
+        if not isinstance(wait, int | float) or not wait > 0:
             return False
         process = vsession.processes.get(process_id)
         # While the process is being recovered the gateway does not yet know what the client

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
@@ -34,6 +34,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, OUTAGES):
         logger.warning("dependency unavailable: %s", type(exc).__name__, extra={"error": str(exc)})
         return error_response("service unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, DataError):
+        # A value the request carried that the database cannot hold (a NUL character in a path
+        # parameter or header, say): the client's error, not the gateway's.
+        logger.info("request refused by the database: %s", exc)
+        return error_response("invalid value in request (e.g. a NUL character)", status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DatabaseError):
         logger.exception("database error")
         return error_response("database error", status.HTTP_500_INTERNAL_SERVER_ERROR)

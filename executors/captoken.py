@@ -91,7 +91,9 @@ def verify(token: str, secret: str | bytes, *, now: float | None = None) -> CapP
     if not key:
         raise ValueError("capability token secret is empty")
     parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
+    # A token is ASCII; anything else (a lone surrogate from a JSON string, say) is malformed
+    # here rather than a UnicodeEncodeError when the signing input is encoded for the MAC.
+    if len(parts) != 3 or not all(parts) or not token.isascii():
         raise Malformed()
     header_b64, payload_b64, signature_b64 = parts
     try:

@@ -63,7 +63,8 @@ class ConnectedExecutor(Serializer):
 
 class RevokeTurnRequest(Serializer):
     turn_id = serializers.CharField(allow_blank=True, default="", max_length=255)
-    exp = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0)
+    # Unix seconds; bounded so Redis (double scores) can store it exactly.
+    exp = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0, max_value=2**53 - 1)
 
     def validate_turn_id(self, value: str) -> str:
         if not value:

@@ -113,8 +113,20 @@ def list_bindings(workspace_id: str, *, online_only: bool = False) -> list[dict[
     return [binding_json(b, online) for b in bindings if not online_only or b.executor_id in online]
 
 
+BCRYPT_MAX_BYTES = 72
+
+
+def _storable(value: str) -> bool:
+    """PostgreSQL text cannot hold NUL: such an id names no executor (and would raise DataError)."""
+    return "\x00" not in value
+
+
 def check_registration_token(exe_id: str, token: str) -> bool:
     """bcrypt check of a bearer registration token; unknown ids take the same time."""
+    if not _storable(exe_id) or len(token.encode()) > BCRYPT_MAX_BYTES:
+        # Not an executor id PostgreSQL could hold, or longer than any registration token (64
+        # characters): bcrypt refuses inputs over 72 bytes with ValueError.
+        return False
     stored = Executor.objects.filter(exe_id=exe_id).values_list("registration_token_hash", flat=True).first()
     candidate = stored.encode() if stored else _DUMMY_HASH
     return bcrypt.checkpw(token.encode(), candidate) and stored is not None
@@ -122,6 +134,8 @@ def check_registration_token(exe_id: str, token: str) -> bool:
 
 def registration_secret(exe_id: str) -> str | None:
     """The raw registration token (the SigV4 secret), or None for an unknown executor."""
+    if not _storable(exe_id):
+        return None
     encrypted = Executor.objects.filter(exe_id=exe_id).values_list("registration_token_encrypted", flat=True).first()
     return secretbox.decrypt(encrypted) if encrypted else None
 

@@ -136,6 +136,8 @@ def verify(
         )
         string_to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
         expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-        if hmac.compare_digest(expected, parsed.signature):
+        # As bytes: compare_digest raises TypeError on a str with non-ASCII characters, and the
+        # header's Signature field may hold any latin-1 character.
+        if hmac.compare_digest(expected.encode(), parsed.signature.encode("utf-8", "surrogatepass")):
             return parsed
     raise SigV4Error("signature does not match")
