@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
 
 COUNTS: Counter[str] = Counter()
 
@@ -52,3 +53,38 @@ def run(kind: str, test: Callable[[], None], minimum: int) -> int:
         with open(report, "a", encoding="utf-8") as out:
             out.write(json.dumps({"kind": kind, "test": getattr(test, "__name__", "?"), "examples": ran}) + "\n")
     return ran
+
+
+# --- strategies the REST corpora share -----------------------------------------------------------
+
+
+def latin1(max_size: int) -> st.SearchStrategy[str]:
+    """Header values: HTTP carries latin-1."""
+    return st.text(st.characters(codec="latin-1"), max_size=max_size)
+
+
+# A path segment: anything but what would end or escape it.
+path_params = st.text(
+    st.characters(codec="utf-8", exclude_characters="/?#%", exclude_categories=["Cs"]), min_size=1, max_size=30
+)
+
+
+def scalars(huge_from: int, huge_to: int) -> st.SearchStrategy[Any]:
+    """Any JSON scalar, with integers far beyond 64 bits (``huge_from`` to ``huge_to``)."""
+    return (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(min_value=huge_from, max_value=huge_to)
+        | st.floats()
+        | st.text(max_size=30)
+    )
+
+
+def json_values(huge_from: int, huge_to: int) -> st.SearchStrategy[Any]:
+    """Any JSON value built from ``scalars``."""
+    return st.recursive(
+        scalars(huge_from, huge_to),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=10,
+    )

@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from appgateway import broker
 from appgateway.codexhome import CodexHomeError, validate_workspace_id
+from tests import fuzzing
 from tests.fuzzing import count, fuzz, run
 from workspaces import tokens
 from workspaces.models import Membership, Role, Workspace
@@ -27,20 +28,8 @@ from workspaces.models import Membership, Role, Workspace
 KIND = "REST body (/api/turns)"
 EXISTING = "ws-a"
 
-latin1 = st.text(st.characters(codec="latin-1"), max_size=60)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=2**63, max_value=10**1100)
-    | st.floats()
-    | st.text(max_size=30)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=10,
-)
+latin1 = fuzzing.latin1(60)
+json_values = fuzzing.json_values(2**63, 10**1100)
 workspace_ids = st.sampled_from(["ws-other", "ws-b", "", " ws-a", "ws-a ", "WS-A", "../ws-a", "ws-a\x00"]) | st.text(
     max_size=30
 )

@@ -18,28 +18,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from executors import captoken, services
+from tests import fuzzing
 from tests.fuzzing import count, fuzz, run
 
 KIND = "REST body (control plane)"
 DOCUMENTED = {200, 201, 204, 400, 401, 403, 404, 405, 409, 415, 429}
 
-latin1 = st.text(st.characters(codec="latin-1"), max_size=40)
-path_params = st.text(
-    st.characters(codec="utf-8", exclude_characters="/?#%", exclude_categories=["Cs"]), min_size=1, max_size=30
-)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=10**15, max_value=10**1200)
-    | st.floats()
-    | st.text(max_size=30)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=10,
-)
+latin1 = fuzzing.latin1(40)
+path_params = fuzzing.path_params
+scalars = fuzzing.scalars(10**15, 10**1200)
+json_values = fuzzing.json_values(10**15, 10**1200)
 FIELDS = [
     "display_name",
     "exe_id",

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from sdk.tools import _TOOLS
+from tests import fuzzing
 from tests.fuzzing import count, fuzz, run
 from workspaces import tokens
 from workspaces.models import Membership, Role, Workspace
@@ -24,23 +25,10 @@ from workspaces.models import Membership, Role, Workspace
 KIND = "REST body (/api/connectors)"
 DOCUMENTED = {200, 400, 401, 403, 404, 405, 410, 415}
 
-latin1 = st.text(st.characters(codec="latin-1"), max_size=60)
-path_params = st.text(
-    st.characters(codec="utf-8", exclude_characters="/?#%", exclude_categories=["Cs"]), min_size=1, max_size=30
-)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=2**63, max_value=10**1100)
-    | st.floats()
-    | st.text(max_size=30)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=10,
-)
+latin1 = fuzzing.latin1(60)
+path_params = fuzzing.path_params
+scalars = fuzzing.scalars(2**63, 10**1100)
+json_values = fuzzing.json_values(2**63, 10**1100)
 ARGUMENT_KEYS = [
     "environment_id",
     "session_id",
