@@ -98,6 +98,7 @@ class ExecutorConsumer(GatewayConsumer):
     role = "executor"
     connection_id = ""
     session: sessions.ExecutorSession | None = None
+    holder: Holder | None = None
     _refresher: asyncio.Task[None] | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
@@ -125,8 +126,8 @@ class ExecutorConsumer(GatewayConsumer):
         self.connection_id = uuid.uuid4().hex
         try:
             self.session = await sessions.session_for(exe_id)
-            holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
-            previous = await sync_to_async(presence_store().claim, thread_sensitive=False)(exe_id, holder)
+            self.holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
+            previous = await sync_to_async(presence_store().claim, thread_sensitive=False)(exe_id, self.holder)
             client = self.scope.get("client") or ["", 0]
             meta = services.client_meta(headers, str(client[0]))
             await database_sync_to_async(services.record_connected)(exe_id, meta)
@@ -151,8 +152,9 @@ class ExecutorConsumer(GatewayConsumer):
         while True:
             await asyncio.sleep(interval)
             try:
+                # Puts the entry back if it vanished (a restarted Redis): this connection is live.
                 still_holder = await sync_to_async(store.refresh, thread_sensitive=False)(
-                    self.exe_id, self.connection_id
+                    self.exe_id, self.connection_id, self.holder
                 )
             except Exception:
                 logger.warning("presence refresh failed", extra={"exe_id": self.exe_id}, exc_info=True)
