@@ -11,7 +11,7 @@ from codexgw import redis as gwredis
 pytestmark = pytest.mark.django_db
 
 
-def changes(**upserts: dict) -> TableChanges:
+def changes(**upserts: dict[str, object]) -> TableChanges:
     return TableChanges(upserts=upserts, deletes=[], next_handle=7, urgent=True)
 
 
@@ -38,6 +38,8 @@ async def test_a_table_another_process_claimed_is_not_overwritten():
     await vsession_store.claim("exe_u", "inbox-b")
     assert not await vsession_store.write("exe_u", "inbox-a", changes(s1={"prefix": "v1", "processes": {}}))
     # Lost after that: the old owner has no copy any more, so it cannot put the table back.
-    gwredis.sync_client().delete(gwredis.key("vsessions", "exe_u"))
+    redis = gwredis.sync_client()
+    assert redis is not None
+    redis.delete(gwredis.key("vsessions", "exe_u"))
     assert not await vsession_store.write("exe_u", "inbox-a", changes(s1={"prefix": "v1", "processes": {}}))
     assert (await vsession_store.claim("exe_u", "inbox-c")).sessions == {}
