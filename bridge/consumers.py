@@ -23,9 +23,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from bridge import session as sessions
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
+from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
 from codexgw import logcontext, metrics
+from codexgw.ws_flow import WS_FLOW_EXTENSION, WsFlow
 from executors import services
 from executors.presence import Holder, presence_store
 from executors.revocation import turn_group
@@ -209,6 +211,7 @@ class BridgeConsumer(GatewayConsumer):
     group = ""
     target = ""  # the inbox of the executor session this bridge talks to
     link: LayerLink | None = None
+    outbox: BridgeOutbox | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         logcontext.bind(exe_id=self.exe_id)
@@ -219,6 +222,13 @@ class BridgeConsumer(GatewayConsumer):
         self.conn_id = uuid.uuid4().hex
         logcontext.bind(connection_id=self.conn_id)
         self._parts = Reassembler()
+        # Everything for the client goes through it: paced by the client's reading, bounded.
+        flow = (self.scope.get("extensions") or {}).get(WS_FLOW_EXTENSION)
+        if not isinstance(flow, WsFlow):
+            flow = None  # not served by codexgw.daphne_server (in-process tests): no pacing
+        self.outbox = BridgeOutbox(
+            self._send_text, flow, context={"exe_id": self.exe_id, "connection_id": self.conn_id}
+        )
         await self.accept()
         self.group = turn_group(grant.token.turn_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -273,6 +283,8 @@ class BridgeConsumer(GatewayConsumer):
     async def disconnect(self, code: int) -> None:
         if not self.conn_id:
             return
+        if self.outbox is not None:
+            self.outbox.close()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(sessions.executor_group(self.exe_id), self.channel_name)
@@ -290,7 +302,7 @@ class BridgeConsumer(GatewayConsumer):
     async def bridge_frame(self, event: dict[str, Any]) -> None:
         # One text, a part of a split one, or a batch (``texts``), delivered in order.
         for text in self._parts.add_all("mux", event):
-            await self.send(text_data=text)
+            await self.deliver(text)
 
     async def bridge_close(self, event: dict[str, Any]) -> None:
         await self.close(code=int(event["code"]), reason=str(event.get("reason", "")))
@@ -305,6 +317,11 @@ class BridgeConsumer(GatewayConsumer):
 
     # LocalBridge (the multiplexer lives in this process).
     async def deliver(self, text: str) -> None:
+        # Waits only while the client's outbox is full, and at most STALL_PATIENCE (bridge/outbox.py).
+        assert self.outbox is not None
+        await self.outbox.put(text)
+
+    async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
 
     async def close_from_gateway(self, code: int, reason: str) -> None:

@@ -48,12 +48,14 @@ from twisted.internet import reactor as _reactor
 
 from codexgw import drain
 from codexgw.http_flow import FlowServerMixin
+from codexgw.ws_flow import WS_FLOW_EXTENSION, WsFlow
 
 logger = logging.getLogger(__name__)
 # The asyncio reactor daphne installed on import (zope interfaces do not type-check as classes).
 reactor: Any = _reactor
 
 DENIAL_EXTENSION = "websocket.http.response"
+
 RESPONSE_START = "websocket.http.response.start"
 RESPONSE_BODY = "websocket.http.response.body"
 
@@ -110,8 +112,47 @@ class DenialResponse:
         return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(self.body)
 
 
+# Receive-side flow control of every WebSocket (GatewayWebSocketProtocol.onMessage).
+RECEIVE_HIGH = 64
+RECEIVE_LOW = 16
+RECEIVE_POLL = 0.005
+_background: set[asyncio.Future[None]] = set()
+
+
 class GatewayWebSocketProtocol(WebSocketProtocol):  # type: ignore[misc]
-    """daphne's WebSocket protocol plus the denial response extension."""
+    """daphne's WebSocket protocol plus the denial response and flow extensions."""
+
+    flow: WsFlow | None = None
+
+    _reading_paused = False
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        if self.flow is not None:
+            self.flow.transport = self.transport
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # daphne queues every received message for the application without bound: a peer that
+        # sends faster than the application takes (an executor streaming output faster than its
+        # session can route it) would grow the process instead of being paced. Past
+        # RECEIVE_HIGH unread messages the socket is not read until the application is down to
+        # RECEIVE_LOW (TCP then paces the peer).
+        super().onMessage(payload, isBinary)
+        queue = getattr(self, "application_queue", None)
+        if queue is not None and not self._reading_paused and queue.qsize() >= RECEIVE_HIGH:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+            task = asyncio.ensure_future(self._resume_reading_when_taken(queue))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    async def _resume_reading_when_taken(self, queue: asyncio.Queue[Any]) -> None:
+        # Polled: neither daphne's queue nor Twisted's buffer signals when it shrinks.
+        while queue.qsize() > RECEIVE_LOW and getattr(self.transport, "connected", False):  # noqa: ASYNC110
+            await asyncio.sleep(RECEIVE_POLL)
+        self._reading_paused = False
+        if getattr(self.transport, "connected", False):
+            self.transport.resumeProducing()
 
     # The response being assembled (between start and the last body message).
     _denial: DenialResponse | None = None
@@ -285,4 +326,6 @@ class GatewayServer(FlowServerMixin, Server):  # type: ignore[misc]
         # daphne's WebSocketProtocol.onConnect builds the scope inline and hands it straight here.
         if isinstance(protocol, GatewayWebSocketProtocol):
             scope.setdefault("extensions", {})[DENIAL_EXTENSION] = {}
+            protocol.flow = WsFlow()
+            scope["extensions"][WS_FLOW_EXTENSION] = protocol.flow
         return super().create_application(protocol, scope)

@@ -93,7 +93,12 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.close"})
     else:
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": json.dumps({"extensions": scope.get("extensions")})})
+        # Objects (the flow extension) by their type's name.
+        extensions = {
+            name: value if isinstance(value, dict) else type(value).__name__
+            for name, value in scope.get("extensions", {}).items()
+        }
+        await send({"type": "websocket.send", "text": json.dumps({"extensions": extensions})})
         while True:
             event = await receive()
             if event["type"] == "websocket.disconnect":
@@ -199,7 +204,8 @@ async def test_accepting_after_a_denial_started_is_an_application_error(daphne_u
 
 async def test_accept_and_echo_still_work_and_the_scope_lists_the_extension(daphne_url):
     async with asyncio.timeout(10), connect(daphne_url + "/echo", open_timeout=5) as ws:
-        assert json.loads(await ws.recv()) == {"extensions": {"websocket.http.response": {}}}
+        extensions = {"websocket.http.response": {}, "codexgw.ws.flow": "WsFlow"}
+        assert json.loads(await ws.recv()) == {"extensions": extensions}
         await ws.send("hello")
         assert await ws.recv() == "echo:hello"
         await ws.send("again")

@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
+import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.harness import RpcClient, RpcConnectionClosed, _free_port, _reap, wait_for
+from tests.e2e.harness import MiB, RpcClient, RpcConnectionClosed, _free_port, _reap, wait_for
 
 OUTPUT_LOST = "gateway/outputLost"
 
@@ -246,3 +251,76 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+class RssSampler:
+    """The highest resident set size of some processes, sampled every ``interval`` seconds on a
+    thread until ``stop()``."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.1) -> None:
+        self.pids = dict(pids)
+        self.before = {name: rss_bytes(pid) for name, pid in self.pids.items()}
+        self.peak = dict(self.before)
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak[name], rss_bytes(pid))
+
+    def stop(self) -> dict[str, int]:
+        """Stop sampling; returns each process's growth (peak minus before), in bytes."""
+        self._stopped.set()
+        self._thread.join(5)
+        return {name: self.peak[name] - self.before[name] for name in self.pids}
+
+
+# --- a client that can stop reading its socket --------------------------------------------------
+
+
+class PausableClient:
+    """A bridge client on a raw WebSocket with a tiny receive queue: while nobody calls ``recv``,
+    the library stops reading the socket after ``max_queue`` frames, so TCP flow control reaches
+    the gateway (unlike ``RpcClient``, whose reader task always reads)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+
+    @classmethod
+    async def connect(cls, url: str, headers: Mapping[str, str]) -> PausableClient:
+        ws = await ws_connect(
+            url, additional_headers=dict(headers), compression=None, max_size=64 * MiB, max_queue=4, ping_interval=None
+        )
+        return cls(ws)
+
+    async def send(self, method: str, params: Any = None) -> int:
+        """Send a request without waiting for its answer; returns its id."""
+        request_id = next(self._ids)
+        await self.ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
+        return request_id
+
+    async def recv(self, timeout: float) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            message: dict[str, Any] = json.loads(await self.ws.recv())
+            return message
+
+    async def call(
+        self, method: str, params: Any = None, timeout: float = 10.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Send a request and read until its answer: (answer, notifications read meanwhile)."""
+        request_id = await self.send(method, params)
+        others: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self.recv(max(0.1, deadline - time.monotonic()))
+            if message.get("id") == request_id and "method" not in message:
+                return message, others
+            others.append(message)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 5)

@@ -1,0 +1,192 @@
+"""Frames on their way to one bridge client, written no faster than the client reads, in bounded
+memory, without ever holding up the executor session every other client shares.
+
+daphne's ``send`` never waits: a client that stops reading its socket made the process hold
+everything sent to it (Twisted's write buffer). Here a pump writes one frame at a time and waits,
+between frames, until the connection's send buffer has room (``codexgw.ws.flow``, see
+``codexgw/daphne_server.py``); ``put`` never waits. Queued text is bounded by ``limit``
+characters: past it, an arriving ``process/output`` frame is not queued but counted in a
+``gateway/outputLost {processId, fromSeq, toSeq}`` notice at its place in the queue (consecutive
+seqs of a process extend the same notice), so the client learns exactly which seqs it will not
+get, in seq order, and the output of other clients is never held up. Everything else (responses,
+``process/exited``, ``process/closed``, other notifications) is always queued: it is small and a
+client must not lose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bridge.multiplexer import OUTPUT_LOST
+from codexgw import metrics
+
+logger = logging.getLogger(__name__)
+
+# Queued text (characters) above which process output waits for room, then is dropped and reported.
+OUTBOX_LIMIT = 8 * 1024 * 1024
+# How long output waits for room in a full outbox (holding up the sender, and so the executor)
+# before the client counts as stalled: then its output is dropped at once until it has read
+# half of what is queued.
+STALL_PATIENCE = 1.0
+_OUTPUT_PREFIX = '{"method":"process/output"'
+
+
+class Flow(Protocol):
+    async def drain(self) -> None: ...
+
+
+@dataclass
+class _Lost:
+    process_id: str
+    from_seq: int
+    to_seq: int
+
+    def text(self) -> str:
+        params = {"processId": self.process_id, "fromSeq": self.from_seq, "toSeq": self.to_seq}
+        return json.dumps({"method": OUTPUT_LOST, "params": params}, separators=(",", ":"))
+
+
+def _output_seq(text: str) -> tuple[str, int] | None:
+    """(processId, seq) of a ``process/output`` notification as the multiplexer encodes it."""
+    if not text.startswith(_OUTPUT_PREFIX):
+        return None
+    try:
+        params = json.loads(text)["params"]
+        process_id, seq = params["processId"], params["seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(process_id, str) and isinstance(seq, int):
+        return process_id, seq
+    return None
+
+
+class BridgeOutbox:
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        flow: Flow | None,
+        *,
+        limit: int = OUTBOX_LIMIT,
+        patience: float = STALL_PATIENCE,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        self._send = send
+        self._flow = flow
+        self.limit = limit
+        self.patience = patience
+        self.stalled = False
+        self._room = asyncio.Event()
+        self.context = dict(context or {})
+        self._queue: deque[str | _Lost] = deque()
+        self.queued_chars = 0
+        self._open: dict[str, _Lost] = {}  # per process, the notice still queued that may grow
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.lost_events = 0
+
+    async def put(self, text: str) -> None:
+        """Queue ``text`` for the client. Process output that does not fit waits up to
+        ``patience`` for room (pacing the sender), unless the client is stalled; then it is
+        counted lost instead."""
+        if self.closed:
+            return
+        if self.queued_chars + len(text) > self.limit and self._queue:
+            found = _output_seq(text)
+            if found is not None:
+                if not self.stalled and not await self._room_for(len(text)):
+                    self.stalled = True
+                    logger.warning("bridge client stalled: dropping its output", extra=self.context)
+                if self.stalled:
+                    self._count_lost(*found)
+                    self._kick()
+                    return
+        if self.closed:
+            return
+        self._queue.append(text)
+        self.queued_chars += len(text)
+        self._kick()
+
+    async def _room_for(self, size: int) -> bool:
+        """Wait up to ``patience`` until ``size`` more characters fit; False if they did not."""
+        try:
+            async with asyncio.timeout(self.patience):
+                while self.queued_chars + size > self.limit and self._queue and not self.closed:
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _count_lost(self, process_id: str, seq: int) -> None:
+        """A process/output frame becomes (part of) a lost notice at its place in the queue."""
+        notice = self._open.get(process_id)
+        if notice is not None and notice.to_seq == seq - 1:
+            notice.to_seq = seq
+        else:
+            notice = _Lost(process_id, seq, seq)
+            self._open[process_id] = notice
+            self._queue.append(notice)
+        self.lost_events += 1
+        metrics.DROPS.labels("output_lost_slow_reader").inc()
+
+    async def drained(self) -> None:
+        """Until everything queued has been sent (tests)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    def close(self) -> None:
+        """The connection is gone: discard what is queued."""
+        self.closed = True
+        self._queue.clear()
+        self._open.clear()
+        self.queued_chars = 0
+        self._room.set()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    def _kick(self) -> None:
+        if self._task is None and self._queue:
+            self._task = asyncio.create_task(self._pump(), name="bridge outbox")
+
+    async def _pump(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                if self._flow is not None:
+                    await self._flow.drain()
+                item = self._queue.popleft()
+                if isinstance(item, _Lost):
+                    if self._open.get(item.process_id) is item:
+                        del self._open[item.process_id]
+                    logger.warning(
+                        "dropped: output_lost_slow_reader",
+                        extra={
+                            **self.context,
+                            "process_id": item.process_id,
+                            "from_seq": item.from_seq,
+                            "to_seq": item.to_seq,
+                        },
+                    )
+                    text = item.text()
+                else:
+                    self.queued_chars -= len(item)
+                    text = item
+                    self._room.set()
+                    if self.stalled and self.queued_chars <= self.limit // 2:
+                        self.stalled = False  # reading again: output waits for room again
+                await self._send(text)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # daphne ignores sends on a closed socket: this is a bug; the client gets nothing more.
+            logger.warning("bridge outbox: send failed", extra=self.context, exc_info=True)
+            self.close()
+        finally:
+            self._task = None
+        if self._queue and not self.closed:
+            self._kick()

@@ -1,0 +1,79 @@
+"""A bridge client's outbox: paced by the client, bounded, losses told exactly and in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from bridge.outbox import BridgeOutbox
+
+
+def output(process_id: str, seq: int, size: int = 100) -> str:
+    params = {"processId": process_id, "seq": seq, "stream": "stdout", "chunk": "x" * size}
+    return json.dumps({"method": "process/output", "params": params}, separators=(",", ":"))
+
+
+class Gate:
+    """A client that reads only while open."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+
+    async def drain(self) -> None:
+        await self.open.wait()
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+async def test_a_stalled_client_is_told_exactly_what_it_will_not_get_in_seq_order():
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, gate, limit=1000, patience=0.05)
+    for seq in range(1, 31):  # ~150 characters each: 6 fit
+        await outbox.put(output("a", seq))
+        await outbox.put(output("b", seq))
+    await outbox.put('{"id":7,"result":{}}')  # never dropped
+    assert outbox.stalled
+    gate.open.set()
+    await outbox.drained()
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    for message in gate.sent:
+        if message.get("method") == "process/output":
+            seen[message["params"]["processId"]].append(message["params"]["seq"])
+        elif message.get("method") == "gateway/outputLost":
+            params = message["params"]
+            seen[params["processId"]] += list(range(params["fromSeq"], params["toSeq"] + 1))
+    assert seen == {"a": list(range(1, 31)), "b": list(range(1, 31))}  # each seq once, in order
+    lost = [m["params"] for m in gate.sent if m.get("method") == "gateway/outputLost"]
+    # One notice per process, from its first seq that did not fit to its last.
+    assert sorted((n["processId"], n["toSeq"]) for n in lost) == [("a", 30), ("b", 30)]
+    assert outbox.lost_events == sum(n["toSeq"] - n["fromSeq"] + 1 for n in lost)
+    assert gate.sent[-1] == {"id": 7, "result": {}}
+
+
+async def test_a_client_that_keeps_reading_loses_nothing_and_paces_the_sender():
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send, gate, limit=1000, patience=1.0)
+    for seq in range(1, 201):
+        await outbox.put(output("a", seq))
+        assert outbox.queued_chars <= 1000
+    await outbox.drained()
+    assert [m["params"]["seq"] for m in gate.sent] == list(range(1, 201))
+    assert outbox.lost_events == 0
+
+
+async def test_a_stalled_client_that_reads_again_gets_output_again():
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, gate, limit=1000, patience=0.05)
+    for seq in range(1, 11):
+        await outbox.put(output("a", seq))
+    assert outbox.stalled
+    gate.open.set()
+    await outbox.drained()
+    assert not outbox.stalled
+    await outbox.put(output("a", 11))
+    await outbox.drained()
+    assert gate.sent[-1]["params"]["seq"] == 11
