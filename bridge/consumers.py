@@ -305,7 +305,7 @@ class BridgeConsumer(GatewayConsumer):
             await self.deliver(text)
 
     async def bridge_close(self, event: dict[str, Any]) -> None:
-        await self.close(code=int(event["code"]), reason=str(event.get("reason", "")))
+        self._close_after_output(int(event["code"]), str(event.get("reason", "")))
 
     async def bridge_moved(self, event: dict[str, Any]) -> None:
         # Another process took the executor's sessions over: reconnect there and resume.
@@ -325,4 +325,13 @@ class BridgeConsumer(GatewayConsumer):
         await self.send(text_data=text)
 
     async def close_from_gateway(self, code: int, reason: str) -> None:
-        await self.close(code=code, reason=reason)
+        self._close_after_output(code, reason)
+
+    def _close_after_output(self, code: int, reason: str) -> None:
+        """The session's close comes after the frames it sent before it (still in the outbox)."""
+        assert self.outbox is not None
+
+        async def close() -> None:
+            await self.close(code=code, reason=reason)
+
+        self.outbox.finish(close)

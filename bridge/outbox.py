@@ -37,6 +37,17 @@ STALL_PATIENCE = 1.0
 _OUTPUT_PREFIX = '{"method":"process/output"'
 
 
+# Outboxes sending their last frames before a close (waited for by a drain).
+_closing: set[BridgeOutbox] = set()
+
+
+async def closes_sent() -> None:
+    """Until every outbox told to close after its output has done so (the drain bounds it)."""
+    while _closing:
+        await asyncio.gather(*(outbox.drained() for outbox in list(_closing)), return_exceptions=True)
+        _closing.difference_update([outbox for outbox in list(_closing) if outbox._task is None])
+
+
 class Flow(Protocol):
     async def drain(self) -> None: ...
 
@@ -89,12 +100,13 @@ class BridgeOutbox:
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self.lost_events = 0
+        self._closer: Callable[[], Awaitable[None]] | None = None
 
     async def put(self, text: str) -> None:
         """Queue ``text`` for the client. Process output that does not fit waits up to
         ``patience`` for room (pacing the sender), unless the client is stalled; then it is
         counted lost instead."""
-        if self.closed:
+        if self.closed or self._closer is not None:
             return
         if self.queued_chars + len(text) > self.limit and self._queue:
             found = _output_seq(text)
@@ -135,6 +147,15 @@ class BridgeOutbox:
         self.lost_events += 1
         metrics.DROPS.labels("output_lost_slow_reader").inc()
 
+    def finish(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Close the connection (``closer``) after everything queued has been sent; what is put
+        after this is ignored. A close must not overtake output the session counts as delivered."""
+        if self.closed or self._closer is not None:
+            return
+        self._closer = closer
+        _closing.add(self)
+        self._kick()
+
     async def drained(self) -> None:
         """Until everything queued has been sent (tests)."""
         while self._task is not None:
@@ -143,6 +164,7 @@ class BridgeOutbox:
     def close(self) -> None:
         """The connection is gone: discard what is queued."""
         self.closed = True
+        _closing.discard(self)
         self._queue.clear()
         self._open.clear()
         self.queued_chars = 0
@@ -151,7 +173,7 @@ class BridgeOutbox:
             self._task.cancel()
 
     def _kick(self) -> None:
-        if self._task is None and self._queue:
+        if self._task is None and (self._queue or self._closer is not None):
             self._task = asyncio.create_task(self._pump(), name="bridge outbox")
 
     async def _pump(self) -> None:
@@ -180,6 +202,10 @@ class BridgeOutbox:
                     if self.stalled and self.queued_chars <= self.limit // 2:
                         self.stalled = False  # reading again: output waits for room again
                 await self._send(text)
+            closer, self._closer = self._closer, None
+            if closer is not None and not self.closed:
+                _closing.discard(self)
+                await closer()
         except asyncio.CancelledError:
             raise
         except Exception:

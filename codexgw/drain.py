@@ -214,9 +214,10 @@ async def _readiness_delay(deadline: float) -> None:
 
 
 async def _executor_sessions(deadline: float) -> None:
-    from bridge import session
+    from bridge import outbox, session
 
     await session.drain_all()
+    await outbox.closes_sent()  # local bridges: their last frames, then the close
 
 
 async def _app_gateway(deadline: float) -> None:

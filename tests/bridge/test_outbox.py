@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from bridge.outbox import BridgeOutbox
+from bridge.outbox import BridgeOutbox, closes_sent
 
 
 def output(process_id: str, seq: int, size: int = 100) -> str:
@@ -77,3 +77,23 @@ async def test_a_stalled_client_that_reads_again_gets_output_again():
     await outbox.put(output("a", 11))
     await outbox.drained()
     assert gate.sent[-1]["params"]["seq"] == 11
+
+
+async def test_a_close_goes_after_the_queued_output_and_a_drain_waits_for_it():
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, gate, limit=10_000)
+    for seq in range(1, 4):
+        await outbox.put(output("a", seq))
+
+    async def close() -> None:
+        gate.sent.append({"closed": 1012})
+
+    outbox.finish(close)
+    await outbox.put(output("a", 4))  # after the close: ignored
+    waiting = asyncio.ensure_future(closes_sent())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the client has not read yet
+    gate.open.set()
+    await asyncio.wait_for(waiting, 5)
+    assert [m.get("params", {}).get("seq") for m in gate.sent[:3]] == [1, 2, 3]
+    assert gate.sent[3:] == [{"closed": 1012}]
