@@ -183,6 +183,32 @@ class OutputAccount:
             self.add(event)
 
 
+def assert_pieces_of(account: OutputAccount, expected: bytes) -> list[bytes]:
+    """Every seq accounted for (``check``), and the output exactly ``expected``; or, when seqs were
+    reported lost, each run of consecutive delivered output is the next piece of ``expected``, in
+    order, never repeated. Returns the pieces."""
+    account.check()
+    if not account.lost:
+        assert account.output == expected, "the output arrived altered"
+        return [expected]
+    lost = account.lost_seqs()
+    top = max(account.events)
+    pieces: list[bytes] = []
+    position = 0
+    run = b""
+    for seq in range(1, top + 2):
+        event = account.events.get(seq)
+        if event is not None and event["method"] == "process/output":
+            run += base64.b64decode(event["params"]["chunk"])
+        elif (seq in lost or seq > top) and run:
+            found = expected.find(run, position)
+            assert found >= position, f"the output before seq {seq} is not the next piece of what was written"
+            position = found + len(run)
+            pieces.append(run)
+            run = b""
+    return pieces
+
+
 def numbered_lines(output: bytes, prefix: str) -> list[int]:
     """The numbers of the ``<prefix>-<n>`` lines in ``output`` (AssertionError on anything else)."""
     numbers = []

@@ -529,7 +529,8 @@ class TcpCutProxy:
     Usable from sync and async tests alike. ``cut()`` aborts every connection proxied so far (both
     the client's and the upstream socket; with ``reset=True`` an RST, as a dead peer or middlebox
     would produce, otherwise a FIN) while the listener keeps accepting new ones.
-    ``retarget()`` changes where new connections go. Counters: ``bytes_up`` (client → target),
+    ``retarget()`` changes where new connections go; while ``refusing`` is set, new connections
+    are aborted at once (a peer that is down). Counters: ``bytes_up`` (client → target),
     ``bytes_down`` (target → client), ``connections_total``, ``active_connections``,
     ``failed_upstream``, ``cuts``.
     """
@@ -549,6 +550,7 @@ class TcpCutProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._stopped = False
         self._rotation: list[tuple[str, int]] = []
+        self.refusing = False  # new connections are aborted at once (the target looks down)
 
     @classmethod
     def to_url(cls, url: str) -> TcpCutProxy:
@@ -616,6 +618,9 @@ class TcpCutProxy:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.transport.abort()
+            return
         self.connections_total += 1
         if self._rotation:
             self.target = self._rotation[self.connections_total % len(self._rotation)]

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.e2e.faults import OutputAccount, PausableClient, RssSampler
+from tests.e2e.faults import OutputAccount, PausableClient, RssSampler, assert_pieces_of
 from tests.e2e.harness import MiB, RpcClient
 from tests.e2e.test_bridge import OnlineExecutor, online_executor, start_params
 
@@ -68,28 +68,6 @@ async def run_flood(slow: PausableClient, process_id: str, pause: float) -> tupl
         if "method" in message:
             account.add(message)
     return account, started, time.time()
-
-
-def check_flood(account: OutputAccount) -> None:
-    """Every byte, or exactly the seqs reported lost and every byte of the rest in order."""
-    account.check()
-    expected = expected_flood()
-    if not account.lost:
-        assert account.output == expected, "the flood arrived altered"
-        return
-    # Each run of consecutive delivered seqs is a piece of the flood, in order, never repeated.
-    lost = account.lost_seqs()
-    position = 0
-    run = b""
-    for seq in range(1, max(account.events) + 2):
-        event = account.events.get(seq)
-        if event is not None and event["method"] == "process/output":
-            run += base64.b64decode(event["params"]["chunk"])
-        elif (seq in lost or seq > max(account.events)) and run:
-            found = expected.find(run, position)
-            assert found >= position, f"delivered bytes before seq {seq} are not the flood's next bytes"
-            position = found + len(run)
-            run = b""
 
 
 def latency_summary(latencies: list[tuple[float, float]], start: float, end: float) -> tuple[float, float, int]:
@@ -139,7 +117,7 @@ async def test_a_slow_reader_gets_everything_or_is_told_and_does_not_slow_others
         f"{control_to - control_from:.1f}s; "
         f"flood to the slow reader {with_slow[0]:.3f}/{with_slow[1]:.3f} ({with_slow[2]})"
     )
-    check_flood(account)
+    assert_pieces_of(account, expected_flood())
     clock_account.check()
     assert len(latencies) == CLOCK_LINES
     # Bounded: the outbox (8 MiB of text) and what daphne and Twisted hold, not the 40 MB sent.
