@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +36,12 @@ OUTBOX_LIMIT = 8 * 1024 * 1024
 # half of what is queued.
 STALL_PATIENCE = 1.0
 _OUTPUT_PREFIX = '{"method":"process/output"'
+_EVENT_PREFIX = '{"method":"process/'
+_PROCESS_ID = re.compile(r'"processId":("(?:[^"\\]|\\.)*")')
+_SEQ = re.compile(r'"seq":(\d+)')
 
+
+_LOST_PREFIX = f'{{"method":"{OUTPUT_LOST}"'
 
 # Outboxes sending their last frames before a close (waited for by a drain).
 _closing: set[BridgeOutbox] = set()
@@ -61,6 +67,21 @@ class _Lost:
     def text(self) -> str:
         params = {"processId": self.process_id, "fromSeq": self.from_seq, "toSeq": self.to_seq}
         return json.dumps({"method": OUTPUT_LOST, "params": params}, separators=(",", ":"))
+
+
+def _event_seq(text: str) -> tuple[str, int] | None:
+    """(processId, seq) of a process event (output, exit, close) without decoding the whole
+    frame: the multiplexer writes both before the chunk, and base64 never holds a quote."""
+    if not text.startswith(_EVENT_PREFIX):
+        return None
+    process_id, seq = _PROCESS_ID.search(text), _SEQ.search(text)
+    if process_id is None or seq is None:
+        return None
+    try:
+        decoded = json.loads(process_id.group(1))
+    except ValueError:
+        return None
+    return (decoded, int(seq.group(1))) if isinstance(decoded, str) else None
 
 
 def _output_seq(text: str) -> tuple[str, int] | None:
@@ -101,12 +122,16 @@ class BridgeOutbox:
         self.closed = False
         self.lost_events = 0
         self._closer: Callable[[], Awaitable[None]] | None = None
+        self._seen: dict[str, int] = {}  # per process, the highest seq given to the client
+        self._told: dict[str, list[tuple[int, int]]] = {}  # per process, gaps told by this outbox
 
     async def put(self, text: str) -> None:
         """Queue ``text`` for the client. Process output that does not fit waits up to
         ``patience`` for room (pacing the sender), unless the client is stalled; then it is
         counted lost instead."""
         if self.closed or self._closer is not None:
+            return
+        if not self._check_continuity(text):
             return
         if self.queued_chars + len(text) > self.limit and self._queue:
             found = _output_seq(text)
@@ -123,6 +148,39 @@ class BridgeOutbox:
         self._queue.append(text)
         self.queued_chars += len(text)
         self._kick()
+
+    def _check_continuity(self, text: str) -> bool:
+        """A frame that skips seqs of its process on this connection means frames were lost on
+        the way (a restarted Redis took the channel-layer messages it held): the client is told
+        the exact range before the frame. False for a gateway/outputLost this already told."""
+        if text.startswith(_LOST_PREFIX):
+            try:
+                params = json.loads(text)["params"]
+                process_id, low, high = params["processId"], int(params["fromSeq"]), int(params["toSeq"])
+            except (ValueError, KeyError, TypeError):
+                return True
+            if any(a <= low and high <= b for a, b in self._told.get(process_id, ())):
+                return False  # told already (the multiplexer may report a gap after later output)
+            self._seen[process_id] = max(self._seen.get(process_id, 0), high)
+            return True
+        found = _event_seq(text)
+        if found is None:
+            return True
+        process_id, seq = found
+        last = self._seen.get(process_id)
+        if last is not None and seq > last + 1:
+            notice = _Lost(process_id, last + 1, seq - 1)
+            self._queue.append(notice)
+            self._told.setdefault(process_id, []).append((last + 1, seq - 1))
+            self.lost_events += seq - 1 - last
+            metrics.DROPS.labels("output_lost_in_transit").inc()
+            logger.warning(
+                "dropped: output_lost_in_transit",
+                extra={**self.context, "process_id": process_id, "from_seq": last + 1, "to_seq": seq - 1},
+            )
+        if last is None or seq > last or seq == 1:
+            self._seen[process_id] = seq  # seq 1 again: the id was reused for a new process
+        return True
 
     async def _room_for(self, size: int) -> bool:
         """Wait up to ``patience`` until ``size`` more characters fit; False if they did not."""

@@ -97,3 +97,31 @@ async def test_a_close_goes_after_the_queued_output_and_a_drain_waits_for_it():
     await asyncio.wait_for(waiting, 5)
     assert [m.get("params", {}).get("seq") for m in gate.sent[:3]] == [1, 2, 3]
     assert gate.sent[3:] == [{"closed": 1012}]
+
+
+def lost(process_id: str, low: int, high: int) -> str:
+    params = {"processId": process_id, "fromSeq": low, "toSeq": high}
+    return json.dumps({"method": "gateway/outputLost", "params": params}, separators=(",", ":"))
+
+
+async def test_seqs_skipped_on_the_way_are_told_once_and_repeats_or_a_new_series_are_not_gaps():
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send, gate)
+    for seq in (1, 2, 5, 5, 3, 6):  # 3 and 4 lost on the way; a repeat; an old seq again
+        await outbox.put(output("a", seq))
+    await outbox.put(output("a", 9))  # the multiplexer's own late notice for 7-8 follows
+    await outbox.put(lost("a", 7, 8))  # already told: not again
+    await outbox.put(output("a", 1))  # the id reused for a new process: a new series
+    await outbox.put(output("a", 2))
+    await outbox.put(output("b", 414))  # first on this connection (a resume): no gap of its own
+    await outbox.put(lost("b", 1, 413))  # the multiplexer's late notice, told by nobody else
+    await outbox.drained()
+    told = [
+        (m["params"]["processId"], m["params"]["fromSeq"], m["params"]["toSeq"])
+        for m in gate.sent
+        if m["method"] == "gateway/outputLost"
+    ]
+    assert told == [("a", 3, 4), ("a", 7, 8), ("b", 1, 413)]
+    outputs = [m["params"]["seq"] for m in gate.sent if m["method"] == "process/output"]
+    assert outputs == [1, 2, 5, 5, 3, 6, 9, 1, 2, 414]

@@ -11,8 +11,11 @@ connection was closed) or be told exactly which seqs are lost; new bridges work 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from executors import captoken, services
 from executors.presence import presence_store
 from tests.e2e.conftest import ExecServers
 from tests.e2e.faults import OutputAccount, RedisServer, numbered_lines, resume, ticker_params
-from tests.e2e.harness import ExecutorCredentials, GatewayCluster, RpcClient, wait_for
+from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, RpcClient, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,23 +50,37 @@ def private_redis(tmp_path: Path, settings: Any) -> Iterator[RedisServer]:
         server.stop()
 
 
-def bearer() -> dict[str, str]:
-    token = captoken.mint(settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id="trn_redis", workspace_id=WORKSPACE, ttl=600)
-    return {"Authorization": f"Bearer {token}"}
+@dataclass
+class Fleet:
+    cluster: GatewayCluster
+    exe_id: str
+    server: ExecServer
 
 
-async def test_redis_restarted_mid_stream_loses_no_output_silently(
+@pytest.fixture
+async def fleet(
     private_redis: RedisServer,
     start_gateway_cluster: Callable[..., GatewayCluster],
     make_executor_credentials: Callable[..., ExecutorCredentials],
     exec_servers: ExecServers,
-) -> None:
+) -> Fleet:
+    """Two gateway processes on the private Redis, the real exec-server online on process 0."""
     cluster = await asyncio.to_thread(start_gateway_cluster, 2, GATEWAY_ENV)
     credentials = await database_sync_to_async(make_executor_credentials)()
     exe_id = credentials.exe_id
     await database_sync_to_async(services.bind_executor)(WORKSPACE, exe_id, "box", "redis restart", True)
     server = exec_servers.remote(cluster[0].base_url, credentials)
     assert await asyncio.to_thread(wait_for, lambda: presence_store().get(exe_id) is not None, 20), server.log()
+    return Fleet(cluster, exe_id, server)
+
+
+def bearer() -> dict[str, str]:
+    token = captoken.mint(settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id="trn_redis", workspace_id=WORKSPACE, ttl=600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_redis_restarted_mid_stream_loses_no_output_silently(private_redis: RedisServer, fleet: Fleet) -> None:
+    cluster, exe_id, server = fleet.cluster, fleet.exe_id, fleet.server
 
     url = f"{cluster[1].ws_base_url}/bridge/{exe_id}"
     client = await RpcClient.connect(url, bearer())
@@ -118,3 +135,47 @@ async def test_redis_restarted_mid_stream_loses_no_output_silently(
             assert numbered_lines(after.output, f"after{index}") == [1, 2, 3]
     assert server.alive()
     assert all(gateway.alive() for gateway in cluster)
+
+
+async def test_frames_inside_redis_when_it_restarts_are_not_lost_silently(
+    private_redis: RedisServer,
+    start_gateway_cluster: Callable[..., GatewayCluster],
+    make_executor_credentials: Callable[..., ExecutorCredentials],
+    exec_servers: ExecServers,
+) -> None:
+    """The bridge's process is stopped (SIGSTOP) so frames for it pile up inside Redis; Redis is
+    killed with them and restarted; the process resumes. Those frames are gone (the session
+    counted them delivered): the bridge's process sees seqs skipped and tells the client exactly
+    which (gateway/outputLost, bridge/outbox.py), never a silent gap."""
+    cluster = await asyncio.to_thread(start_gateway_cluster, 2, GATEWAY_ENV)
+    credentials = await database_sync_to_async(make_executor_credentials)()
+    exe_id = credentials.exe_id
+    await database_sync_to_async(services.bind_executor)(WORKSPACE, exe_id, "box", "redis restart", True)
+    server = exec_servers.remote(cluster[0].base_url, credentials)
+    assert await asyncio.to_thread(wait_for, lambda: presence_store().get(exe_id) is not None, 20), server.log()
+
+    url = f"{cluster[1].ws_base_url}/bridge/{exe_id}"
+    client = await RpcClient.connect(url, bearer())
+    await client.initialize("in-redis")
+    await client.call_result("process/start", ticker_params("tick", LINES, PAUSE))
+    account = OutputAccount("tick")
+    while not account.order:
+        account.add(await client.next_notification("process/output", timeout=10))
+    os.kill(cluster[1].pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)  # ~100 lines go into Redis for the stopped process
+        private_redis.kill()
+        private_redis.launch()
+    finally:
+        os.kill(cluster[1].pid, signal.SIGCONT)
+    await account.take(client, timeout=40)
+    await client.close()
+    print(f"frames inside Redis: {account.summary()}")
+    account.check()  # no silent gap: every seq delivered or told lost
+    assert account.lost, f"nothing was inside Redis when it died: this run tested nothing ({account.summary()})"
+    assert account.repeats == 0
+    numbers = numbered_lines(account.output, "tick")
+    assert len(numbers) == len(set(numbers)), "a line came twice"
+    assert numbers == sorted(numbers)
+    assert numbers[-1] == LINES
+    assert "output_lost_in_transit" in cluster[1].log()
