@@ -124,5 +124,6 @@ async def test_a_slow_reader_gets_everything_or_is_told_and_does_not_slow_others
     for name in (gateway.name for gateway in cluster):
         assert growth[name] < 24 * MiB, (name, growth)
     # The other client's pace: no worse than with a flood that is read at once, give or take.
-    assert with_slow[0] < max(3 * with_control[0], with_control[0] + 0.25), (with_control, with_slow)
-    assert with_slow[1] < with_control[1] + 2.0, (with_control, with_slow)
+    # (Generous: the machine is shared, and the two floods run seconds apart.)
+    assert with_slow[0] < max(3 * with_control[0], with_control[0] + 0.5), (with_control, with_slow)
+    assert with_slow[1] < with_control[1] + 3.0, (with_control, with_slow)
