@@ -1,5 +1,6 @@
-"""Fault: the executor goes silent without closing its connection (SIGSTOP of the real
-exec-server: its TCP connection stays open, nothing is read or answered, pings included).
+"""Fault: the executor goes silent without closing its connection: SIGSTOP of the real
+exec-server (its TCP connection stays open, nothing is read or answered, pings included), or the
+TCP proxy between it and the gateway stops forwarding both ways without closing anything.
 
 The gateway must notice within its ping interval + timeout (``CXG_WS_PING_INTERVAL``,
 ``CXG_WS_PING_TIMEOUT``, lowered here), answer what its clients wait for with the retryable
@@ -54,13 +55,28 @@ async def until_answered(client: RpcClient, process_id: str, timeout: float) -> 
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.parametrize("silence", ["sigstop", "frozen-proxy"])
 @pytest.mark.gateway_cluster(
     env={"CXG_WS_PING_INTERVAL": f"{PING_INTERVAL}s", "CXG_WS_PING_TIMEOUT": f"{PING_TIMEOUT}s"}
 )
 async def test_a_stopped_executor_is_detected_and_its_output_is_complete_after_it_resumes(
-    online_executor: OnlineExecutor,
+    online_executor: OnlineExecutor, silence: str
 ) -> None:
     executor = online_executor.server
+    proxy = online_executor.proxy
+
+    def go_silent() -> None:
+        if silence == "sigstop":
+            os.kill(executor.process.pid, signal.SIGSTOP)
+        else:
+            proxy.freeze()
+
+    def come_back() -> None:
+        if silence == "sigstop":
+            os.kill(executor.process.pid, signal.SIGCONT)
+        else:
+            proxy.thaw()
+
     before = presence_store().get(online_executor.exe_id)
     assert before is not None
     # One client on the executor's process, one on the other.
@@ -74,7 +90,7 @@ async def test_a_stopped_executor_is_detected_and_its_output_is_complete_after_i
         while not accounts[name].order:
             accounts[name].add(await client.next_notification("process/output", timeout=10))
 
-    os.kill(executor.process.pid, signal.SIGSTOP)
+    go_silent()
     stopped_at = time.monotonic()
     try:
         # In flight when it went silent: a long-poll the gateway holds, and a read forwarded to
@@ -91,7 +107,7 @@ async def test_a_stopped_executor_is_detected_and_its_output_is_complete_after_i
             answered_after[key] = time.monotonic() - stopped_at
             assert retryable(response), (key, response)
         detection = max(answered_after.values())
-        print(f"silent executor: pending requests answered {answered_after} s after SIGSTOP")
+        print(f"silent executor ({silence}): pending requests answered {answered_after} s after it went silent")
         assert detection < DETECTION_BOUND, (answered_after, online_executor.cluster.log())
         # New requests are refused the same way while it is away.
         for client in clients.values():
@@ -100,7 +116,7 @@ async def test_a_stopped_executor_is_detected_and_its_output_is_complete_after_i
         # Its lines kept coming into exec-server's pipes meanwhile (they are read after SIGCONT).
         await asyncio.sleep(max(0.0, STOPPED_FOR - (time.monotonic() - stopped_at)))
     finally:
-        os.kill(executor.process.pid, signal.SIGCONT)
+        come_back()
 
     for name, client in clients.items():
         await until_answered(client, f"{name}-sleeper", timeout=30)
