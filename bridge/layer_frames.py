@@ -151,6 +151,8 @@ class LayerLink:
         self._abandoned = False
         self._outbox: deque[str] = deque()
         self._pending = 0  # characters queued or in flight
+        self.queued = 0  # texts ever queued
+        self.sent = 0  # texts ever handed to the channel layer (the rest were queued, or discarded)
         self._final: dict[str, Any] | None = None
         self._on_final_lost: Callable[[], None] | None = None
         self._room = asyncio.Event()
@@ -159,6 +161,16 @@ class LayerLink:
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def settled(self) -> bool:
+        """Every text queued so far has left this process (is in the channel layer)."""
+        return self.sent >= self.queued
+
+    @property
+    def given_up(self) -> bool:
+        """Failed or abandoned: what it still held was discarded, not sent."""
+        return self.failed or self._abandoned
 
     async def send(self, text: str) -> None:
         """Queue ``text`` (waiting while the outbox is full). Raises ``ReceiverStuck`` if the link
@@ -174,6 +186,7 @@ class LayerLink:
             await self._room.wait()
         self._outbox.append(text)
         self._pending += len(text)
+        self.queued += 1
         self._kick()
 
     def finish(self, final: dict[str, Any] | None = None, on_final_lost: Callable[[], None] | None = None) -> None:
@@ -237,6 +250,8 @@ class LayerLink:
                 except ReceiverStuck:
                     await self._fail()
                     break
+                else:
+                    self.sent += len(batch)
                 finally:
                     self._pending -= sum(len(text) for text in batch)
                     self._room.set()

@@ -212,6 +212,7 @@ class VirtualSession:
     prefix: str
     conn_id: str | None
     detached_at: float | None = None
+    delivered_via: str | None = None  # the connection it was last attached to (kept after a detach)
     processes: dict[str, ProcessState] = field(default_factory=dict)
     int_handles: dict[tuple[str, int], int] = field(default_factory=dict)  # (key, client int) -> gateway int
 
@@ -223,6 +224,16 @@ class VirtualSession:
             "processes": {pid: p.snapshot() for pid, p in self.processes.items()},
             "int_handles": [[key, client, mapped] for (key, client), mapped in self.int_handles.items()],
         }
+
+
+def progress_as_of(snapshot: JSON, earlier: JSON | None) -> JSON:
+    """``snapshot`` (a ``VirtualSession.snapshot``) with each process's delivery progress taken
+    from ``earlier``, a snapshot of the same session from when everything it counts as delivered
+    had reached its client; a process ``earlier`` does not know starts from nothing. The
+    structure (processes, handles) is ``snapshot``'s: it must be stored before it is used."""
+    known = (earlier or {}).get("processes") or {}
+    fresh = ProcessState().snapshot()
+    return {**snapshot, "processes": {pid: known.get(pid, fresh) for pid in snapshot["processes"]}}
 
 
 @dataclass
@@ -356,6 +367,10 @@ class Multiplexer:
         self._removed.update(changes.deletes)
         self._urgent = self._urgent or changes.urgent
 
+    def write_again(self, vsids: Iterable[str]) -> None:
+        """These sessions go out with the next ``take_changes`` even if nothing changes."""
+        self._dirty.update(vsid for vsid in vsids if vsid in self._vsessions)
+
     def take_changes(self) -> TableChanges:
         upserts = {vsid: self._vsessions[vsid].snapshot() for vsid in self._dirty if vsid in self._vsessions}
         changes = TableChanges(upserts, sorted(self._removed), self._next_handle, self._urgent)
@@ -377,6 +392,11 @@ class Multiplexer:
     @property
     def vsession_count(self) -> int:
         return len(self._vsessions)
+
+    def delivery_conn(self, vsid: str) -> str | None:
+        """The connection the virtual session's events last went to, attached or not."""
+        vsession = self._vsessions.get(vsid)
+        return vsession.delivered_via if vsession is not None else None
 
     # --- executor side ----------------------------------------------------------------------
 
@@ -951,6 +971,7 @@ class Multiplexer:
                     )
                 ]
             vsession.conn_id = conn_id
+            vsession.delivered_via = conn_id
             vsession.detached_at = None
             for process in vsession.processes.values():
                 if process.readable:
@@ -960,7 +981,7 @@ class Multiplexer:
             prefix = f"v{secrets.token_hex(4)}"
             while prefix in self._by_prefix:
                 prefix = f"v{secrets.token_hex(4)}"
-            vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=conn_id)
+            vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=conn_id, delivered_via=conn_id)
             self._vsessions[vsid] = vsession
             self._by_prefix[prefix] = vsession
             self._touch(vsession, urgent=True)

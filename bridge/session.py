@@ -36,8 +36,10 @@ from bridge.multiplexer import (
     Dropped,
     Multiplexer,
     SaveSession,
+    TableChanges,
     ToBridge,
     ToExecutor,
+    progress_as_of,
 )
 from bridge.protocol import (
     CLOSE_EXECUTOR_LOST,
@@ -56,6 +58,9 @@ QUEUE_SIZE = 256
 # out before they take effect); a failed write is retried after FLUSH_RETRY.
 FLUSH_DELAY = 0.1
 FLUSH_RETRY = 1.0
+# On a drain, how long the closing bridges' queued frames may take to leave before the table is
+# stored (what is still queued then is stored as not delivered: repeated after the resume).
+DRAIN_SEND_WAIT = 5.0
 
 
 class ExecutorLink(Protocol):
@@ -124,6 +129,15 @@ class Moved:
     """Another process claimed the executor's virtual-session table."""
 
     owner: str
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A snapshot whose delivery progress becomes storable once ``link`` has sent ``mark`` texts."""
+
+    link: LayerLink
+    mark: int
+    snapshot: JSON
 
 
 @dataclass(frozen=True)
@@ -210,12 +224,17 @@ class ExecutorSession:
         self.finished = False
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._remote: dict[str, LayerLink] = {}
+        self._closing: dict[str, LayerLink] = {}  # closed by the gateway, frames still on their way
         self._local: dict[str, LocalBridge] = {}
         self._parts = Reassembler()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_at: float | None = None
         self._table_lost = False
         self._moved_from: str | None = None
+        # What the shared table holds of each virtual session (as last written or claimed), and
+        # snapshots waiting for their frames to leave this process (see _sent_progress).
+        self._stored: dict[str, JSON] = {}
+        self._candidates: dict[str, _Candidate] = {}
 
     async def start(self) -> None:
         self.inbox = await self.layer.new_channel()
@@ -229,6 +248,7 @@ class ExecutorSession:
         """Own the executor's virtual-session table, taking over the sessions stored in it."""
         claimed = await vsession_store.claim(self.exe_id, self.inbox)
         self.mux.restore(claimed.sessions, claimed.next_handle)
+        self._stored = dict(claimed.sessions)
         if claimed.previous_owner is not None and claimed.previous_owner != self.inbox:
             self._moved_from = claimed.previous_owner
             logger.info(
@@ -298,17 +318,61 @@ class ExecutorSession:
         self._flush_at = None
         if self._table_lost or not self.mux.has_changes:
             return
-        changes = self.mux.take_changes()
-        try:
-            still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
-        except Exception:
-            logger.warning("virtual-session table write failed", extra={"exe_id": self.exe_id}, exc_info=True)
-            self.mux.requeue(changes)
-            self._flush_at = self.mux.clock() + FLUSH_RETRY
-            return
-        if not still_owner:
-            logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
-            await self._perform(self._let_go())
+        changes, unsent = self._sent_progress(self.mux.take_changes())
+        if changes.upserts or changes.deletes or changes.urgent:
+            try:
+                still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
+            except Exception:
+                logger.warning("virtual-session table write failed", extra={"exe_id": self.exe_id}, exc_info=True)
+                self.mux.requeue(changes)
+                self._flush_at = self.mux.clock() + FLUSH_RETRY
+                return
+            if not still_owner:
+                logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
+                await self._perform(self._let_go())
+                return
+            self._stored.update(changes.upserts)
+            for vsid in changes.deletes:
+                self._stored.pop(vsid, None)
+                self._candidates.pop(vsid, None)
+        if unsent:
+            # Written again once their frames have left, with the progress they then stand for.
+            self.mux.write_again(unsent)
+            self._flush_at = self.mux.clock() + FLUSH_DELAY
+
+    def _sent_progress(self, changes: TableChanges) -> tuple[TableChanges, list[str]]:
+        """``changes`` with no delivery progress beyond what has left this process.
+
+        An event counts as delivered once it is handed to a bridge; for a bridge in another
+        process that means queued on its layer link. If this process died before the link sent
+        it, a successor that trusted the stored progress would never read it again: a silent gap
+        (soak, SIGKILL failover). So a session whose link still holds frames is stored with the
+        progress of an earlier snapshot taken when everything up to the link's mark was queued,
+        once the link has sent that far (or the progress already stored); its structure is
+        always current. Returns the changes to write and the sessions to write again later."""
+        for closed_id, closed in list(self._closing.items()):
+            if closed.settled or closed.given_up:
+                del self._closing[closed_id]
+        upserts: dict[str, JSON] = {}
+        unsent: list[str] = []
+        for vsid, snapshot in changes.upserts.items():
+            conn_id = self.mux.delivery_conn(vsid)
+            link = None if conn_id is None else self._remote.get(conn_id) or self._closing.get(conn_id)
+            if link is None or link.settled:
+                self._candidates.pop(vsid, None)
+                upserts[vsid] = snapshot
+                continue
+            earlier = self._stored.get(vsid)
+            candidate = self._candidates.get(vsid)
+            if candidate is not None and candidate.link is link and link.sent >= candidate.mark:
+                earlier, candidate = candidate.snapshot, None
+            if candidate is None or candidate.link is not link:
+                self._candidates[vsid] = _Candidate(link, link.queued, snapshot)
+            held_back = progress_as_of(snapshot, earlier)
+            if held_back != self._stored.get(vsid):
+                upserts[vsid] = held_back
+            unsent.append(vsid)
+        return TableChanges(upserts, changes.deletes, changes.next_handle, changes.urgent), unsent
 
     def _let_go(self) -> list[Action]:
         """Another process owns the executor's sessions now: end this session's part in them."""
@@ -359,6 +423,10 @@ class ExecutorSession:
             return self._let_go()
         if isinstance(event, Drain):
             await self._perform(self.mux.drain(event.code, event.reason))
+            # Their frames first, so the stored progress is exact and nothing repeats after resume.
+            closing = [link.drained() for link in self._closing.values()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*closing), DRAIN_SEND_WAIT)
             await self._flush()
             if not event.done.done():
                 event.done.set_result(None)
@@ -448,6 +516,8 @@ class ExecutorSession:
         if link is not None:
             # After the link's queued frames, in order; does not wait for them.
             link.finish({"type": "bridge.close", "code": code, "reason": reason})
+            if not link.settled:
+                self._closing[conn_id] = link
 
     # --- bridges in other processes ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ from channels.layers import InMemoryChannelLayer
 from bridge import session as sessions
 from bridge import vsession_store
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
+from codexgw import redis as gwredis
 from executors import services
 from executors.models import Executor
 from tests.e2e.harness import async_wait_for
@@ -119,5 +120,84 @@ async def test_the_handshake_records_the_version_and_os_the_executor_reports():
                 break
             await asyncio.sleep(0.05)
         assert await row() == {"codex_version": "0.171.0", "client_os": "linux"}
+    finally:
+        await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+
+
+def _stored_progress(exe_id: str) -> dict[str, int]:
+    """What a successor would take over: each process's stored last delivered seq."""
+    client = gwredis.sync_client()
+    assert client is not None
+    table = client.hgetall(gwredis.key("vsessions", exe_id))
+    progress: dict[str, int] = {}
+    for name, raw in table.items():
+        if name.startswith("vs:"):
+            for pid, state in json.loads(raw)["processes"].items():
+                progress[pid] = state["last_seq"]
+    return progress
+
+
+def _seqs(message: dict[str, Any]) -> list[int]:
+    texts = message["texts"] if "texts" in message else [message["text"]]
+    return [frame["params"]["seq"] for frame in map(json.loads, texts) if frame.get("method") == "process/output"]
+
+
+@pytest.mark.django_db
+async def test_stored_progress_never_runs_ahead_of_frames_still_queued_for_another_process():
+    """The SIGKILL failover loss (docs/reliability.md): events queued on the layer link to a bridge
+    in another process, not yet sent, must not be stored as delivered, or a successor never
+    reads them again. Here the bridge's channel stays full, so the link holds its frames."""
+    layer = InMemoryChannelLayer(capacity=1)
+    session = sessions.ExecutorSession("exe-progress-test", layer, None)
+    await session.start()
+    executor = FakeExecutor()
+    try:
+        await session.put(sessions.ExecOpen(executor))
+        assert await async_wait_for(lambda: executor.sent, 5)
+        answer = {"id": executor.sent[0]["id"], "result": {"sessionId": "exec-1", "environmentInfo": ENV_INFO}}
+        await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+        assert await async_wait_for(lambda: len(executor.sent) == 2, 5)
+
+        await session.put(sessions.BridgeOpen("far", "far-channel"))
+        await session.put(sessions.BridgeFrame("far", initialize(1)))
+        assert "sessionId" in json.loads((await layer.receive("far-channel"))["text"])["result"]
+        await session.put(sessions.BridgeFrame("far", json.dumps({"method": "initialized"})))
+        start = {"processId": "p1", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False}
+        await session.put(
+            sessions.BridgeFrame("far", json.dumps({"id": 2, "method": "process/start", "params": start}))
+        )
+        assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
+        forwarded = executor.sent[2]
+        exec_pid = forwarded["params"]["processId"]
+        reply = {"id": forwarded["id"], "result": {"processId": exec_pid, "sandboxType": "none"}}
+        await session.put(sessions.ExecFrame(executor, json.dumps(reply)))
+        assert json.loads((await layer.receive("far-channel"))["text"])["id"] == 2
+
+        def push(seq: int) -> sessions.ExecFrame:
+            params = {"processId": exec_pid, "seq": seq, "stream": "stdout", "chunk": "aGkK"}
+            return sessions.ExecFrame(executor, json.dumps({"method": "process/output", "params": params}))
+
+        received: list[int] = []
+        for seq in range(1, 6):
+            await session.put(push(seq))
+            received += _seqs(await layer.receive("far-channel"))
+        assert received == [1, 2, 3, 4, 5]
+        assert await async_wait_for(lambda: _stored_progress(session.exe_id).get("p1") == 5, 5)
+
+        # The bridge stops reading: one message fits in its channel, the rest wait on the link.
+        for seq in range(6, 21):
+            await session.put(push(seq))
+        await asyncio.sleep(sessions.FLUSH_DELAY * 5)
+        stored = _stored_progress(session.exe_id)["p1"]
+        # The one message in the channel has left the process (it would survive it); the rest not.
+        received += _seqs(await layer.receive("far-channel"))
+        assert received[-1] < 20
+        assert stored <= received[-1]
+
+        # Once the frames have left, the progress they stand for is stored.
+        while len(received) < 20:
+            received += _seqs(await layer.receive("far-channel"))
+        assert received == list(range(1, 21))
+        assert await async_wait_for(lambda: _stored_progress(session.exe_id)["p1"] == 20, 5)
     finally:
         await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
