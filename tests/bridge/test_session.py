@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from channels.db import database_sync_to_async
@@ -128,7 +128,7 @@ def _stored_progress(exe_id: str) -> dict[str, int]:
     """What a successor would take over: each process's stored last delivered seq."""
     client = gwredis.sync_client()
     assert client is not None
-    table = client.hgetall(gwredis.key("vsessions", exe_id))
+    table = cast(dict[str, str], client.hgetall(gwredis.key("vsessions", exe_id)))  # decoded responses
     progress: dict[str, int] = {}
     for name, raw in table.items():
         if name.startswith("vs:"):
