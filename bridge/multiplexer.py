@@ -865,6 +865,42 @@ class Multiplexer:
             link.vsession.detached_at = self.clock()
         return []
 
+    def not_delivered(self, conn_id: str, messages: Iterable[Any]) -> int:
+        """Messages handed out for ``conn_id`` never reached it (its link to another process
+        discarded them, or its socket closed under the send): the process events among them are
+        owed again, so the session's next resume reads them (or reports them lost). Returns
+        how many events are owed again."""
+        vsession = next((v for v in self._vsessions.values() if v.delivered_via == conn_id), None)
+        if vsession is None:
+            return 0
+        owed = 0
+        for message in messages:
+            params = message.get("params") if isinstance(message, dict) else None
+            if not isinstance(params, dict) or not isinstance(params.get("processId"), str):
+                continue
+            method = message["method"]
+            process = vsession.processes.get(params["processId"])
+            if process is None:
+                continue
+            first, last = params.get("fromSeq"), params.get("toSeq")
+            if method == OUTPUT_LOST and isinstance(first, int) and isinstance(last, int):
+                seqs = range(first, last + 1)  # told again after the resume
+            elif method in PROCESS_EVENTS and isinstance(params.get("seq"), int):
+                seqs = range(params["seq"], params["seq"] + 1)
+            else:
+                continue
+            for seq in seqs:
+                if 0 < seq <= process.last_seq:
+                    process.missing.add(seq)
+                    owed += 1
+            if method == "process/exited":
+                process.exited = False
+            elif method == "process/closed":
+                process.closed = False
+        if owed:
+            self._touch(vsession)
+        return owed
+
     def bridge_message(self, conn_id: str, message: Any) -> list[Action]:
         link = self._links.get(conn_id)
         if link is None:

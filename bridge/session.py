@@ -36,10 +36,8 @@ from bridge.multiplexer import (
     Dropped,
     Multiplexer,
     SaveSession,
-    TableChanges,
     ToBridge,
     ToExecutor,
-    progress_as_of,
 )
 from bridge.protocol import (
     CLOSE_EXECUTOR_LOST,
@@ -48,6 +46,7 @@ from bridge.protocol import (
     CLOSE_TRY_AGAIN,
     JSON,
 )
+from bridge.sent_progress import SentProgress
 from codexgw import metrics
 from executors import services
 
@@ -129,15 +128,6 @@ class Moved:
     """Another process claimed the executor's virtual-session table."""
 
     owner: str
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A snapshot whose delivery progress becomes storable once ``link`` has sent ``mark`` texts."""
-
-    link: LayerLink
-    mark: int
-    snapshot: JSON
 
 
 @dataclass(frozen=True)
@@ -224,17 +214,13 @@ class ExecutorSession:
         self.finished = False
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._remote: dict[str, LayerLink] = {}
-        self._closing: dict[str, LayerLink] = {}  # closed by the gateway, frames still on their way
         self._local: dict[str, LocalBridge] = {}
         self._parts = Reassembler()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_at: float | None = None
         self._table_lost = False
         self._moved_from: str | None = None
-        # What the shared table holds of each virtual session (as last written or claimed), and
-        # snapshots waiting for their frames to leave this process (see _sent_progress).
-        self._stored: dict[str, JSON] = {}
-        self._candidates: dict[str, _Candidate] = {}
+        self._progress = SentProgress()
 
     async def start(self) -> None:
         self.inbox = await self.layer.new_channel()
@@ -248,7 +234,7 @@ class ExecutorSession:
         """Own the executor's virtual-session table, taking over the sessions stored in it."""
         claimed = await vsession_store.claim(self.exe_id, self.inbox)
         self.mux.restore(claimed.sessions, claimed.next_handle)
-        self._stored = dict(claimed.sessions)
+        self._progress.claimed(claimed.sessions)
         if claimed.previous_owner is not None and claimed.previous_owner != self.inbox:
             self._moved_from = claimed.previous_owner
             logger.info(
@@ -318,7 +304,9 @@ class ExecutorSession:
         self._flush_at = None
         if self._table_lost or not self.mux.has_changes:
             return
-        changes, unsent = self._sent_progress(self.mux.take_changes())
+        changes = self.mux.take_changes()
+        delivery = {vsid: self.mux.delivery_conn(vsid) for vsid in changes.upserts}
+        changes, unsent = self._progress.hold_back(changes, delivery, self._remote)
         if changes.upserts or changes.deletes or changes.urgent:
             try:
                 still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
@@ -331,48 +319,11 @@ class ExecutorSession:
                 logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
                 await self._perform(self._let_go())
                 return
-            self._stored.update(changes.upserts)
-            for vsid in changes.deletes:
-                self._stored.pop(vsid, None)
-                self._candidates.pop(vsid, None)
+            self._progress.written(changes)
         if unsent:
             # Written again once their frames have left, with the progress they then stand for.
             self.mux.write_again(unsent)
             self._flush_at = self.mux.clock() + FLUSH_DELAY
-
-    def _sent_progress(self, changes: TableChanges) -> tuple[TableChanges, list[str]]:
-        """``changes`` with no delivery progress beyond what has left this process.
-
-        An event counts as delivered once it is handed to a bridge; for a bridge in another
-        process that means queued on its layer link. If this process died before the link sent
-        it, a successor that trusted the stored progress would never read it again: a silent gap
-        (soak, SIGKILL failover). So a session whose link still holds frames is stored with the
-        progress of an earlier snapshot taken when everything up to the link's mark was queued,
-        once the link has sent that far (or the progress already stored); its structure is
-        always current. Returns the changes to write and the sessions to write again later."""
-        for closed_id, closed in list(self._closing.items()):
-            if closed.settled or closed.given_up:
-                del self._closing[closed_id]
-        upserts: dict[str, JSON] = {}
-        unsent: list[str] = []
-        for vsid, snapshot in changes.upserts.items():
-            conn_id = self.mux.delivery_conn(vsid)
-            link = None if conn_id is None else self._remote.get(conn_id) or self._closing.get(conn_id)
-            if link is None or link.settled:
-                self._candidates.pop(vsid, None)
-                upserts[vsid] = snapshot
-                continue
-            earlier = self._stored.get(vsid)
-            candidate = self._candidates.get(vsid)
-            if candidate is not None and candidate.link is link and link.sent >= candidate.mark:
-                earlier, candidate = candidate.snapshot, None
-            if candidate is None or candidate.link is not link:
-                self._candidates[vsid] = _Candidate(link, link.queued, snapshot)
-            held_back = progress_as_of(snapshot, earlier)
-            if held_back != self._stored.get(vsid):
-                upserts[vsid] = held_back
-            unsent.append(vsid)
-        return TableChanges(upserts, changes.deletes, changes.next_handle, changes.urgent), unsent
 
     def _let_go(self) -> list[Action]:
         """Another process owns the executor's sessions now: end this session's part in them."""
@@ -407,10 +358,11 @@ class ExecutorSession:
         if isinstance(event, BridgeClosed):
             self._local.pop(event.conn_id, None)
             link = self._remote.pop(event.conn_id, None)
-            unsent = link.abandon() if link is not None else 0
+            unsent = link.abandon() if link is not None else []
+            self._owe_again(event.conn_id, unsent)
             lost = self._parts.forget(event.conn_id)
             actions = [Dropped("partial_frame_of_departed_bridge")] * lost
-            actions += [Dropped("bridge_gone_before_send")] * unsent
+            actions += [Dropped("bridge_gone_before_send")] * len(unsent)
             return actions + self.mux.bridge_detached(event.conn_id)
         if isinstance(event, BridgeStuck):
             if self._remote.get(event.conn_id) is not event.link:
@@ -424,7 +376,7 @@ class ExecutorSession:
         if isinstance(event, Drain):
             await self._perform(self.mux.drain(event.code, event.reason))
             # Their frames first, so the stored progress is exact and nothing repeats after resume.
-            closing = [link.drained() for link in self._closing.values()]
+            closing = [link.drained() for link in self._progress.closing_links()]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*closing), DRAIN_SEND_WAIT)
             await self._flush()
@@ -478,16 +430,19 @@ class ExecutorSession:
                 # Its socket closed under us (its departure is on the way): one bridge leaving
                 # must never end the session every other client shares.
                 drop("bridge_gone_before_send", exe_id=self.exe_id, connection_id=conn_id)
+                self._owe_again(conn_id, [text])
             return
         link = self._remote.get(conn_id)
         if link is None:
             drop("bridge_gone_before_send", exe_id=self.exe_id)
+            self._owe_again(conn_id, [text])
             return
         try:
             # Queued on the link (waits only while its outbox is full); the link's pump batches
             # what queues up while a layer send is in flight.
             await link.send(text)
         except ReceiverStuck:
+            self._owe_again(conn_id, [text])
             if self._remote.get(conn_id) is link:
                 await self._perform(await self._give_up_on(conn_id))
 
@@ -501,10 +456,20 @@ class ExecutorSession:
         return link
 
     async def _give_up_on(self, conn_id: str) -> list[Action]:
-        """A remote bridge's channel stayed full: close it with 1013 and detach it."""
+        """A remote bridge's channel stayed full: close it with 1013 and detach it; what its
+        link discarded is owed to its session again."""
         drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
+        link = self._remote.get(conn_id)
+        if link is not None:
+            self._owe_again(conn_id, link.discarded)
         await self._close_bridge(conn_id, CLOSE_TRY_AGAIN, "bridge could not keep up")
         return self.mux.bridge_detached(conn_id)
+
+    def _owe_again(self, conn_id: str, texts: list[str]) -> None:
+        """Frames for ``conn_id`` that never left this process: the events among them are read
+        again when its session resumes, so a bridge that leaves or falls behind loses nothing."""
+        if texts and (owed := self.mux.not_delivered(conn_id, map(_parse, texts))):
+            logger.info("events owed again", extra={"exe_id": self.exe_id, "connection_id": conn_id, "events": owed})
 
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
         local = self._local.pop(conn_id, None)
@@ -516,8 +481,7 @@ class ExecutorSession:
         if link is not None:
             # After the link's queued frames, in order; does not wait for them.
             link.finish({"type": "bridge.close", "code": code, "reason": reason})
-            if not link.settled:
-                self._closing[conn_id] = link
+            self._progress.closing(conn_id, link)
 
     # --- bridges in other processes ---------------------------------------------------------
 
