@@ -18,6 +18,8 @@ SECRET_KEY = secrets.token_urlsafe(32)
 # workspaces: its models, imported by appgateway's ready() (the identity interface).
 INSTALLED_APPS = ["executors", "workspaces", "appgateway"]
 DATABASES: dict[str, dict[str, str]] = {}
+# Serves none of the gateway's roles: the apps add no routes and no drain steps here.
+CODEXGW_ROLES: set[str] = set()
 USE_TZ = True
 _LEVEL = os.environ.get("CXG_LOG_LEVEL", "info").upper()
 # stdout carries the MCP protocol: every log line goes to stderr, whoever logs it.

@@ -41,7 +41,7 @@ from appgateway.rpc_filter import Frame
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
 from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
 from codexgw import drain
-from codexgw.daphne_server import SENDABLE_CLOSE_CODES
+from codexgw.websocket import SENDABLE_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -281,10 +281,12 @@ async def _on_relay_cancel(message: dict[str, Any]) -> None:
         task.cancel()
 
 
-# Relay requests arrive on the supervisor's per-process channel, read by one task per process
-# that starts with the process's first lease (the channel is named in the lease).
-supervisor.on_process_message(RELAY_OPEN, _on_relay_open)
-supervisor.on_process_message(RELAY_CANCEL, _on_relay_cancel)
+def install() -> None:
+    """Open relays for the TUIs of other processes (``AppGatewayConfig.ready()``). Their requests
+    arrive on the supervisor's per-process channel, read by one task per process that starts with
+    the process's first lease (the channel is named in the lease)."""
+    supervisor.on_process_message(RELAY_OPEN, _on_relay_open)
+    supervisor.on_process_message(RELAY_CANCEL, _on_relay_cancel)
 
 
 # --- the TUI's side of a relay ----------------------------------------------------------------

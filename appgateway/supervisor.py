@@ -55,7 +55,7 @@ from django.conf import settings
 
 from appgateway import codexhome, persistence
 from appgateway.codexhome import McpServer
-from codexgw import process_rpc
+from bridge import process_rpc
 from codexgw import redis as gwredis
 
 logger = logging.getLogger(__name__)
@@ -621,8 +621,10 @@ async def _on_shutdown(message: dict[str, Any]) -> None:
     _state().spawn_task(shutdown(workspace_id, str(message.get("reason", "requested"))), f"shutdown {workspace_id}")
 
 
-process_rpc.on_message(CHECKPOINT, _on_checkpoint)
-process_rpc.on_message(SHUTDOWN, _on_shutdown)
+def install() -> None:
+    """Handle the supervisor's own messages on this process's channel (``AppGatewayConfig.ready()``)."""
+    process_rpc.on_message(CHECKPOINT, _on_checkpoint)
+    process_rpc.on_message(SHUTDOWN, _on_shutdown)
 
 
 # --- lifecycle internals (callers hold the workspace lock) ------------------------------------
