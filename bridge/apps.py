@@ -42,14 +42,13 @@ class BridgeConfig(AppConfig):
 def _mux_pending() -> float:
     from bridge import session
 
-    # list(): the scrape runs in a worker thread while the event loop changes the dict.
-    return float(sum(live.mux.pending_count for live in list(session._sessions.values())))
+    return float(sum(live.mux.pending_count for live in session.live_sessions()))
 
 
 def _mux_sessions() -> float:
     from bridge import session
 
-    return float(sum(1 for live in list(session._sessions.values()) if not live.finished))
+    return float(len(session.live_sessions()))
 
 
 async def _hand_over_sessions(deadline: float) -> None:
