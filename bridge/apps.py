@@ -11,7 +11,12 @@ class BridgeConfig(AppConfig):
     name = "bridge"
 
     def ready(self) -> None:
+        from bridge.ws_auth import close_bridges_of_access_tokens
         from codexgw import metrics
+        from workspaces import tokens
+
+        # Whichever process revokes a token (the admin's), the bridges are closed on every one.
+        tokens.on_revoked(close_bridges_of_access_tokens)
 
         metrics.add_gauge(
             "codexgw_mux_pending_requests",
