@@ -47,6 +47,7 @@ def test_an_environments_token_reaches_the_workspaces_executors_and_nothing_else
     assert isinstance(grant, ws_auth.BridgeGrant)
     assert grant.holder.channel_name == "inbox-of-the-holder"
     assert grant.revocation_group == ws_auth.access_token_group(good.record.prefix)
+    assert good.record.expires_at is not None
     assert grant.expires_at == pytest.approx(good.record.expires_at.timestamp())
 
     def refused(token: str, exe: str = exe_id) -> tuple[int, str]:
