@@ -13,6 +13,7 @@ from django.core.asgi import get_asgi_application
 
 django_http = get_asgi_application()
 
+from appgateway.envmcp_http import with_env_mcp  # noqa: E402
 from appgateway.model_proxy import with_model_proxy  # noqa: E402
 from bridge.relay_views import ASGIApp, with_relay  # noqa: E402
 from codexgw.drain import refuse_upgrades_while_draining  # noqa: E402
@@ -28,6 +29,8 @@ if "exec" in settings.CODEXGW_ROLES:
 if "app" in settings.CODEXGW_ROLES:
     # The app-servers' model calls stream through the credential-swapping proxy (appgateway/model_proxy.py).
     http_app = with_model_proxy(http_app)
+    # env-mcp, the app-servers' MCP server, over streamable HTTP (appgateway/envmcp_http.py).
+    http_app = with_env_mcp(http_app)
 
 application = ProtocolTypeRouter(
     {
