@@ -287,7 +287,7 @@ async def live(box: e2e.BoundExecutor, gateway_cluster: GatewayCluster) -> Async
 
 
 @pytest.mark.e2e
-async def test_handshake_listing_and_tools_on_the_executor(live):
+async def test_handshake_listing_and_tools_on_the_executor(live, box: e2e.BoundExecutor):
     client, _ = live
     initialized = (await client.initialize())["result"]
     assert initialized["serverInfo"]["name"] == "agentserver"
@@ -313,6 +313,11 @@ async def test_handshake_listing_and_tools_on_the_executor(live):
     assert "environment_id is required" in invalid["content"][0]["text"]
     unknown = await client.request(5, "tools/call", {"name": "rm_rf", "arguments": {}})
     assert unknown["error"]["message"] == "unknown tool: rm_rf"
+    # list_environments lists the executors that are online.
+    await asyncio.to_thread(box.server.stop)
+    assert await async_wait_for(lambda: presence_store().get(box.exe_id) is None, 20)
+    offline = await client.call_tool(6, "list_environments", {})
+    assert offline["structuredContent"]["environments"] == []
 
 
 @pytest.mark.e2e

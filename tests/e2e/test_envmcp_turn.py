@@ -1,8 +1,9 @@
-"""A model turn whose tool call runs on an executor: TUI client → gateway ``/`` → the workspace's
-real ``codex app-server`` (spawned by the supervisor with the spawn builder's env-mcp block) →
-env-mcp (``manage.py envmcp``, started by codex) → the gateway's ``/bridge`` → a real
-``codex exec-server`` bound to the workspace. The model is the fake Responses server, the token
-verifier the fake agentserver."""
+"""A model turn whose env-mcp tool call runs on an executor: TUI client → gateway ``/`` → the
+workspace's real ``codex app-server`` (spawned by the supervisor with the spawn builder's env-mcp
+block) → env-mcp over streamable HTTP (the gateway's ``/mcp/env/<workspace_id>``, with the spawn's
+token from codex's environment) → the gateway's ``/bridge`` → a real ``codex exec-server`` bound
+to the workspace. The model is the fake Responses server, the token verifier the fake
+agentserver."""
 
 from __future__ import annotations
 
