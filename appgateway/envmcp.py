@@ -2,16 +2,18 @@
 (``[mcp_servers.agentserver]`` of every app-server), served by the gateway itself over MCP's
 streamable HTTP (``appgateway.envmcp_http``).
 
-It offers the shared tool set (``sdk.tools``) and runs each call against the workspace's
+It offers the model what codex's own tools lack (``OFFERED``, from the shared tool set
+``sdk.tools``) and runs each call against the workspace's
 executors through the exec gateway's ``/bridge/{exe_id}``, with the capability token the caller
 presented (the spawn's token, ``appgateway.envmcp_auth``). Environment names are resolved from
 ``GET /api/exec-gateway/connected`` with the same token, so a tool sees exactly what that token
-may reach. Tool contexts (bridges, the ``exec_command`` sessions) are kept per spawn turn in
-this process and closed when the turn is revoked (``close_turn``).
+may reach. Tool contexts (the bridges) are kept per spawn turn in this process and closed when
+the turn is revoked (``close_turn``).
 
-Each ``tools/call`` runs in its own task (the SDK's dispatcher), so a slow ``shell`` never holds
-up ``list_environments``; ``notifications/cancelled`` cancels the call's task, and a tool that
-started a process on an executor terminates it (``sdk.tools.running``).
+Each ``tools/call`` runs in its own task (the SDK's dispatcher), so a long ``copy_path`` never
+holds up ``list_environments``; ``notifications/cancelled`` cancels the call's task, and the
+processes the call started on executors (``copy_path``'s curl and tar) are terminated
+(``sdk.tools.running``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from appgateway.envmcp_auth import Caller
 from bridge.client import FAILOVER_GRACE, Pool
 from codexgw import runtime
 from sdk.resolver import Binding, Fetch, NameResolver
+from sdk.service import relay_client
 from sdk.tools import get_tool, tool_specs
 from sdk.tools.base import ToolContext
 from sdk.tools.sessions import InMemoryProcessSessions
@@ -40,14 +43,19 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "agentserver"
 SERVER_VERSION = "0.3"
+# What codex's own tools, running in the thread's executors, lack: which executors there are
+# (online), and copying between two of them. Its exec_command/write_stdin cover shell,
+# exec_command, write_stdin, read_output and terminate; its apply_patch covers apply_patch and
+# write_file; reading files is a command (or view_image for images). The SDK's REST surface
+# keeps all of sdk.tools.
+OFFERED = ("list_environments", "copy_path")
 CALLER = "codexgw.envmcp.caller"  # the ASGI scope key of the authenticated Caller
 CONNECTED_TIMEOUT = 3.0
 CONNECTED_MAX_BYTES = 1024 * 1024
 
 INSTRUCTIONS = (
-    "Run commands and read or write files on this workspace's executors (remote machines, not this host); "
-    "call list_environments first to see them.\n"
-    "Tools name the executor they act on with environment_id."
+    "List this workspace's executors (the remote machines your own tools run on) and copy files between them.\n"
+    "Your exec_command and apply_patch run on an executor: the first one, or the one environment_id names."
 )
 
 
@@ -89,8 +97,7 @@ def connected_fetcher(ws_base_url: str, workspace_id: str, token: str) -> Fetch:
 
 def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolContext:
     """A spawn's context: bridges and names through the exec gateway with the spawn's token (so
-    revoking the turn cuts them), ``exec_command`` sessions in this process, ``copy_path``
-    streamed over the bridges."""
+    revoking the turn cuts them), and the byte relay for ``copy_path`` when it is on."""
 
     async def token_provider() -> str:
         return token
@@ -99,7 +106,9 @@ def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolCo
         workspace_id=workspace_id,
         pool=Pool(exec_gateway_url, token_provider, client_name="codexgw-env-mcp", unavailable_grace=FAILOVER_GRACE),
         resolver=NameResolver(connected_fetcher(exec_gateway_url, workspace_id, token)),
+        # None of the offered tools keeps process sessions; the context needs a store all the same.
         sessions=InMemoryProcessSessions(),
+        relay=relay_client(),
     )
 
 
@@ -135,14 +144,16 @@ def _caller(ctx: ServerRequestContext[Any]) -> Caller:
 async def list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=[types.Tool.model_validate(spec) for spec in tool_specs()])
+    return types.ListToolsResult(
+        tools=[types.Tool.model_validate(spec) for spec in tool_specs() if spec["name"] in OFFERED]
+    )
 
 
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     """One ``tools/call``: the envelope is typed by the SDK, the arguments are checked by the tool
     itself (``sdk.tools.base.arg_*``, the one validation every caller of a tool goes through) and
     its failures come back as ``isError`` results."""
-    tool = get_tool(params.name)
+    tool = get_tool(params.name) if params.name in OFFERED else None
     if tool is None:
         raise MCPError(types.METHOD_NOT_FOUND, f"unknown tool: {params.name}")
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,10 +26,10 @@ from executors.revocation import revoke_turn, revoked_set
 from sdk.tools import tool_specs
 from tests.e2e import conftest as e2e
 from tests.e2e.harness import GatewayCluster, async_wait_for
+from tests.e2e.processes import pids_of, process_alive
 
 # The e2e fixtures (tests/e2e/conftest.py): a real gateway cluster and real executors.
 start_gateway_cluster = e2e.start_gateway_cluster
-gateway_cluster = e2e.gateway_cluster
 make_executor_credentials = e2e.make_executor_credentials
 exec_servers = e2e.exec_servers
 tcp_proxies = e2e.tcp_proxies
@@ -262,24 +263,26 @@ class McpHttp:
         await self.client.aclose()
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+@pytest.fixture
+def relay_cluster(start_gateway_cluster, tcp_proxies) -> GatewayCluster:
+    """Two gateway processes with the byte relay on. Its public URL must be known before they
+    start, so it is a proxy, pointed at process 0 once that is up; the executors' curl reaches it."""
+    front = tcp_proxies("127.0.0.1", 1)
+    cluster: GatewayCluster = start_gateway_cluster(2, {"CXG_PUBLIC_HTTPS_BASE_URL": front.url("http")})
+    front.retarget("127.0.0.1", cluster[0].port)
+    return cluster
 
 
 @pytest.fixture
-def box(bound_executors: Callable[..., e2e.BoundExecutor]) -> e2e.BoundExecutor:
-    return bound_executors(WORKSPACE, "box", 0)
+def box(bound_executors: Callable[..., e2e.BoundExecutor], relay_cluster: GatewayCluster) -> e2e.BoundExecutor:
+    return bound_executors(WORKSPACE, "box", 0, cluster=relay_cluster)
 
 
 @pytest.fixture
-async def live(box: e2e.BoundExecutor, gateway_cluster: GatewayCluster) -> AsyncIterator[tuple[McpHttp, str]]:
-    """An initialized MCP session with gateway process 1, the executor "box" on process 0."""
+async def live(box: e2e.BoundExecutor, relay_cluster: GatewayCluster) -> AsyncIterator[tuple[McpHttp, str]]:
+    """An MCP client of gateway process 1, the executor "box" on process 0."""
     turn_id, token = mint()
-    client = McpHttp(gateway_cluster[1].base_url, token)
+    client = McpHttp(relay_cluster[1].base_url, token)
     try:
         yield client, turn_id
     finally:
@@ -287,7 +290,7 @@ async def live(box: e2e.BoundExecutor, gateway_cluster: GatewayCluster) -> Async
 
 
 @pytest.mark.e2e
-async def test_handshake_listing_and_tools_on_the_executor(live, box: e2e.BoundExecutor):
+async def test_handshake_listing_and_tools_on_the_executor(live, box: e2e.BoundExecutor, tmp_path: Path):
     client, _ = live
     initialized = (await client.initialize())["result"]
     assert initialized["serverInfo"]["name"] == "agentserver"
@@ -295,24 +298,34 @@ async def test_handshake_listing_and_tools_on_the_executor(live, box: e2e.BoundE
     assert initialized["instructions"] == envmcp.INSTRUCTIONS
     assert "tools" in initialized["capabilities"]
     tools = (await client.request(1, "tools/list"))["result"]["tools"]
+    # Only what codex's own tools lack, with the shared tools' schemas.
     assert [(tool["name"], tool["inputSchema"]) for tool in tools] == [
-        (spec["name"], spec["inputSchema"]) for spec in tool_specs()
+        (spec["name"], spec["inputSchema"]) for spec in tool_specs() if spec["name"] in envmcp.OFFERED
     ]
+    assert envmcp.OFFERED == ("list_environments", "copy_path")
     listed = await client.call_tool(2, "list_environments", {})
     assert listed["isError"] is False
     (environment,) = listed["structuredContent"]["environments"]
     assert environment["name"] == "box"
-    marker = f"marker-{secrets.token_hex(4)}"
-    ran = await client.call_tool(3, "shell", {"environment_id": "box", "command": ["sh", "-c", f"echo {marker}"]})
-    assert ran["isError"] is False
-    assert ran["structuredContent"]["stdout"] == f"{marker}\n"
-    assert ran["structuredContent"]["exit_code"] == 0
-    # Bad arguments are a result the model can act on; an unknown tool is a protocol error.
-    invalid = await client.call_tool(4, "shell", {"command": ["ls"]})
+    source = tmp_path / "source.txt"
+    source.write_text("copied through the relay\n")
+    copy = {
+        "source_environment_id": "box",
+        "source_path": str(source),
+        "destination_environment_id": "box",
+        "destination_path": str(tmp_path / "copy.txt"),
+    }
+    copied = await client.call_tool(3, "copy_path", copy)
+    assert copied["isError"] is False, copied
+    assert copied["structuredContent"]["transport"] == "http"
+    assert (tmp_path / "copy.txt").read_text() == "copied through the relay\n"
+    # Bad arguments are a result the model can act on; a tool not offered is a protocol error.
+    invalid = await client.call_tool(4, "copy_path", {"source_path": "/x"})
     assert invalid["isError"] is True
-    assert "environment_id is required" in invalid["content"][0]["text"]
-    unknown = await client.request(5, "tools/call", {"name": "rm_rf", "arguments": {}})
-    assert unknown["error"]["message"] == "unknown tool: rm_rf"
+    assert "required" in invalid["content"][0]["text"]
+    for name in ("rm_rf", "shell"):
+        unknown = await client.request(5, "tools/call", {"name": name, "arguments": {}})
+        assert unknown["error"]["message"] == f"unknown tool: {name}"
     # list_environments lists the executors that are online.
     await asyncio.to_thread(box.server.stop)
     assert await async_wait_for(lambda: presence_store().get(box.exe_id) is None, 20)
@@ -321,11 +334,11 @@ async def test_handshake_listing_and_tools_on_the_executor(live, box: e2e.BoundE
 
 
 @pytest.mark.e2e
-async def test_a_session_belongs_to_the_turn_that_opened_it(live, gateway_cluster: GatewayCluster):
+async def test_a_session_belongs_to_the_turn_that_opened_it(live, relay_cluster: GatewayCluster):
     client, _ = live
     await client.initialize()
     _, other_token = mint()
-    intruder = McpHttp(gateway_cluster[1].base_url, other_token)
+    intruder = McpHttp(relay_cluster[1].base_url, other_token)
     intruder.headers["Mcp-Session-Id"] = client.headers["Mcp-Session-Id"]
     try:
         response = await intruder.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
@@ -338,14 +351,19 @@ async def test_a_session_belongs_to_the_turn_that_opened_it(live, gateway_cluste
 async def test_a_cancelled_call_kills_its_process_on_the_executor(live, tmp_path: Path):
     client, _ = live
     await client.initialize()
-    pid_file = tmp_path / "pid"  # the executor runs on this machine: its files are visible here
-    endless = {"environment_id": "box", "command": ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"]}
-    call = asyncio.ensure_future(client.call_tool(7, "shell", endless))
-    assert await async_wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10)
-    pid = int(pid_file.read_text())
-    assert process_alive(pid)
+    source = tmp_path / "never-written.fifo"  # the source's curl waits for a writer until killed
+    os.mkfifo(source)
+    copy = {
+        "source_environment_id": "box",
+        "source_path": str(source),
+        "destination_environment_id": "box",
+        "destination_path": str(tmp_path / "copy.bin"),
+    }
+    call = asyncio.ensure_future(client.call_tool(7, "copy_path", copy))
+    assert await async_wait_for(lambda: pids_of("curl", str(source)), 20)
+    (pid,) = pids_of("curl", str(source))  # the executor runs on this machine: ps sees its processes
     assert await client.notify("notifications/cancelled", {"requestId": 7, "reason": "test"}) == 202
-    assert await async_wait_for(lambda: not process_alive(pid), 10), f"process {pid} still runs on the executor"
+    assert await async_wait_for(lambda: not process_alive(pid), 10), f"curl {pid} still runs on the executor"
     call.cancel()  # a cancelled request is never answered
     await asyncio.gather(call, return_exceptions=True)
 
