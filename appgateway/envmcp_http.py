@@ -33,8 +33,10 @@ from bridge.relay_views import ASGIApp, Receive, Scope, Send, _header, _json
 
 logger = logging.getLogger(__name__)
 
-MAX_REQUEST_BODY = 16 * 1024 * 1024  # a write_file or apply_patch with a large body
-SESSION_IDLE_TIMEOUT = 30 * 60.0  # codex re-initializes a session it lost
+# codex keeps a GET stream of its session open while it lives, so only a session whose app-server
+# is gone (stopped, crashed) goes idle (measured with a 5 s timeout: a thread idle for 12 s kept
+# its session).
+SESSION_IDLE_TIMEOUT = 30 * 60.0
 
 
 def with_env_mcp(app: ASGIApp) -> ASGIApp:
@@ -72,7 +74,6 @@ async def session_manager() -> StreamableHTTPSessionManager:
         manager = StreamableHTTPSessionManager(
             app=envmcp.server(),
             session_idle_timeout=SESSION_IDLE_TIMEOUT,
-            max_request_body_size=MAX_REQUEST_BODY,
             # The Host check guards servers without authentication against DNS rebinding; every
             # request here carries a capability token a browser page cannot have.
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),

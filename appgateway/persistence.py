@@ -5,7 +5,7 @@ stored as ``codex-app-gateway/<workspace_id>.tar.gz`` in the ``codexhome`` stora
 ``STORAGES`` (the local filesystem by default, S3 when ``CXG_S3_BUCKET`` is set). The name and
 format are those of the Go gateway, so its archives restore here.
 
-* Never packed: ``config.toml`` (rendered fresh on every spawn; it can hold per-spawn secrets),
+* Never packed: ``config.toml`` and ``environments.toml`` (rendered fresh on every spawn),
   codex's credential files and its per-run ``tmp/``; symlinks, sockets and other special files.
 * SQLite databases are copied with SQLite's backup API from a read-only connection: a
   consistent snapshot (including the write-ahead log) even while codex is writing, which a
