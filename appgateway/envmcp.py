@@ -112,22 +112,23 @@ def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolCo
     )
 
 
-_contexts: dict[str, ToolContext] = {}  # spawn turn id → its tool context, in this process
+# spawn turn id → token → its tool context, in this process. Keyed by the token, not the turn
+# alone: the environments' tokens share the spawn's turn but reach one executor each.
+_contexts: dict[str, dict[str, ToolContext]] = {}
 
 
 def context_for(caller: Caller) -> ToolContext:
-    """The caller's spawn's tool context, created on its first call."""
-    context = _contexts.get(caller.turn_id)
+    """The tool context of the caller's token, created on its first call."""
+    contexts = _contexts.setdefault(caller.turn_id, {})
+    context = contexts.get(caller.token)
     if context is None:
-        context = tool_context(caller.workspace_id, runtime.self_ws_base_url(), caller.token)
-        _contexts[caller.turn_id] = context
+        context = contexts[caller.token] = tool_context(caller.workspace_id, runtime.self_ws_base_url(), caller.token)
     return context
 
 
 async def close_turn(turn_id: str) -> None:
-    """Forget a revoked spawn turn's tool context and close its bridges."""
-    context = _contexts.pop(turn_id, None)
-    if context is not None:
+    """Forget a revoked spawn turn's tool contexts and close their bridges."""
+    for context in _contexts.pop(turn_id, {}).values():
         await context.pool.close()
 
 

@@ -11,7 +11,7 @@ logged: denials name only the reason.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -33,7 +33,7 @@ class Caller:
 
     workspace_id: str
     turn_id: str
-    token: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True)

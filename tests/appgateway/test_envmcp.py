@@ -19,6 +19,7 @@ import pytest
 from django.conf import settings
 
 from appgateway import envmcp, spawn_builder
+from appgateway.envmcp_auth import Caller
 from appgateway.envmcp_http import env_mcp_app
 from executors import captoken, services
 from executors.presence import Holder, presence_store
@@ -104,6 +105,22 @@ async def test_a_revoked_turn_is_401_and_another_workspaces_token_403():
     # A path that names no single workspace is not env-mcp's.
     for path in ("/mcp/env/", f"/mcp/env/{WORKSPACE}/x"):
         assert (await asgi_request(path, f"Bearer {other}"))[0] == 404
+
+
+async def test_tool_contexts_follow_the_token_and_close_with_the_turn(settings):
+    settings.CXG_SELF_HTTP_BASE_URL = "http://127.0.0.1:6161"
+    turn_id, token = mint()
+    limited = captoken.mint(
+        settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id=turn_id, workspace_id=WORKSPACE, ttl=600, exe_ids=["exe_1"]
+    )
+    workspace_wide = envmcp.context_for(Caller(WORKSPACE, turn_id, token))
+    assert envmcp.context_for(Caller(WORKSPACE, turn_id, token)) is workspace_wide
+    # A token of the same turn limited to one executor never gets the workspace-wide bridges.
+    assert envmcp.context_for(Caller(WORKSPACE, turn_id, limited)) is not workspace_wide
+    assert token not in repr(Caller(WORKSPACE, turn_id, token))
+    await envmcp.close_turn(turn_id)
+    assert envmcp.context_for(Caller(WORKSPACE, turn_id, token)) is not workspace_wide
+    await envmcp.close_turn(turn_id)
 
 
 # --- the spawn builder ------------------------------------------------------------------------
