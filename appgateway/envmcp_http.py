@@ -7,9 +7,12 @@ then handed to the SDK's ``StreamableHTTPSessionManager`` with the caller in the
 Sessions are stateful (``Mcp-Session-Id``): a session is bound to the spawn turn whose token
 opened it (the SDK answers 404 to another credential) and lives in the process that serves the
 URL the app-server was given, which is the process that spawned it (``runtime.self_http_base_url``,
-loopback), so every request of one app-server reaches the process holding its sessions, its
-``exec_command`` sessions and its in-flight calls, and ``notifications/cancelled`` reaches the
-call it names. Nothing is shared between gateway processes; none is needed.
+loopback), so every request of one app-server reaches the process holding its sessions and
+in-flight calls, and ``notifications/cancelled`` reaches the call it names. Nothing is shared
+between gateway processes. A request for a session this process does not have (the process
+restarted, or a shared address sent it elsewhere) gets the SDK's 404 ``Session not found``, and
+codex opens a new session and carries on (measured on 0.171.0); only a cancellation for a call
+running in another process would be lost that way.
 
 daphne runs no ASGI lifespan, so the session manager's task group is started on the first
 request, once per event loop, in a task of its own that lives as long as the loop.
