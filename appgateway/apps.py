@@ -27,7 +27,7 @@ class AppGatewayConfig(AppConfig):
             self._serve_app_role()
 
     def _serve_app_role(self) -> None:
-        from appgateway import model_credentials, model_proxy, relay, routing
+        from appgateway import envmcp_auth, envmcp_http, model_credentials, model_proxy, relay, routing
         from codexgw import drain
         from codexgw import routing as gateway_routing
 
@@ -35,6 +35,8 @@ class AppGatewayConfig(AppConfig):
         gateway_routing.add_websocket_routes(routing.websocket_urlpatterns)
         # The app-servers' model calls stream through the credential-swapping proxy.
         gateway_routing.add_http_app(model_credentials.PROXY_PATH, model_proxy.model_proxy_app)
+        # env-mcp, the app-servers' MCP server, over streamable HTTP.
+        gateway_routing.add_http_app(envmcp_auth.PATH_PREFIX, envmcp_http.env_mcp_app)
         # Stopping an app-server takes up to CXG_APP_SERVER_STOP_GRACE, then its CODEX_HOME is saved.
         drain.add_drain_step(
             "app-gateway", _close_tuis_and_stop_app_servers, order=30, reserve=settings.CXG_APP_SERVER_STOP_GRACE + 2.0

@@ -521,6 +521,7 @@ def _prepare_home(workspace_id: str, config: SpawnConfig) -> Path:
     try:
         persistence.restore(workspace_id, home)
         codexhome.write_config(home, text)
+        codexhome.write_config(home, codexhome.ENVIRONMENTS_TOML, codexhome.ENVIRONMENTS_FILE)
     except BaseException:
         codexhome.remove_home(home)
         raise

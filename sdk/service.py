@@ -142,6 +142,14 @@ async def _token(workspace: _Workspace) -> str:
     return workspace.token
 
 
+def relay_client() -> RelayClient | None:
+    """The byte relay for ``copy_path`` in this process, when the relay is on (it needs the
+    public URL the executors reach it at, and the shared secret to mint tickets)."""
+    if settings.CXG_PUBLIC_HTTPS_BASE_URL and settings.CXG_INTERNAL_SHARED_SECRET:
+        return RelayClient(runtime.self_http_base_url(), settings.CXG_INTERNAL_SHARED_SECRET)
+    return None
+
+
 async def context_for(workspace_id: str) -> ToolContext:
     now = time.monotonic()
     for idle_id, idle in list(_workspaces.items()):
@@ -150,9 +158,7 @@ async def context_for(workspace_id: str) -> ToolContext:
             await idle.context.pool.close()
     workspace = _workspaces.get(workspace_id)
     if workspace is None:
-        relay = None
-        if settings.CXG_PUBLIC_HTTPS_BASE_URL and settings.CXG_INTERNAL_SHARED_SECRET:
-            relay = RelayClient(runtime.self_http_base_url(), settings.CXG_INTERNAL_SHARED_SECRET)
+        relay = relay_client()
         holder: list[_Workspace] = []
 
         async def token_provider() -> str:

@@ -99,7 +99,8 @@ async def test_no_gateway_directory_is_presented_as_the_working_directory(sup, f
     sent = json.dumps(fake_model.responses_requests()[0].body)
     context = re.findall(r"<environment_context>.*?</environment_context>", sent)
     assert context
-    assert re.findall(r"<(?:cwd|root)>([^<]*)</", "".join(context)) == ["/", "/"] * len(context)
+    # Without the local environment and with no executor selected, codex names no directory at all.
+    assert set(re.findall(r"<(?:cwd|root)>([^<]*)</", "".join(context))) <= {"/"}
 
 
 async def test_concurrent_ensure_spawns_once(sup, caplog):
@@ -232,12 +233,15 @@ async def test_child_environment_is_an_allow_list(sup, appgw, monkeypatch):
 
 async def test_mcp_servers_from_the_builder_are_rendered(sup):
     async def builder(workspace_id: str) -> SpawnConfig:
-        return SpawnConfig(mcp_servers=[McpServer("agentserver", "/bin/true", ["env-mcp", workspace_id], {"T": "x"})])
+        return SpawnConfig(mcp_servers=[McpServer("agentserver", f"http://127.0.0.1:9/mcp/env/{workspace_id}", "T")])
 
     sup.set_spawn_builder(builder)
     handle = await sup.ensure_app_server("ws-mcp")
     text = (handle.codex_home / "config.toml").read_text()
-    assert '[mcp_servers.agentserver]\ncommand = "/bin/true"\nargs = [\n    "env-mcp",\n    "ws-mcp",\n]' in text
+    assert '[mcp_servers.agentserver]\nurl = "http://127.0.0.1:9/mcp/env/ws-mcp"\nbearer_token_env_var = "T"\n' in text
+    # No local environment: the model's tools can only run in the environments the gateway adds.
+    assert (handle.codex_home / "environments.toml").read_text() == "include_local = false\n"
+    assert (handle.codex_home / "environments.toml").stat().st_mode & 0o777 == 0o600
 
 
 async def test_builder_error_propagates_and_nothing_is_spawned(sup):
