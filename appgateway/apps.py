@@ -10,12 +10,14 @@ class AppGatewayConfig(AppConfig):
     name = "appgateway"
 
     def ready(self) -> None:
-        from appgateway import auth, spawn_builder, supervisor, turns_auth
+        from appgateway import auth, process_messages, spawn_builder, turns_auth
+        from appgateway.supervisor import get_supervisor
         from codexgw import metrics
         from workspaces import identity
 
-        supervisor.install()
-        spawn_builder.install()
+        supervisor = get_supervisor()
+        process_messages.install(supervisor)
+        spawn_builder.install(supervisor)
         identity.register_agentserver(identity.TUI, auth.verify_for_identity)
         identity.register_agentserver(identity.TURNS, turns_auth.validate_for_identity)
         metrics.add_gauge(
@@ -44,7 +46,8 @@ class AppGatewayConfig(AppConfig):
 
 
 async def _close_tuis_and_stop_app_servers(deadline: float) -> None:
-    from appgateway import consumers, supervisor
+    from appgateway import consumers
+    from appgateway.supervisor import get_supervisor
 
     await consumers.close_all_tuis()
-    await supervisor.shutdown_all("gateway draining")
+    await get_supervisor().shutdown_all("gateway draining")

@@ -91,7 +91,7 @@ async def env_mcp_app(scope: Scope, receive: Receive, send: Send) -> None:
 async def serve(caller: Caller, scope: Scope, receive: Receive, send: Send) -> None:
     """Hand an authenticated request to the SDK: the caller for the tools, and the spawn turn as
     the principal the SDK binds each session to."""
-    supervisor.touch(caller.workspace_id)
+    supervisor.get_supervisor().touch(caller.workspace_id)
     principal = AccessToken(token=caller.turn_id, client_id=caller.turn_id, scopes=[])
     scope = {**scope, "user": AuthenticatedUser(principal), envmcp.CALLER: caller}
     manager = await session_manager()

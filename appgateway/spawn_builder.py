@@ -29,7 +29,7 @@ from django.conf import settings
 from appgateway import environments, envmcp, model_credentials
 from appgateway.codexhome import McpServer
 from appgateway.envmcp_auth import PATH_PREFIX
-from appgateway.supervisor import SpawnConfig, add_stop_hook, set_spawn_builder
+from appgateway.supervisor import SpawnConfig, Supervisor
 from codexgw import runtime
 from executors import captoken
 from executors.revocation import revoke_turn
@@ -116,7 +116,7 @@ async def build(workspace_id: str) -> SpawnConfig:
     )
 
 
-def install() -> None:
-    set_spawn_builder(build)
+def install(supervisor: Supervisor) -> None:
+    supervisor.set_spawn_builder(build)
     # The spawn's env-mcp token dies with its app-server, however that ends.
-    add_stop_hook(revoke)
+    supervisor.add_stop_hook(revoke)

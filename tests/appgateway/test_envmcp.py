@@ -400,12 +400,13 @@ async def test_an_app_server_that_is_gone_has_its_spawn_turn_revoked():
     its env-mcp capability token opens no new bridge."""
     import time as _time
 
-    from appgateway import spawn_builder, supervisor
+    from appgateway import spawn_builder
+    from appgateway.supervisor import get_supervisor
     from executors.revocation import revoked_set
 
     turn = spawn_builder.SpawnTurn(turn_id="trn_stop_hook_test", exp=int(_time.time()) + 600)
     spawn_builder._turns["ws-stop-hook"] = turn
     assert not revoked_set().contains(turn.turn_id)
-    await supervisor._stopped("ws-stop-hook")
+    await get_supervisor()._stopped("ws-stop-hook")
     assert revoked_set().contains(turn.turn_id)
     assert "ws-stop-hook" not in spawn_builder._turns
