@@ -30,7 +30,6 @@ from codexgw import logcontext, metrics
 from codexgw.ws_flow import WS_FLOW_EXTENSION, WsFlow
 from executors import services
 from executors.presence import Holder, presence_store
-from executors.revocation import turn_group
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +211,7 @@ class BridgeConsumer(GatewayConsumer):
     target = ""  # the inbox of the executor session this bridge talks to
     link: LayerLink | None = None
     outbox: BridgeOutbox | None = None
+    _expiry: asyncio.Task[None] | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         logcontext.bind(exe_id=self.exe_id)
@@ -230,8 +230,11 @@ class BridgeConsumer(GatewayConsumer):
             self._send_text, flow, context={"exe_id": self.exe_id, "connection_id": self.conn_id}
         )
         await self.accept()
-        self.group = turn_group(grant.token.turn_id)
+        self.group = grant.revocation_group
         await self.channel_layer.group_add(self.group, self.channel_name)
+        if grant.expires_at is not None:
+            # An access token that expires while its bridge is open ends the bridge then.
+            self._expiry = asyncio.create_task(self._close_at(grant.expires_at))
         self.target = grant.holder.channel_name
         await self.channel_layer.group_add(sessions.executor_group(self.exe_id), self.channel_name)
         if not await self._holder_unchanged():
@@ -285,6 +288,8 @@ class BridgeConsumer(GatewayConsumer):
             return
         if self.outbox is not None:
             self.outbox.close()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(sessions.executor_group(self.exe_id), self.channel_name)
@@ -314,6 +319,10 @@ class BridgeConsumer(GatewayConsumer):
 
     async def bridge_revoke(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_TURN_REVOKED, reason="turn revoked")
+
+    async def _close_at(self, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        await self.close(code=CLOSE_TURN_REVOKED, reason="token expired")
 
     # LocalBridge (the multiplexer lives in this process).
     async def deliver(self, text: str) -> None:

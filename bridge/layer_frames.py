@@ -124,9 +124,11 @@ class LayerLink:
     else batched with what queued up behind the previous send, up to ``LAYER_CHUNK_CHARS``;
     a longer text goes alone, split into parts). The outbox is bounded (``limit`` characters,
     or one text of any size when empty): past it ``send`` waits — backpressure, never loss. If
-    the receiver stays full for ``patience``, the link fails: queued texts are discarded, waiting
-    and later ``send`` calls raise ``ReceiverStuck`` and ``on_stuck`` is awaited once. ``finish``
-    sends a last message (a close) after everything queued before it."""
+    the receiver stays full for ``patience``, the link fails: queued texts are discarded (and
+    kept in ``discarded``, so the sender can owe them again), waiting and later ``send`` calls
+    raise ``ReceiverStuck`` and ``on_stuck`` is awaited once. ``finish`` sends a last message (a
+    close) after everything queued before it. ``queued``/``sent`` count texts, so a sender can
+    tell when everything it queued up to a point has left the process."""
 
     def __init__(
         self,
@@ -147,10 +149,13 @@ class LayerLink:
         self.limit = limit
         self.patience = patience
         self.failed = False
+        self.discarded: list[str] = []  # what it held when it failed: never sent
         self.closed = False
         self._abandoned = False
         self._outbox: deque[str] = deque()
         self._pending = 0  # characters queued or in flight
+        self.queued = 0  # texts ever queued
+        self.sent = 0  # texts ever handed to the channel layer (the rest were queued, or discarded)
         self._final: dict[str, Any] | None = None
         self._on_final_lost: Callable[[], None] | None = None
         self._room = asyncio.Event()
@@ -159,6 +164,16 @@ class LayerLink:
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def settled(self) -> bool:
+        """Every text queued so far has left this process (is in the channel layer)."""
+        return self.sent >= self.queued
+
+    @property
+    def given_up(self) -> bool:
+        """Failed or abandoned: what it still held was discarded, not sent."""
+        return self.failed or self._abandoned
 
     async def send(self, text: str) -> None:
         """Queue ``text`` (waiting while the outbox is full). Raises ``ReceiverStuck`` if the link
@@ -174,6 +189,7 @@ class LayerLink:
             await self._room.wait()
         self._outbox.append(text)
         self._pending += len(text)
+        self.queued += 1
         self._kick()
 
     def finish(self, final: dict[str, Any] | None = None, on_final_lost: Callable[[], None] | None = None) -> None:
@@ -186,10 +202,10 @@ class LayerLink:
         self._room.set()
         self._kick()
 
-    def abandon(self) -> int:
+    def abandon(self) -> list[str]:
         """The receiver is gone: discard what is queued (an in-flight send completes). Returns
-        how many texts were discarded."""
-        lost = len(self._outbox)
+        the texts discarded."""
+        lost = list(self._outbox)
         self._pending -= sum(len(text) for text in self._outbox)
         self._outbox.clear()
         self.closed = True
@@ -235,8 +251,10 @@ class LayerLink:
                             self.patience,
                         )
                 except ReceiverStuck:
-                    await self._fail()
+                    await self._fail(batch)
                     break
+                else:
+                    self.sent += len(batch)
                 finally:
                     self._pending -= sum(len(text) for text in batch)
                     self._room.set()
@@ -251,8 +269,9 @@ class LayerLink:
             self._task = None
         # Between the last check above and here nothing awaited, so nothing queued is left behind.
 
-    async def _fail(self) -> None:
+    async def _fail(self, batch: list[str]) -> None:
         self.failed = True
+        self.discarded = [*batch, *self._outbox]
         self._pending -= sum(len(text) for text in self._outbox)
         self._outbox.clear()
         self._room.set()

@@ -212,6 +212,7 @@ class VirtualSession:
     prefix: str
     conn_id: str | None
     detached_at: float | None = None
+    delivered_via: str | None = None  # the connection it was last attached to (kept after a detach)
     processes: dict[str, ProcessState] = field(default_factory=dict)
     int_handles: dict[tuple[str, int], int] = field(default_factory=dict)  # (key, client int) -> gateway int
 
@@ -223,6 +224,16 @@ class VirtualSession:
             "processes": {pid: p.snapshot() for pid, p in self.processes.items()},
             "int_handles": [[key, client, mapped] for (key, client), mapped in self.int_handles.items()],
         }
+
+
+def progress_as_of(snapshot: JSON, earlier: JSON | None) -> JSON:
+    """``snapshot`` (a ``VirtualSession.snapshot``) with each process's delivery progress taken
+    from ``earlier``, a snapshot of the same session from when everything it counts as delivered
+    had reached its client; a process ``earlier`` does not know starts from nothing. The
+    structure (processes, handles) is ``snapshot``'s: it must be stored before it is used."""
+    known = (earlier or {}).get("processes") or {}
+    fresh = ProcessState().snapshot()
+    return {**snapshot, "processes": {pid: known.get(pid, fresh) for pid in snapshot["processes"]}}
 
 
 @dataclass
@@ -356,6 +367,10 @@ class Multiplexer:
         self._removed.update(changes.deletes)
         self._urgent = self._urgent or changes.urgent
 
+    def write_again(self, vsids: Iterable[str]) -> None:
+        """These sessions go out with the next ``take_changes`` even if nothing changes."""
+        self._dirty.update(vsid for vsid in vsids if vsid in self._vsessions)
+
     def take_changes(self) -> TableChanges:
         upserts = {vsid: self._vsessions[vsid].snapshot() for vsid in self._dirty if vsid in self._vsessions}
         changes = TableChanges(upserts, sorted(self._removed), self._next_handle, self._urgent)
@@ -377,6 +392,11 @@ class Multiplexer:
     @property
     def vsession_count(self) -> int:
         return len(self._vsessions)
+
+    def delivery_conn(self, vsid: str) -> str | None:
+        """The connection the virtual session's events last went to, attached or not."""
+        vsession = self._vsessions.get(vsid)
+        return vsession.delivered_via if vsession is not None else None
 
     # --- executor side ----------------------------------------------------------------------
 
@@ -845,6 +865,42 @@ class Multiplexer:
             link.vsession.detached_at = self.clock()
         return []
 
+    def not_delivered(self, conn_id: str, messages: Iterable[Any]) -> int:
+        """Messages handed out for ``conn_id`` never reached it (its link to another process
+        discarded them, or its socket closed under the send): the process events among them are
+        owed again, so the session's next resume reads them (or reports them lost). Returns
+        how many events are owed again."""
+        vsession = next((v for v in self._vsessions.values() if v.delivered_via == conn_id), None)
+        if vsession is None:
+            return 0
+        owed = 0
+        for message in messages:
+            params = message.get("params") if isinstance(message, dict) else None
+            if not isinstance(params, dict) or not isinstance(params.get("processId"), str):
+                continue
+            method = message["method"]
+            process = vsession.processes.get(params["processId"])
+            if process is None:
+                continue
+            first, last = params.get("fromSeq"), params.get("toSeq")
+            if method == OUTPUT_LOST and isinstance(first, int) and isinstance(last, int):
+                seqs = range(first, last + 1)  # told again after the resume
+            elif method in PROCESS_EVENTS and isinstance(params.get("seq"), int):
+                seqs = range(params["seq"], params["seq"] + 1)
+            else:
+                continue
+            for seq in seqs:
+                if 0 < seq <= process.last_seq:
+                    process.missing.add(seq)
+                    owed += 1
+            if method == "process/exited":
+                process.exited = False
+            elif method == "process/closed":
+                process.closed = False
+        if owed:
+            self._touch(vsession)
+        return owed
+
     def bridge_message(self, conn_id: str, message: Any) -> list[Action]:
         link = self._links.get(conn_id)
         if link is None:
@@ -951,6 +1007,7 @@ class Multiplexer:
                     )
                 ]
             vsession.conn_id = conn_id
+            vsession.delivered_via = conn_id
             vsession.detached_at = None
             for process in vsession.processes.values():
                 if process.readable:
@@ -960,7 +1017,7 @@ class Multiplexer:
             prefix = f"v{secrets.token_hex(4)}"
             while prefix in self._by_prefix:
                 prefix = f"v{secrets.token_hex(4)}"
-            vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=conn_id)
+            vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=conn_id, delivered_via=conn_id)
             self._vsessions[vsid] = vsession
             self._by_prefix[prefix] = vsession
             self._touch(vsession, urgent=True)

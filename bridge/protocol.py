@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The server's limits, named here too: the bridge's clients dial exec-servers with them.
+from codexgw.websocket import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+from codexgw.websocket import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+
 JSON = dict[str, Any]
 
 # WebSocket close codes the gateway sends.
@@ -25,10 +29,6 @@ EXECUTOR_UNAVAILABLE = -32000  # retryable: the executor connection dropped or i
 # requestId: http/request).
 HANDLE_KEYS = ("processId", "handleId", "watchId", "requestId")
 PROCESS_EVENTS = ("process/output", "process/exited", "process/closed")
-
-# Largest message the WebSocket server accepts: exec-server's own limits (tungstenite defaults).
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # Channel-layer messages above this size are split into parts (the Redis layer's safe size is
 # well under its 1 MB hard limit once msgpack framing is added).

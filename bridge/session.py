@@ -46,6 +46,7 @@ from bridge.protocol import (
     CLOSE_TRY_AGAIN,
     JSON,
 )
+from bridge.sent_progress import SentProgress
 from codexgw import metrics
 from executors import services
 
@@ -56,6 +57,9 @@ QUEUE_SIZE = 256
 # out before they take effect); a failed write is retried after FLUSH_RETRY.
 FLUSH_DELAY = 0.1
 FLUSH_RETRY = 1.0
+# On a drain, how long the closing bridges' queued frames may take to leave before the table is
+# stored (what is still queued then is stored as not delivered: repeated after the resume).
+DRAIN_SEND_WAIT = 5.0
 
 
 class ExecutorLink(Protocol):
@@ -184,6 +188,12 @@ async def drain_all(code: int = CLOSE_SERVICE_RESTART, reason: str = "gateway re
     return len(waits)
 
 
+def live_sessions() -> list[ExecutorSession]:
+    """This process's executor sessions that have not ended (a copy: metrics read it from a
+    worker thread while the event loop changes the registry)."""
+    return [live for live in list(_sessions.values()) if not live.finished]
+
+
 def local_session(inbox: str) -> ExecutorSession | None:
     """The session behind ``inbox`` when it lives in this process (the in-process fast path)."""
     session = _by_inbox.get(inbox)
@@ -216,6 +226,7 @@ class ExecutorSession:
         self._flush_at: float | None = None
         self._table_lost = False
         self._moved_from: str | None = None
+        self._progress = SentProgress()
 
     async def start(self) -> None:
         self.inbox = await self.layer.new_channel()
@@ -229,6 +240,7 @@ class ExecutorSession:
         """Own the executor's virtual-session table, taking over the sessions stored in it."""
         claimed = await vsession_store.claim(self.exe_id, self.inbox)
         self.mux.restore(claimed.sessions, claimed.next_handle)
+        self._progress.claimed(claimed.sessions)
         if claimed.previous_owner is not None and claimed.previous_owner != self.inbox:
             self._moved_from = claimed.previous_owner
             logger.info(
@@ -299,16 +311,25 @@ class ExecutorSession:
         if self._table_lost or not self.mux.has_changes:
             return
         changes = self.mux.take_changes()
-        try:
-            still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
-        except Exception:
-            logger.warning("virtual-session table write failed", extra={"exe_id": self.exe_id}, exc_info=True)
-            self.mux.requeue(changes)
-            self._flush_at = self.mux.clock() + FLUSH_RETRY
-            return
-        if not still_owner:
-            logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
-            await self._perform(self._let_go())
+        delivery = {vsid: self.mux.delivery_conn(vsid) for vsid in changes.upserts}
+        changes, unsent = self._progress.hold_back(changes, delivery, self._remote)
+        if changes.upserts or changes.deletes or changes.urgent:
+            try:
+                still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
+            except Exception:
+                logger.warning("virtual-session table write failed", extra={"exe_id": self.exe_id}, exc_info=True)
+                self.mux.requeue(changes)
+                self._flush_at = self.mux.clock() + FLUSH_RETRY
+                return
+            if not still_owner:
+                logger.warning("another process claimed the executor's virtual sessions", extra={"exe_id": self.exe_id})
+                await self._perform(self._let_go())
+                return
+            self._progress.written(changes)
+        if unsent:
+            # Written again once their frames have left, with the progress they then stand for.
+            self.mux.write_again(unsent)
+            self._flush_at = self.mux.clock() + FLUSH_DELAY
 
     def _let_go(self) -> list[Action]:
         """Another process owns the executor's sessions now: end this session's part in them."""
@@ -343,10 +364,11 @@ class ExecutorSession:
         if isinstance(event, BridgeClosed):
             self._local.pop(event.conn_id, None)
             link = self._remote.pop(event.conn_id, None)
-            unsent = link.abandon() if link is not None else 0
+            unsent = link.abandon() if link is not None else []
+            self._owe_again(event.conn_id, unsent)
             lost = self._parts.forget(event.conn_id)
             actions = [Dropped("partial_frame_of_departed_bridge")] * lost
-            actions += [Dropped("bridge_gone_before_send")] * unsent
+            actions += [Dropped("bridge_gone_before_send")] * len(unsent)
             return actions + self.mux.bridge_detached(event.conn_id)
         if isinstance(event, BridgeStuck):
             if self._remote.get(event.conn_id) is not event.link:
@@ -359,6 +381,10 @@ class ExecutorSession:
             return self._let_go()
         if isinstance(event, Drain):
             await self._perform(self.mux.drain(event.code, event.reason))
+            # Their frames first, so the stored progress is exact and nothing repeats after resume.
+            closing = [link.drained() for link in self._progress.closing_links()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*closing), DRAIN_SEND_WAIT)
             await self._flush()
             if not event.done.done():
                 event.done.set_result(None)
@@ -410,16 +436,19 @@ class ExecutorSession:
                 # Its socket closed under us (its departure is on the way): one bridge leaving
                 # must never end the session every other client shares.
                 drop("bridge_gone_before_send", exe_id=self.exe_id, connection_id=conn_id)
+                self._owe_again(conn_id, [text])
             return
         link = self._remote.get(conn_id)
         if link is None:
             drop("bridge_gone_before_send", exe_id=self.exe_id)
+            self._owe_again(conn_id, [text])
             return
         try:
             # Queued on the link (waits only while its outbox is full); the link's pump batches
             # what queues up while a layer send is in flight.
             await link.send(text)
         except ReceiverStuck:
+            self._owe_again(conn_id, [text])
             if self._remote.get(conn_id) is link:
                 await self._perform(await self._give_up_on(conn_id))
 
@@ -433,10 +462,20 @@ class ExecutorSession:
         return link
 
     async def _give_up_on(self, conn_id: str) -> list[Action]:
-        """A remote bridge's channel stayed full: close it with 1013 and detach it."""
+        """A remote bridge's channel stayed full: close it with 1013 and detach it; what its
+        link discarded is owed to its session again."""
         drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
+        link = self._remote.get(conn_id)
+        if link is not None:
+            self._owe_again(conn_id, link.discarded)
         await self._close_bridge(conn_id, CLOSE_TRY_AGAIN, "bridge could not keep up")
         return self.mux.bridge_detached(conn_id)
+
+    def _owe_again(self, conn_id: str, texts: list[str]) -> None:
+        """Frames for ``conn_id`` that never left this process: the events among them are read
+        again when its session resumes, so a bridge that leaves or falls behind loses nothing."""
+        if texts and (owed := self.mux.not_delivered(conn_id, map(_parse, texts))):
+            logger.info("events owed again", extra={"exe_id": self.exe_id, "connection_id": conn_id, "events": owed})
 
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
         local = self._local.pop(conn_id, None)
@@ -448,6 +487,7 @@ class ExecutorSession:
         if link is not None:
             # After the link's queued frames, in order; does not wait for them.
             link.finish({"type": "bridge.close", "code": code, "reason": reason})
+            self._progress.closing(conn_id, link)
 
     # --- bridges in other processes ---------------------------------------------------------
 

@@ -48,6 +48,7 @@ from twisted.internet import reactor as _reactor
 
 from codexgw import drain
 from codexgw.http_flow import FlowServerMixin
+from codexgw.websocket import SENDABLE_CLOSE_CODES
 from codexgw.ws_flow import WS_FLOW_EXTENSION, WsFlow
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ RESPONSE_BODY = "websocket.http.response.body"
 # process is cut off.
 STOP_GRACE = 3.0
 
-# Close codes a server may send (RFC 6455 §7.4.1; 1004-1006, 1010 and 1015 are not for the wire).
-SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1010), *range(1011, 1015), *range(3000, 5000)})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Framing headers are the server's: the response always carries its own Content-Length and closes.
 _SERVER_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade"})

@@ -4,8 +4,10 @@ under it must not end the session every other client shares."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 from channels.db import database_sync_to_async
@@ -14,6 +16,7 @@ from channels.layers import InMemoryChannelLayer
 from bridge import session as sessions
 from bridge import vsession_store
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
+from codexgw import redis as gwredis
 from executors import services
 from executors.models import Executor
 from tests.e2e.harness import async_wait_for
@@ -121,3 +124,140 @@ async def test_the_handshake_records_the_version_and_os_the_executor_reports():
         assert await row() == {"codex_version": "0.171.0", "client_os": "linux"}
     finally:
         await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+
+
+def _stored_progress(exe_id: str) -> dict[str, int]:
+    """What a successor would take over: each process's stored last delivered seq."""
+    client = gwredis.sync_client()
+    assert client is not None
+    table = cast(dict[str, str], client.hgetall(gwredis.key("vsessions", exe_id)))  # decoded responses
+    progress: dict[str, int] = {}
+    for name, raw in table.items():
+        if name.startswith("vs:"):
+            for pid, state in json.loads(raw)["processes"].items():
+                progress[pid] = state["last_seq"]
+    return progress
+
+
+def _stored_session_id(exe_id: str) -> str:
+    client = gwredis.sync_client()
+    assert client is not None
+    names = cast(list[str], client.hkeys(gwredis.key("vsessions", exe_id)))
+    (name,) = [name for name in names if name.startswith("vs:")]
+    return name.removeprefix("vs:")
+
+
+def _seqs(message: dict[str, Any]) -> list[int]:
+    texts = message["texts"] if "texts" in message else [message["text"]]
+    return [frame["params"]["seq"] for frame in map(json.loads, texts) if frame.get("method") == "process/output"]
+
+
+@dataclass
+class FarBridge:
+    """A bridge in "another process" (its channel on a layer whose channels hold one message)
+    that started process p1 on the executor (``exec_pid`` on the executor's side)."""
+
+    session: sessions.ExecutorSession
+    executor: FakeExecutor
+    layer: InMemoryChannelLayer
+    exec_pid: str
+
+    def push(self, seq: int) -> sessions.ExecFrame:
+        params = {"processId": self.exec_pid, "seq": seq, "stream": "stdout", "chunk": "aGkK"}
+        return sessions.ExecFrame(self.executor, json.dumps({"method": "process/output", "params": params}))
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.layer.receive("far-channel")
+
+
+@pytest.fixture
+async def far() -> Any:
+    layer = InMemoryChannelLayer(capacity=1)
+    session = sessions.ExecutorSession("exe-progress-test", layer, None)
+    await session.start()
+    executor = FakeExecutor()
+    try:
+        await session.put(sessions.ExecOpen(executor))
+        assert await async_wait_for(lambda: executor.sent, 5)
+        answer = {"id": executor.sent[0]["id"], "result": {"sessionId": "exec-1", "environmentInfo": ENV_INFO}}
+        await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+        assert await async_wait_for(lambda: len(executor.sent) == 2, 5)
+
+        await session.put(sessions.BridgeOpen("far", "far-channel"))
+        await session.put(sessions.BridgeFrame("far", initialize(1)))
+        assert "sessionId" in json.loads((await layer.receive("far-channel"))["text"])["result"]
+        await session.put(sessions.BridgeFrame("far", json.dumps({"method": "initialized"})))
+        start = {"processId": "p1", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False}
+        await session.put(
+            sessions.BridgeFrame("far", json.dumps({"id": 2, "method": "process/start", "params": start}))
+        )
+        assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
+        forwarded = executor.sent[2]
+        exec_pid = forwarded["params"]["processId"]
+        reply = {"id": forwarded["id"], "result": {"processId": exec_pid, "sandboxType": "none"}}
+        await session.put(sessions.ExecFrame(executor, json.dumps(reply)))
+        assert json.loads((await layer.receive("far-channel"))["text"])["id"] == 2
+        yield FarBridge(session, executor, layer, exec_pid)
+    finally:
+        await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+
+
+@pytest.mark.django_db
+async def test_stored_progress_never_runs_ahead_of_frames_still_queued_for_another_process(far):
+    """The SIGKILL failover loss (docs/reliability.md): events queued on the layer link to a bridge
+    in another process, not yet sent, must not be stored as delivered, or a successor never
+    reads them again. Here the bridge's channel stays full, so the link holds its frames."""
+    received: list[int] = []
+    for seq in range(1, 6):
+        await far.session.put(far.push(seq))
+        received += _seqs(await far.receive())
+    assert received == [1, 2, 3, 4, 5]
+    assert await async_wait_for(lambda: _stored_progress(far.session.exe_id).get("p1") == 5, 5)
+
+    # The bridge stops reading: one message fits in its channel, the rest wait on the link.
+    for seq in range(6, 21):
+        await far.session.put(far.push(seq))
+    await asyncio.sleep(sessions.FLUSH_DELAY * 5)
+    stored = _stored_progress(far.session.exe_id)["p1"]
+    # The one message in the channel has left the process (it would survive it); the rest not.
+    received += _seqs(await far.receive())
+    assert received[-1] < 20
+    assert stored <= received[-1]
+
+    # Once the frames have left, the progress they stand for is stored.
+    while len(received) < 20:
+        received += _seqs(await far.receive())
+    assert received == list(range(1, 21))
+    assert await async_wait_for(lambda: _stored_progress(far.session.exe_id)["p1"] == 20, 5)
+
+
+@pytest.mark.django_db
+async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_session_resumes(far):
+    """A bridge in another process leaves while its link still holds events for it: they are
+    owed again, so the resumed session's recovery read starts before them."""
+    received: list[int] = []
+    for seq in range(1, 4):
+        await far.session.put(far.push(seq))
+        received += _seqs(await far.receive())
+    for seq in range(4, 12):
+        await far.session.put(far.push(seq))
+    await asyncio.sleep(0.2)
+    await far.session.put(sessions.BridgeClosed("far"))
+    # What reached the channel before the bridge left (a send in flight completes); the rest never did.
+    left = list(received)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            left += _seqs(await asyncio.wait_for(far.receive(), 0.5))
+    assert left == list(range(1, len(left) + 1))
+    assert len(left) < 11
+
+    near = Bridge()
+    await far.session.put(sessions.BridgeOpen("near", None, local=near))
+    vsid = _stored_session_id(far.session.exe_id)
+    resume = {"clientName": "test", "resumeSessionId": vsid}
+    await far.session.put(sessions.BridgeFrame("near", json.dumps({"id": 1, "method": "initialize", "params": resume})))
+    await far.session.put(sessions.BridgeFrame("near", json.dumps({"method": "initialized"})))
+    assert await async_wait_for(lambda: far.executor.sent[-1].get("method") == "process/read", 5)
+    read = far.executor.sent[-1]
+    assert read["params"]["processId"] == far.exec_pid
+    assert read["params"]["afterSeq"] == left[-1]  # everything after it is read again

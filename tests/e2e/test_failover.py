@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     GatewayCluster,
     RpcClient,
     RpcConnectionClosed,
+    async_wait_for,
     wait_for,
 )
 
@@ -39,12 +40,21 @@ def token() -> str:
     return captoken.mint(settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id="trn_failover", workspace_id=WORKSPACE, ttl=600)
 
 
-def holder_index(cluster: GatewayCluster, exe_id: str, connection_id: str) -> int:
-    """Which process logged accepting the executor connection that presence names."""
-    for index, gateway in enumerate(cluster):
-        if any(exe_id in line and connection_id in line for line in gateway.log().splitlines()):
-            return index
-    raise AssertionError(f"no process logged connection {connection_id}\n{cluster.log()}")
+async def holder_index(cluster: GatewayCluster, exe_id: str, connection_id: str) -> int:
+    """Which process logged accepting the executor connection that presence names (presence is
+    claimed before the connection is accepted and logged, so the line may still be coming)."""
+
+    def logged_by() -> int | None:
+        for index, gateway in enumerate(cluster):
+            if any(exe_id in line and connection_id in line for line in gateway.log().splitlines()):
+                return index
+        return None
+
+    if not await async_wait_for(lambda: logged_by() is not None, 10):
+        raise AssertionError(f"no process logged connection {connection_id}\n{cluster.log()}")
+    index = logged_by()
+    assert index is not None
+    return index
 
 
 def ticker(process_id: str) -> dict[str, Any]:
@@ -150,7 +160,7 @@ async def test_killing_the_executors_process_moves_it_and_every_session_without_
     )
     first_holder = presence_store().get(exe_id)
     assert first_holder is not None
-    doomed = holder_index(gateway_cluster, exe_id, first_holder.connection_id)
+    doomed = await holder_index(gateway_cluster, exe_id, first_holder.connection_id)
     survivor = (doomed + 1) % 3
     headers = {"Authorization": f"Bearer {token()}"}
 
@@ -185,6 +195,6 @@ async def test_killing_the_executors_process_moves_it_and_every_session_without_
     holder = presence_store().get(exe_id)
     assert holder is not None
     assert holder.connection_id != first_holder.connection_id
-    assert holder_index(gateway_cluster, exe_id, holder.connection_id) != doomed
+    assert await holder_index(gateway_cluster, exe_id, holder.connection_id) != doomed
     assert any("took over the executor's virtual sessions" in g.log() for g in gateway_cluster.alive())
     assert server.alive(), "the exec-server exited instead of reconnecting"

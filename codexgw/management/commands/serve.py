@@ -17,10 +17,10 @@ from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from bridge.protocol import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
-from codexgw import drain, runtime
+from codexgw import runtime
 from codexgw.daphne_server import GatewayServer
 from codexgw.model_key import model_key_problem
+from codexgw.websocket import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ class Command(BaseCommand):
         if problem:
             # Said once here, before any turn fails for it (also on /readyz and the admin).
             logger.warning(problem)
-        drain.install_gateway_steps()
         host = options["host"] or settings.CXG_BIND
         port = settings.CXG_PORT if options["port"] is None else options["port"]
         # A Server subclass (not a patched daphne module or a copied Server.run()): it only swaps the
