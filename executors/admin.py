@@ -18,12 +18,14 @@ from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.utils.html import format_html
 
 from executors import services
-from executors.executor_command import codex_install_command, executor_launch, public_base_url
+from executors.environment_block import DEFAULT_LIFETIME, BlockError, make_block
+from executors.executor_command import codex_install_command, executor_launch, public_base_url, public_ws_base_url
 from executors.models import Executor, WorkspaceExecutor
 from executors.presence import presence_store
 from workspaces import identity
@@ -269,9 +271,52 @@ class WorkspaceExecutorAdmin(KnownWorkspaceField, admin.ModelAdmin[WorkspaceExec
     list_filter = ["workspace_id", "name", ("executor", admin.RelatedOnlyFieldListFilter), "is_default"]
     list_select_related = ["executor"]
     search_fields = ["workspace_id", "name", "executor__exe_id", "executor__display_name"]
-    fields = ["workspace_id", "name", "executor", "description", "is_default", "created_at"]
-    readonly_fields = ["created_at"]
+    fields = ["workspace_id", "name", "executor", "description", "is_default", "created_at", "own_codex"]
+    readonly_fields = ["created_at", "own_codex"]
     autocomplete_fields = ["executor"]
+
+    @admin.display(description="your own codex")
+    def own_codex(self, obj: WorkspaceExecutor) -> str:
+        if obj.pk is None or not identity.builtin():
+            return "-"
+        return format_html(
+            '<a href="{}">A ~/.codex/environments.toml block for me</a> (a new token of yours, shown once)',
+            reverse("admin:executors_workspaceexecutor_environment_block", args=[obj.pk]),
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.environment_block_view)
+        own = [path("<path:object_id>/environment-block/", view, name="executors_workspaceexecutor_environment_block")]
+        return own + super().get_urls()
+
+    def environment_block_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: what the block is; POST: mint a token of the logged-in user and show the block once."""
+        binding = self.get_object(request, object_id)
+        if binding is None or not self.has_view_permission(request, binding):
+            raise PermissionDenied
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Your own codex with {binding.name}",
+            "binding": binding,
+            "has_view_permission": True,
+        }
+        if request.method == "POST":
+            try:
+                if not identity.builtin():
+                    raise BlockError("environment blocks use built-in tokens: CODEXGW_IDENTITY_BACKEND is not builtin")
+                block = make_block(
+                    binding, request.user, ws_base_url=public_ws_base_url(request), expires_in=DEFAULT_LIFETIME
+                )
+            except BlockError as exc:
+                context["refusal"] = str(exc)
+            else:
+                context["environment_block"] = block.text
+                context["record"] = block.token.record
+        response = TemplateResponse(request, "admin/executors/workspaceexecutor/environment_block.html", context)
+        # The block carries the raw token: no browser or proxy cache may keep it.
+        patch_cache_control(response, no_store=True)
+        return response
 
     def formfield_for_dbfield(
         self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any

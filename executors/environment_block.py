@@ -28,6 +28,7 @@ from workspaces.models import Workspace
 
 ENVIRONMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what codex accepts; "local" and "none" are its own
 RESERVED_IDS = frozenset({"local", "none"})
+DEFAULT_LIFETIME = timedelta(days=90)  # a block's token, unless asked otherwise
 
 
 class BlockError(ValueError):

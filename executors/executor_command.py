@@ -46,6 +46,12 @@ def public_base_url(request: HttpRequest) -> str:
     return base.rstrip("/")
 
 
+def public_ws_base_url(request: HttpRequest) -> str:
+    """The gateway's public ws(s) base: configured, else the one the admin was reached at."""
+    base = settings.CXG_PUBLIC_WS_BASE_URL or f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
+    return base.rstrip("/")
+
+
 def executor_launch(exe_id: str, token: str, base_url: str) -> ExecutorLaunch:
     return ExecutorLaunch(
         env={"AWS_ACCESS_KEY_ID": exe_id, "AWS_SECRET_ACCESS_KEY": token, "AWS_REGION": AWS_REGION},

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from executors import services, sigv4, wsticket
+from executors.executor_command import public_ws_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,7 @@ def raw_path_and_query(request: HttpRequest) -> tuple[str, str]:
 
 
 def executor_ws_url(request: HttpRequest, exe_id: str) -> str:
-    base = settings.CXG_PUBLIC_WS_BASE_URL.rstrip("/")
-    if not base:
-        base = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
-    return f"{base}/codex-exec/{quote(exe_id, safe='')}"
+    return f"{public_ws_base_url(request)}/codex-exec/{quote(exe_id, safe='')}"
 
 
 def verify_sigv4_request(request: HttpRequest, exe_id: str, headers: Mapping[str, str]) -> None:

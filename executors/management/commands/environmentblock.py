@@ -5,17 +5,16 @@ to renew; revoke old tokens in the admin."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from executors.environment_block import BlockError, make_block
+from executors.environment_block import DEFAULT_LIFETIME, BlockError, make_block
 from executors.models import WorkspaceExecutor
 from workspaces import identity, tokens
 from workspaces.models import Workspace
-
-DEFAULT_LIFETIME = "90d"
 
 
 class Command(BaseCommand):
@@ -25,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("workspace", help="workspace id, e.g. default")
         parser.add_argument("binding", help="the binding's name (the environment id codex will use)")
         parser.add_argument("--user", help="username of a workspace member (default: the workspace's first owner)")
-        parser.add_argument("--expires", default=DEFAULT_LIFETIME, help=f"token lifetime (default {DEFAULT_LIFETIME})")
+        parser.add_argument("--expires", help="token lifetime, e.g. 30d, 12h, or never (default: 90 days)")
         parser.add_argument("--id", dest="environment_id", help="environment id in codex (default: the binding's name)")
         parser.add_argument(
             "--ws-base-url",
@@ -46,7 +45,7 @@ class Command(BaseCommand):
                 binding,
                 user,
                 ws_base_url=options["ws_base_url"],
-                expires_in=tokens.lifetime(options["expires"]) if options["expires"] != "never" else None,
+                expires_in=_lifetime(options["expires"]),
                 environment_id=options["environment_id"],
             )
         except Workspace.DoesNotExist:
@@ -54,3 +53,9 @@ class Command(BaseCommand):
         except (BlockError, tokens.TokenError) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(block.text, ending="")
+
+
+def _lifetime(text: str | None) -> timedelta | None:
+    if text is None:
+        return DEFAULT_LIFETIME
+    return None if text == "never" else tokens.lifetime(text)
