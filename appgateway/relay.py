@@ -39,9 +39,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from appgateway import rpc_filter, supervisor
 from appgateway.rpc_filter import Frame
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
-from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
+from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES, SENDABLE_CLOSE_CODES
 from codexgw import drain
-from codexgw.daphne_server import SENDABLE_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Both consumers stay thin: authorisation is ``bridge.ws_auth``, the protocol work is the
 multiplexer in ``bridge.session``. Refusals happen before the upgrade, with the HTTP status
-the caller acts on (ASGI WebSocket denial response; see ``codexgw.daphne_server``).
+the caller acts on (ASGI WebSocket denial response; see ``codexgw/server.py``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ CLOSE_TRY_AGAIN = 1013  # the peer could not keep up: its channel stayed full
 CLOSE_EXECUTOR_REPLACED = 4000  # a newer connection for the same executor took over
 CLOSE_TURN_REVOKED = 4001  # the capability token's turn was revoked
 CLOSE_EXECUTOR_LOST = 4002  # the executor's session is gone or moved to another process: reconnect
+# Close codes a server may send (RFC 6455 §7.4.1; 1004-1006, 1010 and 1015 are not for the wire).
+SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1010), *range(1011, 1015), *range(3000, 5000)})
 
 # JSON-RPC error codes the gateway answers with (exec-server's own codes where it has one).
 INVALID_REQUEST = -32600
