@@ -9,8 +9,7 @@ buffered). A client that goes away cancels the upstream request.
 
 A raw ASGI app in front of Django (``with_model_proxy``), like the relay: Django's handler would
 put its middleware around a streaming body and could not abort an upstream failure mid-body.
-daphne reads the (small, JSON) request body before the app starts, which is fine here; it does
-flush each response chunk at once.
+The request body is small JSON and is read whole; each response chunk is sent as it arrives.
 """
 
 from __future__ import annotations

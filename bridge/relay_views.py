@@ -183,8 +183,8 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
     connection = relay.RelayConnection()
     client = _Client(scope, receive)
     try:
-        # A drain waits for the transfer, then cancels it: that fails the relay for the other
-        # side, and the cancellation reaching the server drops the connection.
+        # A drain waits for the transfer, then cancels it (failing the relay for the other
+        # side) and resets the connection.
         with drain.relays.track(client.abort):
             if method == "PUT":
                 await _put(scope, send, client, connection, ticket)

@@ -3,8 +3,8 @@
 ASGI has no message for it: an application that raises after its response started gets its
 connection closed, but uvicorn closes it gracefully, after the data still buffered for the
 client has been written. A download whose client stopped reading would then never end. The
-byte relay needs the connection gone at once, buffered data discarded (a reset, as daphne's abort did), so the
-client sees the transfer fail.
+byte relay needs the connection gone at once and its buffered data discarded (a reset, as
+daphne's abort did), so the client sees the transfer fail.
 
 ``AbortableHttpProtocol`` is uvicorn's httptools protocol (given to uvicorn as its ``http``
 class) that registers each connection's transport by peer address, from asyncio's
