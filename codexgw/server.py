@@ -102,23 +102,22 @@ class GatewayServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal.signal handler (uvicorn's capture_signals): it runs on the main thread, which
         # is the loop's, between two bytecodes, so the drain is scheduled rather than started here.
-        name = signal.Signals(sig).name
         if self._draining:
-            logger.warning("%s during the drain: exiting now", name)
+            logger.warning("%s during the drain: exiting now", signal.Signals(sig).name)
             os._exit(128 + sig)
         if self._loop is None:
             self.should_exit = True  # not serving yet: nothing to drain
             return
         self._draining = True
-        logger.info("%s: draining for up to %ss", name, self.drain_timeout)
         # Exit even if the loop itself is stuck: a thread, not a loop timer.
         watchdog = threading.Timer(self.drain_timeout + STOP_GRACE, self._cut_off)
         watchdog.daemon = True
         watchdog.start()
-        self._loop.call_soon_threadsafe(self._start_drain)
+        self._loop.call_soon_threadsafe(self._start_drain, sig)
 
-    def _start_drain(self) -> None:
+    def _start_drain(self, sig: int) -> None:
         assert self._loop is not None
+        logger.info("%s: draining for up to %ss", signal.Signals(sig).name, self.drain_timeout)
         deadline = self._loop.time() + self.drain_timeout
         self._drain_task = self._loop.create_task(self._drain_then_stop(deadline), name="drain")
 
