@@ -54,7 +54,7 @@ class AppServerSessionAdmin(admin.ModelAdmin[AppServerSession]):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        sessions = supervisor.live_sessions()
+        sessions = supervisor.get_supervisor().live_sessions()
         rows = [
             {
                 "workspace_id": session.workspace_id,
@@ -79,13 +79,13 @@ class AppServerSessionAdmin(admin.ModelAdmin[AppServerSession]):
     def restart_view(self, request: HttpRequest, workspace_id: str) -> HttpResponse:
         if not request.user.has_perm(RESTART_PERMISSION):
             raise PermissionDenied
-        if workspace_id not in {session.workspace_id for session in supervisor.live_sessions()}:
+        if workspace_id not in {session.workspace_id for session in supervisor.get_supervisor().live_sessions()}:
             # Restart, not start: a crafted POST must not spawn app-servers for arbitrary workspaces.
             self.message_user(request, f"{workspace_id} has no running app-server.", messages.WARNING)
             return HttpResponseRedirect(reverse("admin:appgateway_appserversession_changelist"))
         try:
             # Runs on the server's event loop, where the supervisor's state lives.
-            handle = async_to_sync(supervisor.restart)(workspace_id)
+            handle = async_to_sync(supervisor.get_supervisor().restart)(workspace_id)
         except Exception as exc:
             self.message_user(request, f"Restarting {workspace_id} failed: {exc}", messages.ERROR)
         else:

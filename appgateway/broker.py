@@ -195,7 +195,7 @@ class _Completed:
     at: float
 
 
-# codex 0.169.0 starts a new thread's MCP servers (env-mcp: the executor tools) after thread/start
+# codex 0.169.0 starts a new thread's MCP servers (env-mcp: listing and copying between executors) after thread/start
 # and does not hold a turn for them: a turn started earlier may run without the tools. Before the
 # first turn of a thread this connection started, wait for its servers to leave "starting" (at
 # most MCP_SETTLE seconds); a thread that reports no server within MCP_QUIET seconds has none.

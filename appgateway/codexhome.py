@@ -7,7 +7,7 @@ gateway create, fill or delete a directory elsewhere.
 
 ``config.toml`` is rendered by a pure function from ``CodexConfig`` and written fresh (0600) on
 every spawn, after any restore, so it always reflects the gateway's current settings and is
-never taken from a persisted archive (it can hold per-spawn secrets in MCP ``env`` blocks).
+never taken from a persisted archive. ``environments.toml`` (no local environment) likewise.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,10 @@ import tomli_w
 from django.conf import settings
 
 CONFIG_FILE = "config.toml"
+# codex's environments file: without the local environment (the gateway host) a thread's tools
+# can only run in the environments the gateway registers, its executors. Written every spawn.
+ENVIRONMENTS_FILE = "environments.toml"
+ENVIRONMENTS_TOML = tomli_w.dumps({"include_local": False})
 # Letters, digits, '_', '-', '.'; starting with a letter or digit, so never '.' or '..'.
 _WORKSPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -92,12 +96,13 @@ def remove_home(path: Path) -> None:
 
 @dataclass(frozen=True)
 class McpServer:
-    """One ``[mcp_servers.<name>]`` block: a stdio MCP server codex starts per loaded thread."""
+    """One ``[mcp_servers.<name>]`` block: a streamable-HTTP MCP server. codex sends
+    ``Authorization: Bearer <value of bearer_token_env_var in its own environment>``, so the
+    token is in neither this file nor a URL."""
 
     name: str
-    command: str
-    args: Sequence[str] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    url: str
+    bearer_token_env_var: str | None = None
     # REST and IM callers cannot answer approval prompts, so the gateway's own tools are approved.
     default_tools_approval_mode: str | None = "approve"
 
@@ -135,11 +140,10 @@ def _validate(config: CodexConfig) -> None:
     for server in config.mcp_servers:
         if not _TABLE_NAME.fullmatch(server.name):
             raise CodexHomeError(f"MCP server name {server.name!r} must be a non-empty [A-Za-z0-9_-] name")
-        if not server.command:
-            raise CodexHomeError(f"MCP server {server.name!r} has no command")
-        bad = [name for name in server.env if not _ENV_NAME.fullmatch(name)]
-        if bad:
-            raise CodexHomeError(f"MCP server {server.name!r} has invalid env names {bad}")
+        if not server.url.startswith(("http://", "https://")):
+            raise CodexHomeError(f"MCP server {server.name!r} url {server.url!r} must be an http(s) URL")
+        if server.bearer_token_env_var is not None and not _ENV_NAME.fullmatch(server.bearer_token_env_var):
+            raise CodexHomeError(f"MCP server {server.name!r} has an invalid bearer_token_env_var")
     for path in config.trusted_paths:
         if not path.startswith("/"):
             raise CodexHomeError(f"trusted path {path!r} must be absolute")
@@ -165,11 +169,12 @@ def render_config_toml(config: CodexConfig) -> str:
             }
         },
         "projects": {path: {"trust_level": "trusted"} for path in dict.fromkeys(config.trusted_paths)},
-        # No local shell or patching inside the gateway: the model executes only through MCP.
+        # codex's own exec and patch tools: they run in the thread's environments, which are the
+        # workspace's executors only (environments.toml removes the local one, the gateway host).
         "features": {
-            "shell_tool": False,
-            "unified_exec": False,
-            "apply_patch_freeform": False,
+            "shell_tool": True,
+            "unified_exec": True,
+            "apply_patch_freeform": True,
             "plugins": False,
             "apps": False,
             "remote_plugin": False,
@@ -180,9 +185,9 @@ def render_config_toml(config: CodexConfig) -> str:
     if config.mcp_servers:
         servers: dict[str, Any] = {}
         for server in config.mcp_servers:
-            block: dict[str, Any] = {"command": server.command, "args": list(server.args)}
-            if server.env:
-                block["env"] = dict(server.env)
+            block: dict[str, Any] = {"url": server.url}
+            if server.bearer_token_env_var is not None:
+                block["bearer_token_env_var"] = server.bearer_token_env_var
             if server.default_tools_approval_mode is not None:
                 block["default_tools_approval_mode"] = server.default_tools_approval_mode
             servers[server.name] = block
@@ -205,10 +210,11 @@ def config_from_settings(mcp_servers: Sequence[McpServer] = (), base_url: str | 
     )
 
 
-def write_config(home: Path, text: str) -> Path:
-    """Replace ``config.toml`` atomically with mode 0600 (never following a planted symlink)."""
-    target = home / CONFIG_FILE
-    temporary = home / f".{CONFIG_FILE}.tmp"
+def write_config(home: Path, text: str, name: str = CONFIG_FILE) -> Path:
+    """Replace ``config.toml`` (or another file codex reads, ``name``) atomically with mode 0600
+    (never following a planted symlink)."""
+    target = home / name
+    temporary = home / f".{name}.tmp"
     temporary.unlink(missing_ok=True)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

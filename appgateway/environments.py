@@ -32,6 +32,7 @@ from channels.db import database_sync_to_async
 from websockets.asyncio.client import connect as ws_connect
 
 from appgateway import supervisor
+from appgateway.app_server_process import AppServerHandle
 from appgateway.rpc_filter import Frame
 from bridge import exec_session_store
 from bridge.protocol import MAX_MESSAGE_BYTES
@@ -261,7 +262,7 @@ async def default_selection(workspace_id: str, client_cwd: str | None = None) ->
 
 
 async def _default_selection(workspace_id: str, client_cwd: str | None) -> list[dict[str, Any]]:
-    lease = await supervisor.lease_owner(workspace_id)
+    lease = await supervisor.get_supervisor().lease_owner(workspace_id)
     if lease is None:
         return []
     chosen = thread_bindings(await bindings(workspace_id), await load_registered(workspace_id))
@@ -337,10 +338,10 @@ async def register(workspace_id: str, app_server_ws_url: str, ws_base_url: str, 
     return added
 
 
-def after_start(ws_base_url: str, token_for: TokenFor) -> Callable[[supervisor.AppServerHandle], Awaitable[None]]:
+def after_start(ws_base_url: str, token_for: TokenFor) -> Callable[[AppServerHandle], Awaitable[None]]:
     """The spawn builder's ``SpawnConfig.after_start`` for one spawn."""
 
-    async def hook(handle: supervisor.AppServerHandle) -> None:
+    async def hook(handle: AppServerHandle) -> None:
         await save_registered(handle.workspace_id, [])  # a failed registration leaves none behind
         added = await register(handle.workspace_id, handle.ws_url, ws_base_url, token_for)
         await save_registered(handle.workspace_id, added)

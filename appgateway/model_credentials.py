@@ -199,7 +199,7 @@ async def refresh_live(now: float | None = None) -> int:
         return 0
     at = time.time() if now is None else now
     fetched = 0
-    for workspace_id in sorted({session.workspace_id for session in supervisor.live_sessions()}):
+    for workspace_id in sorted({session.workspace_id for session in supervisor.get_supervisor().live_sessions()}):
         token = await cached_token(workspace_id)
         if token is None or token.due(at):
             await refresh(workspace_id)

@@ -7,9 +7,10 @@ and forwards method, path under ``/v1``, query, body and end-to-end headers to
 ``CXG_MODEL_PROVIDER_BASE_URL``, streaming the answer back chunk by chunk (SSE is never
 buffered). A client that goes away cancels the upstream request.
 
-A raw ASGI app in front of Django (``with_model_proxy``), like the relay: Django's handler would
-put its middleware around a streaming body and could not abort an upstream failure mid-body.
-The request body is small JSON and is read whole; each response chunk is sent as it arrives.
+A raw ASGI app in front of Django (``model_proxy_app``, added for the app role in
+``appgateway/apps.py``), like the relay: Django's handler would put its middleware around a
+streaming body and could not abort an upstream failure mid-body. The request body is small JSON
+and is read whole; each response chunk is sent as it arrives.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import httpx
 from django.conf import settings
 
 from appgateway import model_credentials
-from bridge.relay_views import ASGIApp, Receive, Scope, Send, _header, _json
 from codexgw.model_key import model_key_problem
+from codexgw.raw_asgi import Receive, Scope, Send, header, send_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ _DROPPED = frozenset(
 )
 
 
-def with_model_proxy(app: ASGIApp) -> ASGIApp:
-    """``app`` with ``/api/model-proxy/…`` answered by the model proxy instead."""
-
-    async def route(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(model_credentials.PROXY_PATH):
-            await model_proxy_app(scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return route
-
-
 def _forwarded(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     connection = [value for key, value in headers if key.lower() == b"connection"]
     named = {name.strip().lower() for value in connection for name in value.split(b",")}
@@ -84,13 +73,13 @@ async def model_proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     # No dot segments: the upstream URL library would resolve them to paths outside /v1.
     if not (path == prefix or path.startswith(prefix + "/")) or {".", ".."} & set(path.split("/")):
-        await _json(send, 404, {"error": "not found"})
+        await send_json(send, 404, {"error": "not found"})
         return
-    authorization = _header(scope, b"authorization") or ""
+    authorization = header(scope, b"authorization") or ""
     credential = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
     workspace_id = model_credentials.workspace_for_credential(credential) if credential else None
     if workspace_id is None:
-        await _json(send, 401, {"error": "unauthorized"})
+        await send_json(send, 401, {"error": "unauthorized"})
         return
     body = await _read_body(receive)
     if body is None:
@@ -100,13 +89,15 @@ async def model_proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
     if problem is not None:
         # OpenAI's error shape: codex shows the message in the TUI and in a turn's error.
         logger.warning("model call refused: %s", problem, extra={"workspace_id": workspace_id})
-        await _json(send, 401, {"error": {"message": problem, "type": "invalid_request_error", "code": "no_api_key"}})
+        await send_json(
+            send, 401, {"error": {"message": problem, "type": "invalid_request_error", "code": "no_api_key"}}
+        )
         return
     url = settings.CXG_MODEL_PROVIDER_BASE_URL.rstrip("/") + path[len(prefix) :]
     if scope.get("query_string"):
         url += "?" + bytes(scope["query_string"]).decode("latin-1")
     headers = _forwarded(list(scope["headers"]))
-    if _header(scope, b"accept-encoding") is None:
+    if header(scope, b"accept-encoding") is None:
         # Else httpx asks for gzip, and the raw bytes would reach a client that did not.
         headers.append((b"accept-encoding", b"identity"))
     if upstream_token:
@@ -149,7 +140,7 @@ async def _forward(
             "model upstream failed", extra={"workspace_id": workspace_id, "error": f"{type(exc).__name__}: {exc}"}
         )
         if not started:
-            await _json(send, 502, {"error": "model provider unreachable"})
+            await send_json(send, 502, {"error": "model provider unreachable"})
             return
     # After a mid-stream failure the body just ends: a Responses stream without its
     # response.completed event is an error to codex, which retries.

@@ -3,7 +3,7 @@ from django.db import models
 
 class AppServerSession(models.Model):
     """A workspace's live codex app-server, for the admin. Not a table: sessions live in the
-    supervisor's leases (``supervisor.live_sessions()``); the model carries the admin entry and
+    supervisor's leases (``Supervisor.live_sessions()``); the model carries the admin entry and
     the restart permission."""
 
     workspace_id = models.CharField(max_length=128, primary_key=True)

@@ -5,7 +5,7 @@ stored as ``codex-app-gateway/<workspace_id>.tar.gz`` in the ``codexhome`` stora
 ``STORAGES`` (the local filesystem by default, S3 when ``CXG_S3_BUCKET`` is set). The name and
 format are those of the Go gateway, so its archives restore here.
 
-* Never packed: ``config.toml`` (rendered fresh on every spawn; it can hold per-spawn secrets),
+* Never packed: ``config.toml`` and ``environments.toml`` (rendered fresh on every spawn),
   codex's credential files and its per-run ``tmp/``; symlinks, sockets and other special files.
 * SQLite databases are copied with SQLite's backup API from a read-only connection: a
   consistent snapshot (including the write-ahead log) even while codex is writing, which a
@@ -39,7 +39,7 @@ from urllib.parse import quote
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 
-from appgateway.codexhome import CONFIG_FILE, validate_workspace_id
+from appgateway.codexhome import CONFIG_FILE, ENVIRONMENTS_FILE, validate_workspace_id
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,17 @@ STORAGE_ALIAS = "codexhome"
 ARCHIVE_PREFIX = "codex-app-gateway"
 # Top-level names never packed nor restored: the rendered config (and its temporary), codex's
 # login credentials, and per-run scratch space (helper binaries, sockets).
-EXCLUDED = frozenset({CONFIG_FILE, f".{CONFIG_FILE}.tmp", "auth.json", ".credentials.json", "tmp"})
+EXCLUDED = frozenset(
+    {
+        CONFIG_FILE,
+        f".{CONFIG_FILE}.tmp",
+        ENVIRONMENTS_FILE,
+        f".{ENVIRONMENTS_FILE}.tmp",
+        "auth.json",
+        ".credentials.json",
+        "tmp",
+    }
+)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 _CHUNK = 1024 * 1024

@@ -17,7 +17,7 @@ without hearing anything, so a gateway process that dies without a goodbye does 
 TUI attached to nothing or a loopback WebSocket open forever.
 
 The leg is also where every frame is seen in both directions, so it bumps the workspace's
-activity clock (``supervisor.touch``) and answers approval requests (``rpc_filter``).
+activity clock (``Supervisor.touch``) and answers approval requests (``rpc_filter``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from appgateway import rpc_filter, supervisor
+from appgateway import process_messages, rpc_filter, supervisor
 from appgateway.rpc_filter import Frame
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
-from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES, SENDABLE_CLOSE_CODES
+from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
 from codexgw import drain
+from codexgw.websocket import SENDABLE_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class AppServerLeg:
         ``supervisor.OwnedElsewhere`` when another process owns the workspace and
         ``AppServerUnavailable`` when it cannot be had."""
         try:
-            handle = await supervisor.ensure_app_server(workspace_id)
+            handle = await supervisor.get_supervisor().ensure_app_server(workspace_id)
         except supervisor.OwnedElsewhere:
             raise
         except Exception as exc:
@@ -155,7 +156,7 @@ class AppServerLeg:
 
     async def send(self, frame: Frame) -> None:
         """Forward a client frame verbatim. A closed leg drops it: ``pump`` reports the end."""
-        supervisor.touch(self.workspace_id)
+        supervisor.get_supervisor().touch(self.workspace_id)
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(frame)
 
@@ -165,7 +166,7 @@ class AppServerLeg:
         mode = rpc_filter.approval_mode(settings.CXG_APPROVAL_MODE)
         try:
             async for frame in self.ws:
-                supervisor.touch(self.workspace_id)
+                supervisor.get_supervisor().touch(self.workspace_id)
                 answer = await off_loop_if_large(lambda f: rpc_filter.approval_answer(f, mode), frame)
                 if answer is not None:
                     await self.ws.send(answer)
@@ -280,10 +281,12 @@ async def _on_relay_cancel(message: dict[str, Any]) -> None:
         task.cancel()
 
 
-# Relay requests arrive on the supervisor's per-process channel, read by one task per process
-# that starts with the process's first lease (the channel is named in the lease).
-supervisor.on_process_message(RELAY_OPEN, _on_relay_open)
-supervisor.on_process_message(RELAY_CANCEL, _on_relay_cancel)
+def install() -> None:
+    """Open relays for the TUIs of other processes (``AppGatewayConfig.ready()``). Their requests
+    arrive on the supervisor's per-process channel, read by one task per process that starts with
+    the process's first lease (the channel is named in the lease)."""
+    process_messages.on_message(RELAY_OPEN, _on_relay_open)
+    process_messages.on_message(RELAY_CANCEL, _on_relay_cancel)
 
 
 # --- the TUI's side of a relay ----------------------------------------------------------------

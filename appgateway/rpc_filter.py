@@ -32,7 +32,7 @@ BLOCKED_METHODS: Final = frozenset({"thread/shellCommand", "command/exec", "fuzz
 BLOCKED_PREFIXES: Final = ("command/exec/", "fs/", "process/", "fuzzyFileSearch/")
 
 # config.toml tables a client must not override, per thread (thread/start|resume|fork ``config``) or
-# in CODEX_HOME (config/* writes): they would turn the gateway's local shell back on (features),
+# in CODEX_HOME (config/* writes): they would change the model's tools (features),
 # run commands on the gateway (mcp_servers, notify, hooks, profiles), or send the workspace's model
 # credential elsewhere (model_providers).
 PROTECTED_CONFIG: Final = frozenset(

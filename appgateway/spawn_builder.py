@@ -1,11 +1,11 @@
 """The supervisor's spawn builder: what each workspace app-server gets besides the defaults.
 
 * Model calls: ``appgateway.model_credentials.spawn_settings`` (env and provider base_url).
-* env-mcp, as ``[mcp_servers.agentserver]``: ``manage.py envmcp`` run with the gateway's own
-  Python, pointed at this process's exec-gateway routes, with a capability token minted for
-  this spawn (turn id ``trn_<random>``, workspace-wide, no user, ``CXG_CAPTOKEN_TTL``) passed in
-  its environment only, never in argv. It runs on ``appgateway.envmcp_settings``, so it needs no
-  gateway secret, database or Redis.
+* env-mcp, as ``[mcp_servers.agentserver]``: this process's ``/mcp/env/<workspace_id>``
+  (``appgateway.envmcp_http``, streamable HTTP on loopback), authenticated with a capability
+  token minted for this spawn (turn id ``trn_<random>``, workspace-wide, no user,
+  ``CXG_CAPTOKEN_TTL``). codex reads the token from ``CXG_WORKSPACE_TOKEN`` in its own
+  environment (``bearer_token_env_var``): it is in no file, argv or URL.
 
 * Executors as native environments: ``SpawnConfig.after_start`` registers every executor bound to
   the workspace with the running app-server (``appgateway.environments``), each with a token of
@@ -13,24 +13,23 @@
 
 Each spawn's turn id is remembered per workspace, and the next spawn of that workspace in this
 process (a restart or a crash respawn) revokes it; revocation through the exec gateway also
-closes the bridges the old env-mcp still holds.
+closes the bridges env-mcp opened for the old spawn; its tool context is dropped too.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from appgateway import environments, model_credentials
+from appgateway import environments, envmcp, model_credentials
 from appgateway.codexhome import McpServer
-from appgateway.supervisor import SpawnConfig, add_stop_hook, set_spawn_builder
+from appgateway.envmcp_auth import PATH_PREFIX
+from appgateway.supervisor import SpawnConfig, Supervisor
 from codexgw import runtime
 from executors import captoken
 from executors.revocation import revoke_turn
@@ -39,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "agentserver"
 TOKEN_ENV = "CXG_WORKSPACE_TOKEN"  # noqa: S105 - the variable's name, not a secret
-SETTINGS_MODULE = "appgateway.envmcp_settings"
-MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
 
 
 @dataclass(frozen=True)
@@ -77,19 +74,11 @@ def environment_token(workspace_id: str, turn: SpawnTurn, exe_id: str, now: floa
     )
 
 
-def env_mcp_server(workspace_id: str, token: str, exec_gateway_url: str) -> McpServer:
-    env = {TOKEN_ENV: token, "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "CXG_LOG_LEVEL": settings.LOG_LEVEL}
-    args = [
-        str(MANAGE_PY),
-        "envmcp",
-        "--workspace-id",
-        workspace_id,
-        "--exec-gateway-url",
-        exec_gateway_url,
-        "--token-env",
-        TOKEN_ENV,
-    ]
-    return McpServer(name=SERVER_NAME, command=sys.executable, args=args, env=env)
+def env_mcp_server(workspace_id: str, self_http_base_url: str) -> McpServer:
+    """env-mcp on this process's own address; codex sends the token from ``TOKEN_ENV``."""
+    return McpServer(
+        name=SERVER_NAME, url=f"{self_http_base_url}{PATH_PREFIX}{workspace_id}", bearer_token_env_var=TOKEN_ENV
+    )
 
 
 async def revoke(workspace_id: str) -> None:
@@ -97,6 +86,7 @@ async def revoke(workspace_id: str) -> None:
     turn = _turns.pop(workspace_id, None)
     if turn is not None:
         await sync_to_async(revoke_turn, thread_sensitive=False)(turn.turn_id, turn.exp)
+        await envmcp.close_turn(turn.turn_id)
         logger.info("revoked the previous spawn's turn", extra={"workspace_id": workspace_id, "turn_id": turn.turn_id})
 
 
@@ -104,18 +94,18 @@ async def build(workspace_id: str) -> SpawnConfig:
     model = await model_credentials.spawn_settings(workspace_id)
     await revoke(workspace_id)
     try:
-        exec_gateway_url = runtime.self_ws_base_url()
+        self_http_base_url = runtime.self_http_base_url()
     except RuntimeError:
-        # Only a process that serves (manage.py serve) has bridges for env-mcp to dial; a script
-        # driving the supervisor gets an app-server without executor tools.
+        # Only a process that serves (manage.py serve) has env-mcp and bridges; a script driving
+        # the supervisor gets an app-server without executor tools.
         logger.warning("spawning without env-mcp: this process serves no routes", extra={"workspace_id": workspace_id})
         return SpawnConfig(env=model.env, provider_base_url=model.provider_base_url)
+    exec_gateway_url = runtime.self_ws_base_url()
     turn, token = mint_turn(workspace_id)
     _turns[workspace_id] = turn
-    server = env_mcp_server(workspace_id, token, exec_gateway_url)
     return SpawnConfig(
-        env=model.env,
-        mcp_servers=[server],
+        env={**model.env, TOKEN_ENV: token},
+        mcp_servers=[env_mcp_server(workspace_id, self_http_base_url)],
         provider_base_url=model.provider_base_url,
         # Every bound executor becomes a native environment of the app-server, reached at this
         # process's /bridge with a token of the spawn's turn for that executor alone (sent over
@@ -126,7 +116,7 @@ async def build(workspace_id: str) -> SpawnConfig:
     )
 
 
-def install() -> None:
-    set_spawn_builder(build)
+def install(supervisor: Supervisor) -> None:
+    supervisor.set_spawn_builder(build)
     # The spawn's env-mcp token dies with its app-server, however that ends.
-    add_stop_hook(revoke)
+    supervisor.add_stop_hook(revoke)

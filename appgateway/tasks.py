@@ -17,7 +17,7 @@ def checkpoint_codex_homes() -> int:
 
     A worker has neither the children nor their files, so it only publishes the request to the
     owners' process channels (see ``appgateway.supervisor``); each owner persists its own."""
-    asked = supervisor.request_checkpoints()
+    asked = supervisor.get_supervisor().request_checkpoints()
     if asked:
         logger.info("requested CODEX_HOME checkpoints", extra={"processes": asked})
     return asked

@@ -23,12 +23,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from bridge import session as sessions
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
+from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
 from codexgw import logcontext, metrics
 from executors import services
 from executors.presence import Holder, presence_store
-from executors.revocation import turn_group
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class ExecutorConsumer(GatewayConsumer):
     role = "executor"
     connection_id = ""
     session: sessions.ExecutorSession | None = None
+    holder: Holder | None = None
     _refresher: asyncio.Task[None] | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
@@ -125,8 +126,8 @@ class ExecutorConsumer(GatewayConsumer):
         self.connection_id = uuid.uuid4().hex
         try:
             self.session = await sessions.session_for(exe_id)
-            holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
-            previous = await sync_to_async(presence_store().claim, thread_sensitive=False)(exe_id, holder)
+            self.holder = Holder(channel_name=self.session.inbox, connection_id=self.connection_id, since=time.time())
+            previous = await sync_to_async(presence_store().claim, thread_sensitive=False)(exe_id, self.holder)
             client = self.scope.get("client") or ["", 0]
             meta = services.client_meta(headers, str(client[0]))
             await database_sync_to_async(services.record_connected)(exe_id, meta)
@@ -151,8 +152,9 @@ class ExecutorConsumer(GatewayConsumer):
         while True:
             await asyncio.sleep(interval)
             try:
+                # Puts the entry back if it vanished (a restarted Redis): this connection is live.
                 still_holder = await sync_to_async(store.refresh, thread_sensitive=False)(
-                    self.exe_id, self.connection_id
+                    self.exe_id, self.connection_id, self.holder
                 )
             except Exception:
                 logger.warning("presence refresh failed", extra={"exe_id": self.exe_id}, exc_info=True)
@@ -207,6 +209,8 @@ class BridgeConsumer(GatewayConsumer):
     group = ""
     target = ""  # the inbox of the executor session this bridge talks to
     link: LayerLink | None = None
+    outbox: BridgeOutbox | None = None
+    _expiry: asyncio.Task[None] | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         logcontext.bind(exe_id=self.exe_id)
@@ -217,9 +221,14 @@ class BridgeConsumer(GatewayConsumer):
         self.conn_id = uuid.uuid4().hex
         logcontext.bind(connection_id=self.conn_id)
         self._parts = Reassembler()
+        # Everything for the client goes through it: paced by the client's reading, bounded.
+        self.outbox = BridgeOutbox(self._send_text, context={"exe_id": self.exe_id, "connection_id": self.conn_id})
         await self.accept()
-        self.group = turn_group(grant.token.turn_id)
+        self.group = grant.revocation_group
         await self.channel_layer.group_add(self.group, self.channel_name)
+        if grant.expires_at is not None:
+            # An access token that expires while its bridge is open ends the bridge then.
+            self._expiry = asyncio.create_task(self._close_at(grant.expires_at))
         self.target = grant.holder.channel_name
         await self.channel_layer.group_add(sessions.executor_group(self.exe_id), self.channel_name)
         if not await self._holder_unchanged():
@@ -271,6 +280,10 @@ class BridgeConsumer(GatewayConsumer):
     async def disconnect(self, code: int) -> None:
         if not self.conn_id:
             return
+        if self.outbox is not None:
+            self.outbox.close()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(sessions.executor_group(self.exe_id), self.channel_name)
@@ -288,10 +301,10 @@ class BridgeConsumer(GatewayConsumer):
     async def bridge_frame(self, event: dict[str, Any]) -> None:
         # One text, a part of a split one, or a batch (``texts``), delivered in order.
         for text in self._parts.add_all("mux", event):
-            await self.send(text_data=text)
+            await self.deliver(text)
 
     async def bridge_close(self, event: dict[str, Any]) -> None:
-        await self.close(code=int(event["code"]), reason=str(event.get("reason", "")))
+        self._close_after_output(int(event["code"]), str(event.get("reason", "")))
 
     async def bridge_moved(self, event: dict[str, Any]) -> None:
         # Another process took the executor's sessions over: reconnect there and resume.
@@ -301,9 +314,27 @@ class BridgeConsumer(GatewayConsumer):
     async def bridge_revoke(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_TURN_REVOKED, reason="turn revoked")
 
+    async def _close_at(self, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        await self.close(code=CLOSE_TURN_REVOKED, reason="token expired")
+
     # LocalBridge (the multiplexer lives in this process).
     async def deliver(self, text: str) -> None:
+        # Waits only while the client's outbox is full, and at most STALL_PATIENCE (bridge/outbox.py).
+        assert self.outbox is not None
+        await self.outbox.put(text)
+
+    async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
 
     async def close_from_gateway(self, code: int, reason: str) -> None:
-        await self.close(code=code, reason=reason)
+        self._close_after_output(code, reason)
+
+    def _close_after_output(self, code: int, reason: str) -> None:
+        """The session's close comes after the frames it sent before it (still in the outbox)."""
+        assert self.outbox is not None
+
+        async def close() -> None:
+            await self.close(code=code, reason=reason)
+
+        self.outbox.finish(close)

@@ -16,6 +16,8 @@ from codexgw import redis as gwredis
 KEEP_SECONDS = 7 * 24 * 3600
 
 _memory: dict[str, str] = {}
+# The last value this process saved per executor, to put back after a Redis restart lost it.
+_saved_here: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,20 @@ def _load(exe_id: str) -> SavedSession | None:
 def _save(exe_id: str, saved: SavedSession) -> None:
     raw = json.dumps({"session_id": saved.session_id, "environment_info": saved.environment_info})
     client = gwredis.sync_client()
+    _saved_here[exe_id] = raw
     if client is None:
         _memory[exe_id] = raw
     else:
         client.set(_key(exe_id), raw, ex=KEEP_SECONDS)
+
+
+def restore(exe_id: str) -> None:
+    """Put back what this process last saved for ``exe_id`` if the key is gone (a restarted
+    Redis); a value saved since by anyone is left alone. Sync: called from store threads."""
+    raw = _saved_here.get(exe_id)
+    client = gwredis.sync_client()
+    if raw is not None and client is not None:
+        client.set(_key(exe_id), raw, ex=KEEP_SECONDS, nx=True)
 
 
 load = sync_to_async(_load, thread_sensitive=False)

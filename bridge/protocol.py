@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The server's limits, named here too: the bridge's clients dial exec-servers with them.
+from codexgw.websocket import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+from codexgw.websocket import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+
 JSON = dict[str, Any]
 
 # WebSocket close codes the gateway sends.
@@ -12,8 +16,6 @@ CLOSE_TRY_AGAIN = 1013  # the peer could not keep up: its channel stayed full
 CLOSE_EXECUTOR_REPLACED = 4000  # a newer connection for the same executor took over
 CLOSE_TURN_REVOKED = 4001  # the capability token's turn was revoked
 CLOSE_EXECUTOR_LOST = 4002  # the executor's session is gone or moved to another process: reconnect
-# Close codes a server may send (RFC 6455 §7.4.1; 1004-1006, 1010 and 1015 are not for the wire).
-SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1010), *range(1011, 1015), *range(3000, 5000)})
 
 # JSON-RPC error codes the gateway answers with (exec-server's own codes where it has one).
 INVALID_REQUEST = -32600
@@ -27,10 +29,6 @@ EXECUTOR_UNAVAILABLE = -32000  # retryable: the executor connection dropped or i
 # requestId: http/request).
 HANDLE_KEYS = ("processId", "handleId", "watchId", "requestId")
 PROCESS_EVENTS = ("process/output", "process/exited", "process/closed")
-
-# Largest message the WebSocket server accepts: exec-server's own limits (tungstenite defaults).
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # Channel-layer messages above this size are split into parts (the Redis layer's safe size is
 # well under its 1 MB hard limit once msgpack framing is added).

@@ -1,22 +1,20 @@
 """HTTP for the byte relay: ``POST /api/exec-gateway/relay/create`` (DRF, shared-secret Bearer)
 and ``PUT|GET /relay/{ticket}``.
 
-``/relay/`` is a raw ASGI app in front of Django (``with_relay``), not a Django view: Django's
-ASGI handler reads the whole request body before it calls a view and sends a streaming
-response with no way to abort it. Plain ASGI is enough under the production server
-(``codexgw/server.py``): the upload streams as it arrives (``receive``), the download waits for
-its client (``send``), and a failed download is aborted mid-body (``codexgw/http_abort.py``:
-the connection is reset), so the client sees the transfer fail rather than a short body that
-looks complete.
+``/relay/`` is a raw ASGI app in front of Django (``relay_app``, added for the exec role in
+``bridge/apps.py``), not a Django view: Django's ASGI handler reads the whole request body
+before it calls a view and sends a streaming response with no way to abort it. Plain ASGI is
+enough under the production server (``codexgw/server.py``): the upload streams as it arrives
+(``receive``), the download waits for its client (``send``), and a failed download is aborted
+mid-body (``codexgw/http_abort.py``: the connection is reset), so the client sees the transfer
+fail rather than a short body that looks complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from drf_spectacular.utils import extend_schema
@@ -30,6 +28,7 @@ from bridge import relay
 from codexgw import drain
 from codexgw.api_errors import error_response
 from codexgw.http_abort import abort_connection
+from codexgw.raw_asgi import Receive, Scope, Send, header, send_json
 from executors.api_auth import SharedSecretBearer
 from executors.models import WorkspaceExecutor
 from executors.serializers import ErrorResponse
@@ -40,12 +39,6 @@ else:
     Serializer = serializers.Serializer
 
 logger = logging.getLogger(__name__)
-
-# As Django's stubs type ASGI handlers.
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PATH_PREFIX = "/relay/"
 DISABLED = "relay not enabled (CXG_PUBLIC_HTTPS_BASE_URL or REDIS_URL unset)"
@@ -116,76 +109,43 @@ class RelayCreateView(APIView):
 # --- PUT|GET /relay/{ticket} -----------------------------------------------------------------
 
 
-def with_relay(app: ASGIApp) -> ASGIApp:
-    """``app`` with ``/relay/…`` answered by the relay instead."""
-
-    async def route(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PATH_PREFIX):
-            await relay_app(scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return route
-
-
-async def _json(
-    send: Send, status_code: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"cache-control", b"no-store"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
+# A drain waits for the transfers, then cancels what is left (failing the relay for the other
+# side) and drops their connections.
+in_flight = drain.InFlight("relay transfers")
 
 
 async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
     if not relay.enabled():
-        await _json(send, status.HTTP_404_NOT_FOUND, {"error": "not found"})
+        await send_json(send, status.HTTP_404_NOT_FOUND, {"error": "not found"})
         return
     ticket = scope["path"][len(PATH_PREFIX) :]
     method = scope["method"]
     if method not in ("PUT", "GET"):
         allow = [(b"allow", b"GET, PUT")]
-        await _json(send, status.HTTP_405_METHOD_NOT_ALLOWED, {"error": "method not allowed"}, allow)
+        await send_json(send, status.HTTP_405_METHOD_NOT_ALLOWED, {"error": "method not allowed"}, allow)
         return
-    authorization = _header(scope, b"authorization") or ""
+    authorization = header(scope, b"authorization") or ""
     presented = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
     if not presented or not hmac.compare_digest(presented.encode(), ticket.encode()):
-        await _json(send, status.HTTP_401_UNAUTHORIZED, {"error": "unauthorized"})
+        await send_json(send, status.HTTP_401_UNAUTHORIZED, {"error": "unauthorized"})
         return
     if drain.is_draining():
         # The transfer would be cut by the drain: the client retries (through the balancer).
-        await _json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE}, [drain.RETRY_AFTER_HEADER])
+        await send_json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE}, [drain.RETRY_AFTER_HEADER])
         return
     if not relay.is_ticket(ticket):
-        await _json(send, status.HTTP_410_GONE, {"error": relay.Refusal.UNKNOWN.value})
+        await send_json(send, status.HTTP_410_GONE, {"error": relay.Refusal.UNKNOWN.value})
         return
     if method == "GET" and scope.get("http_version") in ("1.0", "0.9"):
         # Without chunked framing an aborted transfer would look complete.
-        await _json(send, status.HTTP_505_HTTP_VERSION_NOT_SUPPORTED, {"error": "the download needs HTTP/1.1"})
+        await send_json(send, status.HTTP_505_HTTP_VERSION_NOT_SUPPORTED, {"error": "the download needs HTTP/1.1"})
         return
     connection = relay.RelayConnection()
     client = _Client(scope, receive)
     try:
         # A drain waits for the transfer, then cancels it (failing the relay for the other
         # side) and resets the connection.
-        with drain.relays.track(client.abort):
+        with in_flight.track(client.abort):
             if method == "PUT":
                 await _put(scope, send, client, connection, ticket)
             else:
@@ -261,22 +221,22 @@ def _refusal_status(reason: relay.Refusal) -> int:
 
 
 async def _put(scope: Scope, send: Send, client: _Client, connection: relay.RelayConnection, ticket: str) -> None:
-    length = _header(scope, b"content-length")
+    length = header(scope, b"content-length")
     try:
         claim = await connection.claim(ticket, relay.Side.UPLOAD)
         received = await relay.upload(
             connection, claim, client.read, lambda: client.gone, int(length) if length and length.isdigit() else None
         )
     except relay.Refused as refused:
-        await _json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
+        await send_json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
     except relay.RelayFailed as failure:
         status_code = _failure_status(failure.outcome, relay.Side.UPLOAD)
-        await _json(send, status_code, {"bytes": failure.received, "error": failure.message})
+        await send_json(send, status_code, {"bytes": failure.received, "error": failure.message})
     except RedisError as exc:
         logger.warning("relay upload: Redis failed", extra={"error": repr(exc)})
-        await _json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE})
+        await send_json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE})
     else:
-        await _json(send, status.HTTP_200_OK, {"bytes": received, "status": "ok"})
+        await send_json(send, status.HTTP_200_OK, {"bytes": received, "status": "ok"})
 
 
 class _Download:
@@ -316,13 +276,13 @@ async def _get(send: Send, client: _Client, connection: relay.RelayConnection, t
         claim = await connection.claim(ticket, relay.Side.DOWNLOAD)
         await relay.download(connection, claim, downstream)
     except relay.Refused as refused:
-        await _json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
+        await send_json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
     except relay.RelayFailed as failure:
         if not downstream.started:
-            await _json(send, _failure_status(failure.outcome, relay.Side.DOWNLOAD), {"error": failure.message})
+            await send_json(send, _failure_status(failure.outcome, relay.Side.DOWNLOAD), {"error": failure.message})
     except RedisError as exc:
         logger.warning("relay download: Redis failed", extra={"error": repr(exc)})
         if downstream.started:
             downstream.abort()
         else:
-            await _json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE})
+            await send_json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE})

@@ -188,6 +188,12 @@ async def drain_all(code: int = CLOSE_SERVICE_RESTART, reason: str = "gateway re
     return len(waits)
 
 
+def live_sessions() -> list[ExecutorSession]:
+    """This process's executor sessions that have not ended (a copy: metrics read it from a
+    worker thread while the event loop changes the registry)."""
+    return [live for live in list(_sessions.values()) if not live.finished]
+
+
 def local_session(inbox: str) -> ExecutorSession | None:
     """The session behind ``inbox`` when it lives in this process (the in-process fast path)."""
     session = _by_inbox.get(inbox)

@@ -7,17 +7,24 @@ integer handle) and one ``vs:<session id>`` field per virtual session (JSON, see
 ``VirtualSession.snapshot``). Claiming makes the caller the owner and returns the table in one
 step; a write from anyone else is refused, so a process that lost the executor cannot overwrite
 its successor's table. Embedded default: the same in process memory.
+
+A restarted Redis has lost the table altogether (no ``owner``): that is not another process
+claiming it. The owner keeps a copy of what it stored (``_copies``) and writes the whole table
+back, owner field included, unless someone claimed it meanwhile; the exec-server session id
+goes back with it (``exec_session_store.restore``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from bridge import exec_session_store
 from bridge.multiplexer import TableChanges
 from bridge.protocol import JSON
 from codexgw import redis as gwredis
@@ -28,6 +35,8 @@ KEEP_SECONDS = 7 * 24 * 3600
 
 _SESSION_FIELD = "vs:"
 
+logger = logging.getLogger(__name__)
+
 _CLAIM = """
 local previous = redis.call('HGET', KEYS[1], 'owner')
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
@@ -36,8 +45,13 @@ return {previous or '', redis.call('HGETALL', KEYS[1])}
 """
 
 # ARGV: owner, ttl, next_handle, number of upserts, then field/value pairs, then deleted fields.
+# Returns 1 when written, 0 when another owner holds the table, -1 when the table is gone.
 _WRITE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then
+  return -1
+end
+if owner ~= ARGV[1] then
   return 0
 end
 local upserts = tonumber(ARGV[4])
@@ -56,6 +70,23 @@ return 1
 """
 
 
+# ARGV: owner, ttl, then field/value pairs: the whole table, written back unless claimed meanwhile.
+_RESTORE = """
+if redis.call('HGET', KEYS[1], 'owner') then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+local i = 3
+while i < #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 @dataclass
 class Claimed:
     previous_owner: str | None
@@ -65,6 +96,8 @@ class Claimed:
 
 _memory: dict[str, dict[str, str]] = {}
 _memory_lock = threading.Lock()
+# What this process stored as the owner of each executor's table: (owner, fields).
+_copies: dict[str, tuple[str, dict[str, str]]] = {}
 
 
 def _key(exe_id: str) -> str:
@@ -90,7 +123,10 @@ def _claim(exe_id: str, owner: str) -> Claimed:
             table["owner"] = owner
             return _parse(previous, dict(table))
     previous, flat = client.eval(_CLAIM, 1, _key(exe_id), owner, KEEP_SECONDS)
-    return _parse(previous, dict(zip(flat[::2], flat[1::2], strict=True)))
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    with _memory_lock:
+        _copies[exe_id] = (owner, {name: value for name, value in fields.items() if name != "owner"})
+    return _parse(previous, fields)
 
 
 def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
@@ -112,7 +148,41 @@ def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
     for name, raw in upserts.items():
         args += [name, raw]
     args += deletes
-    return bool(client.eval(_WRITE, 1, _key(exe_id), *args))
+    with _memory_lock:
+        copy = _copies.get(exe_id)
+        if copy is not None and copy[0] == owner:
+            copy[1].update(upserts)
+            for name in deletes:
+                copy[1].pop(name, None)
+            copy[1]["next_handle"] = str(changes.next_handle)
+    written = int(client.eval(_WRITE, 1, _key(exe_id), *args))
+    if written == -1:
+        written = _restore(client, exe_id, owner)
+    if written != 1:
+        with _memory_lock:
+            if _copies.get(exe_id, ("",))[0] == owner:
+                del _copies[exe_id]
+    return written == 1
+
+
+def _restore(client: Any, exe_id: str, owner: str) -> int:
+    """The table is gone (Redis restarted, or was flushed): write this owner's copy back."""
+    with _memory_lock:
+        copy = _copies.get(exe_id)
+        fields = dict(copy[1]) if copy is not None and copy[0] == owner else None
+    if fields is None:
+        return 0  # no copy (this process never claimed it): not ours to recreate
+    args: list[Any] = [owner, KEEP_SECONDS]
+    for name, value in fields.items():
+        args += [name, value]
+    written = int(client.eval(_RESTORE, 1, _key(exe_id), *args))
+    if written == 1:
+        exec_session_store.restore(exe_id)
+        logger.warning(
+            "virtual-session table was gone from Redis (restarted?); written back from this process's copy",
+            extra={"exe_id": exe_id, "sessions": sum(name.startswith(_SESSION_FIELD) for name in fields)},
+        )
+    return written
 
 
 claim = sync_to_async(_claim, thread_sensitive=False)

@@ -12,13 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from codexgw.api_errors import OUTAGES
 from executors import captoken, services, sigv4, wsticket
 from executors.models import WorkspaceExecutor
 from executors.presence import Holder, presence_store
-from executors.revocation import revoked_set
+from executors.revocation import revoked_set, turn_group
+from workspaces import identity, tokens
+from workspaces.grants import ENVIRONMENTS, IdentityError
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +35,23 @@ class Denial:
 
 @dataclass(frozen=True)
 class BridgeGrant:
-    token: captoken.CapPayload
+    revocation_group: str  # the channel-layer group told when the credential is revoked
     holder: Holder
+    expires_at: float | None = None  # epoch seconds at which the bridge must close, if any
+
+
+def access_token_group(prefix: str) -> str:
+    """The group of the live bridges opened with the built-in access token ``prefix``."""
+    return turn_group(f"access-token:{prefix}")
+
+
+def close_bridges_of_access_tokens(prefixes: list[str]) -> None:
+    """Revoked built-in tokens: close the bridges open with them, on every process."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for prefix in prefixes:
+        async_to_sync(layer.group_send)(access_token_group(prefix), {"type": "bridge.revoke"})
 
 
 def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -82,10 +101,14 @@ def authenticate_executor(exe_id: str, headers: dict[str, str], raw_path: str, r
 def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Denial:
     """Token, then revoked turn, then the token's executor list, then the workspace binding,
     then presence: 401, 401, 403, 403, 503 (token checks come first so an unauthenticated
-    caller cannot probe which executors are online)."""
+    caller cannot probe which executors are online). A built-in access token with the
+    ``environments`` scope (a user's own codex, ``~/.codex/environments.toml``) reaches every
+    executor bound to its workspace."""
     authorization = headers.get("authorization", "")
     if not authorization.startswith("Bearer ") or not authorization[len("Bearer ") :] or not exe_id:
         return Denial(401, "missing Bearer")
+    if authorization.startswith("Bearer " + tokens.TOKEN_PREFIX):
+        return _authorize_access_token(exe_id, authorization[len("Bearer ") :])
     secret = settings.CXG_CAPTOKEN_HMAC_SECRET
     if not secret:
         logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every bridge")
@@ -107,4 +130,24 @@ def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Deni
         return Denial(503, "service unavailable, retry later")
     if holder is None:
         return Denial(503, "executor not connected")
-    return BridgeGrant(token=token, holder=holder)
+    return BridgeGrant(revocation_group=turn_group(token.turn_id), holder=holder)
+
+
+def _authorize_access_token(exe_id: str, bearer: str) -> BridgeGrant | Denial:
+    if not identity.builtin():
+        return Denial(401, "access tokens need the built-in control plane (CODEXGW_IDENTITY_BACKEND=builtin)")
+    try:
+        grant = tokens.check(bearer, ENVIRONMENTS)
+        if not WorkspaceExecutor.objects.filter(workspace_id=grant.workspace_id, executor_id=exe_id).exists():
+            return Denial(403, "exe_id not in workspace")
+        holder = presence_store().get(exe_id)
+    except IdentityError as exc:
+        logger.info("bridge refused an access token", extra={"exe_id": exe_id, "reason": exc.reason})
+        return Denial(exc.status, exc.reason)
+    except OUTAGES as exc:
+        logger.warning("bridge: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
+        return Denial(503, "service unavailable, retry later")
+    if holder is None:
+        return Denial(503, "executor not connected")
+    expires = grant.expires_at.timestamp() if grant.expires_at is not None else None
+    return BridgeGrant(revocation_group=access_token_group(grant.token_id), holder=holder, expires_at=expires)

@@ -2,18 +2,19 @@
 
 ``drain(deadline)`` marks the process as draining (``is_draining()``: ``/readyz`` answers 503,
 WebSocket upgrades and new relay transfers are refused with 503 + ``Retry-After``) and then
-runs the registered steps in order, all within ``CODEXGW_DRAIN_TIMEOUT``:
+runs the registered steps by their ``order``, all within ``CODEXGW_DRAIN_TIMEOUT``. Each app
+adds its own steps in its ``AppConfig.ready()``; the gateway's are:
 
-1. ``readiness``: wait ``CODEXGW_DRAIN_READINESS_DELAY`` so load balancers see the 503 and stop
-   sending new connections here;
-2. ``executors``: every executor session of this process hands over (``bridge.session.drain_all``:
-   virtual sessions saved, pending bridge requests answered with a retryable error, bridges and
+1. ``readiness`` (order 0, ``codexgw``): wait ``CODEXGW_DRAIN_READINESS_DELAY`` so load
+   balancers see the 503 and stop sending new connections here;
+2. ``executors`` (10, ``bridge``, exec role): every executor session of this process hands over
+   (virtual sessions saved, pending bridge requests answered with a retryable error, bridges and
    executors closed with 1012, so executors reconnect through the balancer to another process);
-3. ``relays``: in-flight byte relays may finish; at their deadline the rest are aborted, so both
-   sides see a failure (never a short body that looks complete);
-4. ``app-gateway``: TUI connections closed with 1012, live app-servers stopped with their
-   CODEX_HOME persisted and their leases released;
-5. ``periodic``: the in-process Celery beat (embedded default) stopped.
+3. ``relays`` (20, ``bridge``, exec role): in-flight byte relays may finish; at their deadline
+   the rest are aborted, so both sides see a failure (never a short body that looks complete);
+4. ``app-gateway`` (30, ``appgateway``, app role): TUI connections closed with 1012, live
+   app-servers stopped with their CODEX_HOME persisted and their leases released;
+5. ``periodic`` (90, ``codexgw``): the in-process Celery beat (embedded default) stopped.
 
 Each step runs as its own task and gets the overall deadline minus the time kept back for the
 steps after it (``reserve``), so a waiting step cannot starve a later one, but always at least
@@ -29,11 +30,11 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
+from codexgw.raw_asgi import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +47,12 @@ RETRY_AFTER = 1
 # Redis round trip).
 ABORT_GRACE = 2.0
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 @dataclass(frozen=True)
 class _Step:
     name: str
     fn: DrainStep
+    order: int
     reserve: float
 
 
@@ -74,12 +71,14 @@ def is_draining() -> bool:
     return _draining.is_set()
 
 
-def add_drain_step(name: str, fn: DrainStep, *, reserve: float = 0.0) -> None:
-    """Run ``fn`` during a drain, after the steps added before it. ``reserve``: seconds of the
-    drain kept for this step, which the steps before it may not use."""
+def add_drain_step(name: str, fn: DrainStep, *, order: int, reserve: float = 0.0) -> None:
+    """Run ``fn`` during a drain, after the steps of a lower ``order`` (equal orders: in the order
+    added). ``reserve``: seconds of the drain kept for this step, which the steps before it may
+    not use."""
     if any(step.name == name for step in _steps):
         raise ValueError(f"drain step {name!r} is already registered")
-    _steps.append(_Step(name, fn, reserve))
+    _steps.append(_Step(name, fn, order, reserve))
+    _steps.sort(key=lambda step: step.order)  # stable: equal orders keep the order added
 
 
 async def drain(deadline: float) -> list[StepReport]:
@@ -200,45 +199,3 @@ class InFlight:
                 with contextlib.suppress(Exception):
                     abort()
         return f"aborted {len(left)} {self.what}"
-
-
-relays = InFlight("relay transfers")
-
-
-# --- the gateway's steps ----------------------------------------------------------------------
-# Their modules are imported when a drain runs: this one is imported by the ASGI app and /readyz.
-
-
-async def _readiness_delay(deadline: float) -> None:
-    await asyncio.sleep(settings.CODEXGW_DRAIN_READINESS_DELAY)
-
-
-async def _executor_sessions(deadline: float) -> None:
-    from bridge import session
-
-    await session.drain_all()
-
-
-async def _app_gateway(deadline: float) -> None:
-    from appgateway import consumers, supervisor
-
-    await consumers.close_all_tuis()
-    await supervisor.shutdown_all("gateway draining")
-
-
-async def _periodic(deadline: float) -> None:
-    from codexgw import periodic
-
-    periodic.stop_in_process_beat()
-
-
-def install_gateway_steps() -> None:
-    """Register the gateway's drain steps (``manage.py serve``), in order, for its roles."""
-    add_drain_step("readiness", _readiness_delay)
-    if "exec" in settings.CODEXGW_ROLES:
-        add_drain_step("executors", _executor_sessions)
-        add_drain_step("relays", relays.finish)
-    if "app" in settings.CODEXGW_ROLES:
-        # Stopping an app-server takes up to CXG_APP_SERVER_STOP_GRACE, then its CODEX_HOME is saved.
-        add_drain_step("app-gateway", _app_gateway, reserve=settings.CXG_APP_SERVER_STOP_GRACE + 2.0)
-    add_drain_step("periodic", _periodic)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -85,37 +85,10 @@ RELAY_BYTES = Counter(
 )
 
 
-# The collectors import their modules when called: bridge.session imports this module.
-def _mux_pending() -> float:
-    from bridge import session
-
-    # list(): the scrape runs in a worker thread while the event loop changes the dict.
-    return float(sum(live.mux.pending_count for live in list(session._sessions.values())))
-
-
-def _mux_sessions() -> float:
-    from bridge import session
-
-    return float(sum(1 for live in list(session._sessions.values()) if not live.finished))
-
-
-def _app_server_children() -> float:
-    from appgateway import supervisor
-
-    return float(supervisor.local_child_count())
-
-
-Gauge(
-    "codexgw_mux_pending_requests",
-    "Bridge requests waiting for the executor's answer (held long-polls included), over this process's sessions.",
-    registry=REGISTRY,
-).set_function(_mux_pending)
-Gauge("codexgw_mux_sessions", "Executor sessions (multiplexers) held by this process.", registry=REGISTRY).set_function(
-    _mux_sessions
-)
-Gauge(
-    "codexgw_app_server_children", "Running codex app-server children of this process.", registry=REGISTRY
-).set_function(_app_server_children)
+def add_gauge(name: str, documentation: str, read: Callable[[], float]) -> None:
+    """A gauge whose value is ``read()`` at each scrape (the apps add theirs in their
+    ``AppConfig.ready()``). ``read`` runs on a worker thread while the event loop goes on."""
+    Gauge(name, documentation, registry=REGISTRY).set_function(read)
 
 
 # --- WebSocket traffic (called by bridge.consumers.GatewayConsumer) ---------------------------

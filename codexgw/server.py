@@ -33,9 +33,9 @@ from typing import Any
 
 import uvicorn
 
-from bridge.protocol import MAX_FRAME_BYTES
 from codexgw import drain
 from codexgw.http_abort import AbortableHttpProtocol
+from codexgw.websocket import MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
 

@@ -253,7 +253,8 @@ CHANNEL_LAYERS: dict[str, Any]
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels_redis, made to wait out a Redis outage or restart (codexgw/channel_layer.py).
+            "BACKEND": "codexgw.channel_layer.ResilientRedisChannelLayer",
             "CONFIG": {
                 # redis-py 8 reads with a 5 s socket timeout by default, which races the
                 # layer's own 5 s blocking pop and kills idle consumers: allow longer reads.

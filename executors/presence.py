@@ -47,8 +47,10 @@ class PresenceStore(Protocol):
     def release(self, exe_id: str, connection_id: str) -> bool:
         """Remove the entry if ``connection_id`` still holds it."""
 
-    def refresh(self, exe_id: str, connection_id: str) -> bool:
-        """Extend the entry's TTL if ``connection_id`` still holds it."""
+    def refresh(self, exe_id: str, connection_id: str, holder: Holder | None = None) -> bool:
+        """Extend the entry's TTL if ``connection_id`` still holds it. With ``holder`` (the
+        caller's own entry), an entry that is gone altogether (a restarted Redis lost it, or it
+        expired) is put back: nobody else claimed the executor meanwhile."""
 
     def get(self, exe_id: str) -> Holder | None: ...
 
@@ -86,9 +88,11 @@ class MemoryPresenceStore:
             del self._entries[exe_id]
             return True
 
-    def refresh(self, exe_id: str, connection_id: str) -> bool:
+    def refresh(self, exe_id: str, connection_id: str, holder: Holder | None = None) -> bool:
         with self._lock:
             current = self._live(exe_id)
+            if current is None and holder is not None and holder.connection_id == connection_id:
+                current = holder
             if current is None or current.connection_id != connection_id:
                 return False
             self._entries[exe_id] = (current, time.monotonic() + self._ttl)
@@ -107,10 +111,17 @@ class MemoryPresenceStore:
             return {exe_id for exe_id in list(self._entries) if self._live(exe_id) is not None}
 
 
-# Act only while ARGV[1] is still the holder's connection id (JSON field "connection_id").
+# Act only while ARGV[1] is still the holder's connection id (JSON field "connection_id"). A
+# refresh with ARGV[4] (the holder's entry) puts a vanished entry back.
 _IF_HOLDER = """
 local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
+if not raw then
+  if ARGV[2] == 'refresh' and ARGV[4] and ARGV[4] ~= '' then
+    redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
+    return 1
+  end
+  return 0
+end
 if cjson.decode(raw)['connection_id'] ~= ARGV[1] then return 0 end
 if ARGV[2] == 'release' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 1
@@ -134,10 +145,11 @@ class RedisPresenceStore:
         return Holder.from_json(str(previous)) if isinstance(previous, str) and previous else None
 
     def release(self, exe_id: str, connection_id: str) -> bool:
-        return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "release", 0]))
+        return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "release", 0, ""]))
 
-    def refresh(self, exe_id: str, connection_id: str) -> bool:
-        return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "refresh", self._ttl_ms]))
+    def refresh(self, exe_id: str, connection_id: str, holder: Holder | None = None) -> bool:
+        entry = holder.to_json() if holder is not None and holder.connection_id == connection_id else ""
+        return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "refresh", self._ttl_ms, entry]))
 
     def get(self, exe_id: str) -> Holder | None:
         raw = self._client.get(self._key(exe_id))

@@ -98,9 +98,9 @@ class WorkspaceExecutorDetailView(APIView):
 
 
 class SharedSecretOrCapToken(SharedSecretBearer):
-    """The shared secret, or a capability token (env-mcp runs inside a codex child and must not
-    hold the cluster secret). A token is verified, refused once its turn is revoked, and left in
-    ``request.auth``: it pins the request to its own workspace."""
+    """The shared secret, or a capability token (env-mcp asks with its caller's token, so a tool
+    sees what that token may reach). A token is verified, refused once its turn is revoked, and
+    left in ``request.auth``: it pins the request to its own workspace."""
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         presented = bearer_token(request) or ""

@@ -7,7 +7,8 @@ class SdkConfig(AppConfig):
     name = "sdk"
 
     def ready(self) -> None:
-        from sdk import auth, schema  # noqa: F401 - schema registers the OpenAPI extension
+        from sdk import auth, schema, service  # noqa: F401 - schema registers the OpenAPI extension
         from workspaces import identity
 
         identity.register_agentserver(identity.SDK, auth.verify_for_identity)
+        service.install()

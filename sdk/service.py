@@ -4,7 +4,7 @@ that any gateway process can serve.
 A process session (``exec_command``) lives in the gateway process whose bridge started it: its
 output is collected there from the executor's pushed events. Its record in Redis names that
 process's channel, so a request that lands on another process is forwarded there
-(``codexgw.process_rpc``) and answered as if it were local.
+(``bridge.process_rpc``) and answered as if it were local.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from bridge import process_rpc
 from bridge.client import FAILOVER_GRACE, Pool
 from bridge.relay_client import RelayClient
-from codexgw import process_rpc, runtime
 from codexgw import redis as gwredis
+from codexgw import runtime
 from executors import captoken
 from sdk.resolver import NameResolver, bindings_fetcher
 from sdk.tools import get_tool
@@ -141,6 +142,14 @@ async def _token(workspace: _Workspace) -> str:
     return workspace.token
 
 
+def relay_client() -> RelayClient | None:
+    """The byte relay for ``copy_path`` in this process, when the relay is on (it needs the
+    public URL the executors reach it at, and the shared secret to mint tickets)."""
+    if settings.CXG_PUBLIC_HTTPS_BASE_URL and settings.CXG_INTERNAL_SHARED_SECRET:
+        return RelayClient(runtime.self_http_base_url(), settings.CXG_INTERNAL_SHARED_SECRET)
+    return None
+
+
 async def context_for(workspace_id: str) -> ToolContext:
     now = time.monotonic()
     for idle_id, idle in list(_workspaces.items()):
@@ -149,9 +158,7 @@ async def context_for(workspace_id: str) -> ToolContext:
             await idle.context.pool.close()
     workspace = _workspaces.get(workspace_id)
     if workspace is None:
-        relay = None
-        if settings.CXG_PUBLIC_HTTPS_BASE_URL and settings.CXG_INTERNAL_SHARED_SECRET:
-            relay = RelayClient(runtime.self_http_base_url(), settings.CXG_INTERNAL_SHARED_SECRET)
+        relay = relay_client()
         holder: list[_Workspace] = []
 
         async def token_provider() -> str:
@@ -266,8 +273,10 @@ async def _serve_forwarded_session(payload: JSON) -> JSON:
         return {"sdk_error": {"status": error.status, "code": error.code, "message": str(error)}}
 
 
-process_rpc.register("sdk.tool", _serve_forwarded_tool)
-process_rpc.register("sdk.session", _serve_forwarded_session)
+def install() -> None:
+    """Serve the calls other processes forward here (``SdkConfig.ready()``)."""
+    process_rpc.register("sdk.tool", _serve_forwarded_tool)
+    process_rpc.register("sdk.session", _serve_forwarded_session)
 
 
 async def list_envs(workspace_id: str) -> list[JSON]:

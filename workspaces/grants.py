@@ -5,10 +5,12 @@ backend (``workspaces.tokens``), so neither imports the other's module for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 TUI = "tui"
 TURNS = "turns:submit"
 SDK = "sdk"
+ENVIRONMENTS = "environments"  # /bridge/<exe_id> of the workspace's executors, from a user's own codex
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class Grant:
     user_id: str
     token_id: str  # a loggable name of the token (its visible prefix, or the agentserver's key id)
     scopes: frozenset[str]
+    expires_at: datetime | None = None
 
 
 class IdentityError(Exception):

@@ -56,6 +56,7 @@ class Scope(models.TextChoices):
     TUI = "tui", "tui: attach a Codex TUI (codex --remote)"
     TURNS = "turns:submit", "turns:submit: POST /api/turns"
     SDK = "sdk", "sdk: /api/connectors/* (tools on executors)"
+    ENVIRONMENTS = "environments", "environments: the workspace's executors as environments of your own codex"
 
 
 class AccessToken(models.Model):

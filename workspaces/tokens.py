@@ -13,13 +13,16 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from codexgw.env import parse_duration
 from workspaces.grants import Forbidden, Grant, Unauthorized
 from workspaces.models import AccessToken, Membership, Role, Scope, Workspace
 
@@ -28,6 +31,7 @@ _TOKEN = re.compile(r"cxgt_([A-Za-z0-9]{8})_([A-Za-z0-9_-]{43})")
 _ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 ALL_SCOPES = tuple(Scope.values)
+_revocation_hooks: list[Callable[[list[str]], None]] = []
 
 
 class TokenError(ValueError):
@@ -50,6 +54,24 @@ def default_user(workspace: Workspace) -> Any:
     if membership is None:
         raise TokenError(f"workspace {workspace.id!r} has no owner; name a member with --user")
     return membership.user
+
+
+def user_named(username: str) -> Any:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise TokenError(f"no user {username!r}")
+    return user
+
+
+def lifetime(text: str) -> timedelta:
+    """A token lifetime such as ``90d``, ``12h`` or ``30m``."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise TokenError(f"{text!r} is not a duration (e.g. 90d, 12h, 30m)") from None
+    if seconds <= 0:
+        raise TokenError("a token's lifetime must be positive")
+    return timedelta(seconds=seconds)
 
 
 def mint(
@@ -79,10 +101,21 @@ def mint(
     return NewToken(token, record)
 
 
+def on_revoked(hook: Callable[[list[str]], None]) -> None:
+    """Call ``hook`` with the prefixes of the tokens each ``revoke`` revoked (the bridge closes
+    the connections opened with them; registered in its ``AppConfig.ready``)."""
+    _revocation_hooks.append(hook)
+
+
 def revoke(queryset: Any) -> int:
-    """Revoke the still-valid tokens of ``queryset``; how many were revoked."""
+    """Revoke the still-valid tokens of ``queryset``; how many were revoked. Connections already
+    open with them are told once the revocation is committed."""
     with transaction.atomic():
-        return int(queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now()))
+        live = dict(queryset.filter(revoked_at__isnull=True).values_list("pk", "prefix"))
+        revoked = AccessToken.objects.filter(pk__in=live, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    for hook in _revocation_hooks:
+        hook(sorted(live.values()))
+    return int(revoked)
 
 
 def status(record: AccessToken, now: datetime | None = None) -> str:
@@ -122,6 +155,7 @@ def check(token: str, scope: str) -> Grant:
         user_id=str(record.user_id),
         token_id=record.prefix,
         scopes=frozenset(record.scopes),
+        expires_at=record.expires_at,
     )
 
 

@@ -52,7 +52,7 @@ class ToolResult:
 
 class ProcessSessions(Protocol):
     """Where ``exec_command`` keeps its sessions for ``write_stdin``/``read_output``/``terminate``
-    (env-mcp: ``InMemoryProcessSessions``; the SDK REST surface shares its own)."""
+    (``InMemoryProcessSessions``; the SDK REST surface shares its own across processes)."""
 
     async def register(self, session: ProcessSession) -> None: ...
 

@@ -271,7 +271,7 @@ class ProcessSession:
 
 
 class InMemoryProcessSessions:
-    """``ProcessSessions`` for one process (env-mcp). Sessions idle for ``max_idle`` seconds are
+    """``ProcessSessions`` for one process. Sessions idle for ``max_idle`` seconds are
     dropped on the next access; their processes are left alone, as with ``forget``."""
 
     def __init__(self, max_idle: float = DEFAULT_MAX_IDLE, *, clock: Callable[[], float] = time.monotonic) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from channels.layers import channel_layers
 
-from appgateway import supervisor
+from appgateway.supervisor import get_supervisor
 from tests.appgateway.fake_model import FakeModel
 from tests.e2e.harness import RpcClient
 
@@ -47,15 +47,16 @@ def appgw(settings, tmp_path: Path, codex_bin: Path, fake_model: FakeModel) -> I
     settings.CXG_APP_SERVER_LEASE_TTL = 15.0
     # The channel layer caches per-loop state; every test runs on its own event loop.
     channel_layers.backends.clear()
-    supervisor.set_spawn_builder(None)
+    get_supervisor().set_spawn_builder(None)
     yield settings
-    supervisor.set_spawn_builder(None)
+    get_supervisor().set_spawn_builder(None)
     channel_layers.backends.clear()
 
 
 @pytest.fixture
 async def sup(appgw) -> AsyncIterator[Any]:
-    """The supervisor module, with every child of this test stopped at teardown."""
+    """This process's supervisor, with every child of this test stopped at teardown."""
+    supervisor = get_supervisor()
     try:
         yield supervisor
     finally:

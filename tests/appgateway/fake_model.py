@@ -1,7 +1,7 @@
 """A fake OpenAI Responses API on 127.0.0.1 for offline codex turns (codex-wire §C.3).
 
 A real HTTP server on its own thread: codex POSTs ``/v1/responses`` and gets a streamed
-``text/event-stream`` answer. Each request takes the next scripted ``Reply`` or ``FunctionCall``
+``text/event-stream`` answer. Each request takes the next scripted ``Reply``, ``FunctionCall`` or ``CustomToolCall``
 (``FakeModel.script``), or the default reply once the script is used up. Every request is
 recorded (``requests``) with its path, headers and decoded JSON body, so tests can assert what
 codex sent (model, the bearer key, tool outputs).
@@ -42,7 +42,16 @@ class FunctionCall:
     namespace: str | None = None
 
 
-Step = Reply | FunctionCall
+@dataclass(frozen=True)
+class CustomToolCall:
+    """A call of a freeform (``custom``) tool such as codex's ``apply_patch``: raw ``input`` text."""
+
+    name: str
+    input: str
+    call_id: str = "call_1"
+
+
+Step = Reply | FunctionCall | CustomToolCall
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,16 @@ class FakeModel:
                     {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": step.text},
                 ),
             ]
+        elif isinstance(step, CustomToolCall):
+            item = {
+                "type": "custom_tool_call",
+                "id": f"ctc_{number}",
+                "call_id": step.call_id,
+                "name": step.name,
+                "input": step.input,
+                "status": "completed",
+            }
+            events.append(("response.output_item.added", {"output_index": 0, "item": item}))
         else:
             item = {
                 "type": "function_call",

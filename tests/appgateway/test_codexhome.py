@@ -87,9 +87,8 @@ def test_rendered_config_has_every_switch():
         mcp_servers=[
             McpServer(
                 "agentserver",
-                "/usr/bin/codexgw",
-                ["envmcp", "--workspace-id", "ws-1"],
-                {"CXG_WORKSPACE_TOKEN": "tok"},
+                "http://127.0.0.1:8000/mcp/env/ws-1",
+                bearer_token_env_var="CXG_WORKSPACE_TOKEN",
             )
         ],
     )
@@ -110,9 +109,9 @@ def test_rendered_config_has_every_switch():
         },
         "projects": {"/tmp": {"trust_level": "trusted"}, "/work/a b": {"trust_level": "trusted"}},
         "features": {
-            "shell_tool": False,
-            "unified_exec": False,
-            "apply_patch_freeform": False,
+            "shell_tool": True,
+            "unified_exec": True,
+            "apply_patch_freeform": True,
             "plugins": False,
             "apps": False,
             "remote_plugin": False,
@@ -121,9 +120,8 @@ def test_rendered_config_has_every_switch():
         "analytics": {"enabled": False},
         "mcp_servers": {
             "agentserver": {
-                "command": "/usr/bin/codexgw",
-                "args": ["envmcp", "--workspace-id", "ws-1"],
-                "env": {"CXG_WORKSPACE_TOKEN": "tok"},
+                "url": "http://127.0.0.1:8000/mcp/env/ws-1",
+                "bearer_token_env_var": "CXG_WORKSPACE_TOKEN",
                 "default_tools_approval_mode": "approve",
             }
         },
@@ -131,24 +129,22 @@ def test_rendered_config_has_every_switch():
 
 
 def test_hostile_strings_round_trip_as_data():
-    nasty = 'a"b\\c\nd\te\u2028f]\n[features]\nshell_tool = true\n#'
+    nasty = 'a"b\\c\nd\te\u2028f]\n[features]\nplugins = true\n#'
     config = base_config(
         model=nasty,
         provider_name=nasty,
         trusted_paths=[f"/tmp/{nasty}"],
-        mcp_servers=[McpServer("m", nasty, [nasty], {"K": nasty})],
+        mcp_servers=[McpServer("m", f"http://127.0.0.1/{nasty}")],
     )
     parsed = tomllib.loads(render_config_toml(config))
     assert parsed["model"] == nasty
     assert parsed["model_providers"]["modelserver"]["name"] == nasty
     assert list(parsed["projects"]) == [f"/tmp/{nasty}"]
     assert parsed["mcp_servers"]["m"] == {
-        "command": nasty,
-        "args": [nasty],
-        "env": {"K": nasty},
+        "url": f"http://127.0.0.1/{nasty}",
         "default_tools_approval_mode": "approve",
     }
-    assert parsed["features"]["shell_tool"] is False
+    assert parsed["features"]["plugins"] is False
 
 
 @pytest.mark.parametrize(
@@ -162,10 +158,11 @@ def test_hostile_strings_round_trip_as_data():
         ({"approval_policy": "sometimes"}, "approval_policy"),
         ({"sandbox_mode": "none"}, "sandbox_mode"),
         ({"trusted_paths": ["relative"]}, "absolute"),
-        ({"mcp_servers": [McpServer("a", "x"), McpServer("a", "y")]}, "duplicate"),
-        ({"mcp_servers": [McpServer("a b", "x")]}, "MCP server name"),
-        ({"mcp_servers": [McpServer("a", "")]}, "no command"),
-        ({"mcp_servers": [McpServer("a", "x", env={"BAD-NAME": "v"})]}, "invalid env"),
+        ({"mcp_servers": [McpServer("a", "http://x"), McpServer("a", "http://y")]}, "duplicate"),
+        ({"mcp_servers": [McpServer("a b", "http://x")]}, "MCP server name"),
+        ({"mcp_servers": [McpServer("a", "")]}, "must be an http"),
+        ({"mcp_servers": [McpServer("a", "file:///x")]}, "must be an http"),
+        ({"mcp_servers": [McpServer("a", "http://x", bearer_token_env_var="BAD-NAME")]}, "bearer_token_env_var"),
     ],
 )
 def test_invalid_configs_are_refused(overrides, message):

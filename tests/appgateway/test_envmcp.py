@@ -1,9 +1,7 @@
-"""env-mcp (``manage.py envmcp``) as codex runs it: a subprocess spoken to over real pipes, with
-the command line and environment the spawn builder renders; tool calls go through a real gateway
-to a real executor. Also the builder itself and ``/api/exec-gateway/connected`` with a
-capability token."""
-
-# ruff: noqa: ASYNC109 - the helpers take per-call timeouts
+"""env-mcp over MCP's streamable HTTP (``/mcp/env/<workspace_id>``): its authentication as a
+plain ASGI app (no sockets), the spawn builder's ``[mcp_servers.agentserver]`` block, and the
+MCP protocol and tool calls spoken over real HTTP to a real gateway process, whose tools reach a
+real executor. Also ``/api/exec-gateway/connected`` with a capability token."""
 
 from __future__ import annotations
 
@@ -13,116 +11,33 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from django.conf import settings
 
 from appgateway import envmcp, spawn_builder
-from codexgw import runtime
+from appgateway.envmcp_auth import Caller
+from appgateway.envmcp_http import env_mcp_app
 from executors import captoken, services
 from executors.presence import Holder, presence_store
 from executors.revocation import revoke_turn, revoked_set
 from sdk.tools import tool_specs
 from tests.e2e import conftest as e2e
-from tests.e2e.harness import GatewayCluster
+from tests.e2e.harness import GatewayCluster, async_wait_for
+from tests.e2e.processes import pids_of, process_alive
 
 # The e2e fixtures (tests/e2e/conftest.py): a real gateway cluster and real executors.
 start_gateway_cluster = e2e.start_gateway_cluster
-gateway_cluster = e2e.gateway_cluster
 make_executor_credentials = e2e.make_executor_credentials
 exec_servers = e2e.exec_servers
 tcp_proxies = e2e.tcp_proxies
 bound_executors = e2e.bound_executors
 
 WORKSPACE = "ws-envmcp"
-NO_GATEWAY = "http://127.0.0.1:9"  # nothing listens: protocol tests make no tool calls
-
-
-class EnvMcp:
-    """One ``manage.py envmcp`` child; every stdout line must be a JSON-RPC message."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.pending: dict[Any, dict[str, Any]] = {}
-        self.order: list[Any] = []  # response ids, in the order they arrived
-
-    @classmethod
-    async def start(cls, token: str, workspace: str = WORKSPACE, **env_changes: str | None) -> EnvMcp:
-        server = spawn_builder.env_mcp_server(workspace, token, runtime.self_ws_base_url())
-        # What codex gives an MCP child (codex-wire §C.6): a few basics plus the block's env.
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8", **server.env}
-        for name, value in env_changes.items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
-        process = await asyncio.create_subprocess_exec(
-            server.command,
-            *server.args,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=envmcp.MAX_LINE,
-        )
-        return cls(process)
-
-    async def send(self, message: dict[str, Any] | bytes) -> None:
-        assert self.process.stdin is not None
-        data = message if isinstance(message, bytes) else json.dumps(message).encode() + b"\n"
-        self.process.stdin.write(data)
-        await self.process.stdin.drain()
-
-    async def request(self, request_id: int, method: str, params: Any = None, timeout: float = 30.0) -> dict[str, Any]:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            message["params"] = params
-        await self.send(message)
-        return await self.response(request_id, timeout)
-
-    async def call_tool(self, request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        response = await self.request(request_id, "tools/call", {"name": name, "arguments": arguments}, timeout=60)
-        result: dict[str, Any] = response["result"]
-        return result
-
-    async def response(self, request_id: Any, timeout: float = 30.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while request_id not in self.pending:
-                await self._read_one()
-        return self.pending.pop(request_id)
-
-    async def _read_one(self) -> None:
-        assert self.process.stdout is not None
-        line = await self.process.stdout.readline()
-        if not line:
-            raise AssertionError(f"env-mcp closed stdout:\n{await self.stderr()}")
-        message = json.loads(line)
-        assert message["jsonrpc"] == "2.0", message
-        assert "id" in message, message
-        self.pending[message["id"]] = message
-        self.order.append(message["id"])
-
-    async def close_stdin(self, timeout: float = 20.0) -> int:
-        """EOF on stdin; returns the exit code. Whatever it printed meanwhile must be JSON-RPC."""
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.close()
-        async with asyncio.timeout(timeout):
-            rest = await self.process.stdout.read()
-            code = await self.process.wait()
-        for line in rest.splitlines():
-            message = json.loads(line)
-            self.pending[message["id"]] = message
-            self.order.append(message["id"])
-        return code
-
-    async def stderr(self) -> str:
-        assert self.process.stderr is not None
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-        return (await self.process.stderr.read()).decode(errors="replace")
+PROTOCOL = "2025-06-18"
 
 
 def mint(workspace: str = WORKSPACE, ttl: float = 600, **kwargs: Any) -> tuple[str, str]:
@@ -131,138 +46,98 @@ def mint(workspace: str = WORKSPACE, ttl: float = 600, **kwargs: Any) -> tuple[s
     return turn_id, token
 
 
-@pytest.fixture
-async def server(settings) -> AsyncIterator[EnvMcp]:
-    settings.CXG_SELF_HTTP_BASE_URL = NO_GATEWAY
-    child = await EnvMcp.start(mint()[1])
-    try:
-        yield child
-    finally:
-        if child.process.returncode is None:
-            child.process.kill()
-            await child.process.wait()
+# --- authentication, as an ASGI app without sockets -----------------------------------------
 
 
-# --- the MCP protocol -----------------------------------------------------------------------
+async def asgi_request(path: str, authorization: str | None) -> tuple[int, dict[str, str], Any]:
+    """One POST through ``env_mcp_app``; (status, headers, JSON body)."""
+    headers = [(b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream")]
+    if authorization is not None:
+        headers.append((b"authorization", authorization.encode()))
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b""}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    await env_mcp_app(scope, receive, send)
+    start = sent[0]
+    payload = b"".join(message.get("body", b"") for message in sent[1:])
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(payload)
 
 
-async def test_handshake_and_listings(server: EnvMcp):
-    initialized = await server.request(
-        0,
-        "initialize",
-        {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "codex-mcp-client"}},
-    )
-    assert initialized["result"] == {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {"tools": {}},
-        "serverInfo": {"name": "agentserver", "version": envmcp.SERVER_VERSION},
-        "instructions": envmcp.INSTRUCTIONS,
+@pytest.mark.django_db
+async def test_a_request_without_a_valid_token_is_401_and_never_reaches_mcp():
+    path = f"/mcp/env/{WORKSPACE}"
+    _, expired = mint(ttl=10, now=time.time() - 60)
+    _, good = mint()
+    forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    cases = {
+        None: "missing Bearer token (the spawn's capability token)",
+        "Basic abc": "missing Bearer token (the spawn's capability token)",
+        "Bearer ": "missing Bearer token (the spawn's capability token)",
+        "Bearer not-a-token": "invalid token: unauthorized",
+        f"Bearer {forged}": "invalid token: unauthorized",
+        f"Bearer {expired}": "invalid token: token expired",
     }
-    assert "executors" in envmcp.INSTRUCTIONS.splitlines()[0]
-    await server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    tools = await server.request(1, "tools/list", {"_meta": {"progressToken": 0}})
-    assert tools["result"] == {"tools": tool_specs()}
-    assert (await server.request(2, "prompts/list"))["result"] == {"prompts": []}
-    assert (await server.request(3, "resources/list"))["result"] == {"resources": []}
-    assert (await server.request(4, "resources/templates/list"))["result"] == {"resourceTemplates": []}
-    unknown = await server.request(5, "sampling/createMessage", {})
-    assert unknown["error"] == {"code": -32601, "message": "method not found: sampling/createMessage"}
-    assert await server.close_stdin() == 0
-    # Nothing answered the notification: every line was the answer to a request, in order.
-    assert server.order == [0, 1, 2, 3, 4, 5]
+    for authorization, error in cases.items():
+        status, headers, body = await asgi_request(path, authorization)
+        assert (status, body) == (401, {"error": error}), authorization
+        assert headers["www-authenticate"] == 'Bearer realm="env-mcp"'
 
 
-async def test_the_client_protocol_version_is_echoed(server: EnvMcp):
-    initialized = await server.request(7, "initialize", {"protocolVersion": "2025-03-26"})
-    assert initialized["result"]["protocolVersion"] == "2025-03-26"
-
-
-async def test_bad_tool_calls_are_json_rpc_errors(server: EnvMcp):
-    unknown = await server.request(1, "tools/call", {"name": "rm_rf", "arguments": {}})
-    assert unknown["error"] == {"code": -32601, "message": "unknown tool: rm_rf"}
-    bad = await server.request(2, "tools/call", {"name": "shell", "arguments": ["ls"]})
-    assert bad["error"]["code"] == -32602
-    # Bad arguments to a real tool are a result the model can act on, not a protocol error.
-    invalid = await server.request(3, "tools/call", {"name": "shell", "arguments": {"command": ["ls"]}})
-    assert invalid["result"]["isError"] is True
-    assert "environment_id is required" in invalid["result"]["content"][0]["text"]
-
-
-async def test_malformed_and_overlong_lines_are_dropped(server: EnvMcp):
-    await server.send(b"this is not json\n")
-    await server.send(b"[1, 2, 3]\n\n")
-    # Over 16 MiB: it would be answered (id 99) if it were not dropped whole.
-    padding = "x" * (envmcp.MAX_LINE + 1024)
-    await server.send(
-        json.dumps({"jsonrpc": "2.0", "id": 99, "method": "ping", "params": {"p": padding}}).encode() + b"\n"
+@pytest.mark.django_db
+async def test_a_revoked_turn_is_401_and_another_workspaces_token_403():
+    turn_id, token = mint()
+    await asyncio.to_thread(revoke_turn, turn_id, int(time.time()) + 600)
+    assert (await asgi_request(f"/mcp/env/{WORKSPACE}", f"Bearer {token}"))[::2] == (
+        401,
+        {"error": "invalid token: turn revoked"},
     )
-    assert (await server.request(1, "ping"))["result"] == {}
-    assert await server.close_stdin() == 0
-    assert server.order == [1]
-    log = await server.stderr()
-    assert "dropping a malformed line: b'this is not json\\n'" in log
-    assert "dropping a line longer than" in log
+    _, other = mint(workspace="ws-other")
+    status, headers, body = await asgi_request(f"/mcp/env/{WORKSPACE}", f"Bearer {other}")
+    assert (status, body) == (403, {"error": "token is for another workspace"})
+    assert "www-authenticate" not in headers
+    # A path that names no single workspace is not env-mcp's.
+    for path in ("/mcp/env/", f"/mcp/env/{WORKSPACE}/x"):
+        assert (await asgi_request(path, f"Bearer {other}"))[0] == 404
 
 
-async def test_a_failed_stdout_write_stops_it(settings):
-    settings.CXG_SELF_HTTP_BASE_URL = NO_GATEWAY
-    server = spawn_builder.env_mcp_server(WORKSPACE, mint()[1], runtime.self_ws_base_url())
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # codex went away: every write to stdout fails
-    try:
-        process = await asyncio.create_subprocess_exec(
-            server.command,
-            *server.args,
-            env={"PATH": os.environ["PATH"], **server.env},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    finally:
-        os.close(write_end)
-    assert process.stdin is not None
-    assert process.stderr is not None
-    process.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
-    await process.stdin.drain()  # stdin stays open: only the failed write can stop it
-    async with asyncio.timeout(20):
-        assert await process.wait() == 1
-    assert "stdout write failed, stopping" in (await process.stderr.read()).decode()
+async def test_tool_contexts_follow_the_token_and_close_with_the_turn(settings):
+    settings.CXG_SELF_HTTP_BASE_URL = "http://127.0.0.1:6161"
+    turn_id, token = mint()
+    limited = captoken.mint(
+        settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id=turn_id, workspace_id=WORKSPACE, ttl=600, exe_ids=["exe_1"]
+    )
+    workspace_wide = envmcp.context_for(Caller(WORKSPACE, turn_id, token))
+    assert envmcp.context_for(Caller(WORKSPACE, turn_id, token)) is workspace_wide
+    # A token of the same turn limited to one executor never gets the workspace-wide bridges.
+    assert envmcp.context_for(Caller(WORKSPACE, turn_id, limited)) is not workspace_wide
+    assert token not in repr(Caller(WORKSPACE, turn_id, token))
+    await envmcp.close_turn(turn_id)
+    assert envmcp.context_for(Caller(WORKSPACE, turn_id, token)) is not workspace_wide
+    await envmcp.close_turn(turn_id)
 
 
-@pytest.mark.parametrize(
-    ("env_changes", "message"),
-    [({spawn_builder.TOKEN_ENV: ""}, "$CXG_WORKSPACE_TOKEN is empty"), ({spawn_builder.TOKEN_ENV: None}, "is empty")],
-)
-async def test_without_a_token_it_exits_1_and_prints_nothing(settings, env_changes, message):
-    settings.CXG_SELF_HTTP_BASE_URL = NO_GATEWAY
-    child = await EnvMcp.start("unused", **env_changes)
-    assert child.process.stdout is not None
-    assert await child.process.wait() == 1
-    assert await child.process.stdout.read() == b""
-    assert message in await child.stderr()
+# --- the spawn builder ------------------------------------------------------------------------
 
 
-async def test_builder_renders_env_mcp_with_a_fresh_revocable_turn(settings):
+async def test_builder_points_env_mcp_at_this_process_with_a_fresh_revocable_turn(settings):
     settings.CXG_SELF_HTTP_BASE_URL = "http://127.0.0.1:6161"
     settings.CXG_AGENTSERVER_INTERNAL_URL = ""  # static model key: no model env from the builder
     first = await spawn_builder.build(WORKSPACE)
     (server,) = first.mcp_servers
-    token = server.env[spawn_builder.TOKEN_ENV]
     assert server.name == "agentserver"
+    assert server.url == f"http://127.0.0.1:6161/mcp/env/{WORKSPACE}"
+    assert server.bearer_token_env_var == "CXG_WORKSPACE_TOKEN"
     assert server.default_tools_approval_mode == "approve"
-    assert server.args[1:] == [
-        "envmcp",
-        "--workspace-id",
-        WORKSPACE,
-        "--exec-gateway-url",
-        "ws://127.0.0.1:6161",
-        "--token-env",
-        "CXG_WORKSPACE_TOKEN",
-    ]
-    assert token not in " ".join([server.command, *server.args])  # never in /proc/<pid>/cmdline
-    assert server.env["DJANGO_SETTINGS_MODULE"] == "appgateway.envmcp_settings"
-    for secret in (settings.CXG_INTERNAL_SHARED_SECRET, settings.CXG_CAPTOKEN_HMAC_SECRET, settings.SECRET_KEY):
-        assert secret not in json.dumps(dict(server.env))
+    # The token is in the app-server's environment only (codex reads it from there).
+    token = first.env[spawn_builder.TOKEN_ENV]
+    assert token not in repr(server)
     payload = captoken.verify(token, settings.CXG_CAPTOKEN_HMAC_SECRET)
     assert payload.workspace_id == WORKSPACE
     assert payload.turn_id.startswith("trn_")
@@ -272,7 +147,7 @@ async def test_builder_renders_env_mcp_with_a_fresh_revocable_turn(settings):
     # The next spawn of the workspace (a restart or a crash respawn) revokes this one's turn.
     assert not revoked_set().contains(payload.turn_id)
     second = await spawn_builder.build(WORKSPACE)
-    renewed = captoken.verify(second.mcp_servers[0].env[spawn_builder.TOKEN_ENV], settings.CXG_CAPTOKEN_HMAC_SECRET)
+    renewed = captoken.verify(second.env[spawn_builder.TOKEN_ENV], settings.CXG_CAPTOKEN_HMAC_SECRET)
     assert renewed.turn_id != payload.turn_id
     assert revoked_set().contains(payload.turn_id)
     assert not revoked_set().contains(renewed.turn_id)
@@ -284,11 +159,12 @@ async def test_builder_outside_a_serving_process_spawns_without_env_mcp(settings
     settings.CXG_SELF_HTTP_BASE_URL = "http://127.0.0.1:6161"
     settings.CXG_AGENTSERVER_INTERNAL_URL = ""
     served = await spawn_builder.build(WORKSPACE)
-    turn_id = captoken.verify(served.mcp_servers[0].env[spawn_builder.TOKEN_ENV], settings.CXG_CAPTOKEN_HMAC_SECRET)
+    turn = captoken.verify(served.env[spawn_builder.TOKEN_ENV], settings.CXG_CAPTOKEN_HMAC_SECRET)
     settings.CXG_SELF_HTTP_BASE_URL = ""  # and this test process never ran manage.py serve
     unserved = await spawn_builder.build(WORKSPACE)
     assert unserved.mcp_servers == ()
-    assert revoked_set().contains(turn_id.turn_id)  # the earlier spawn's turn is revoked all the same
+    assert spawn_builder.TOKEN_ENV not in unserved.env
+    assert revoked_set().contains(turn.turn_id)  # the earlier spawn's turn is revoked all the same
 
 
 # --- /api/exec-gateway/connected with a capability token --------------------------------------
@@ -349,82 +225,174 @@ def test_connected_refuses_bad_expired_and_revoked_tokens(api, online):
     assert connected(api, "not-the-secret") == (401, {"error": "unauthorized"})
 
 
-# --- tool calls through a real gateway to a real executor -------------------------------------
+# --- MCP over real HTTP to a real gateway, tools on a real executor ---------------------------
+
+
+class McpHttp:
+    """A minimal streamable-HTTP MCP client: POSTs JSON-RPC, reads the JSON or SSE answer."""
+
+    def __init__(self, base_url: str, token: str, workspace: str = WORKSPACE) -> None:
+        self.url = f"{base_url}/mcp/env/{workspace}"
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(60.0))
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
+
+    async def post(self, message: dict[str, Any]) -> httpx.Response:
+        return await self.client.post(self.url, json=message, headers=self.headers)
+
+    async def request(self, request_id: int, method: str, params: Any = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        response = await self.post(message)
+        assert response.status_code == 200, response.text
+        if "mcp-session-id" in response.headers:
+            self.headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
+            self.headers["Mcp-Protocol-Version"] = PROTOCOL
+        for line in response.text.splitlines():
+            if line.startswith("data:") and line[5:].strip():
+                answer: dict[str, Any] = json.loads(line[5:])
+                if answer.get("id") == request_id:
+                    return answer
+        raise AssertionError(f"no answer to {request_id}: {response.text!r}")
+
+    async def notify(self, method: str, params: Any = None) -> int:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        return (await self.post(message)).status_code
+
+    async def initialize(self) -> dict[str, Any]:
+        params = {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
+        answer = await self.request(0, "initialize", params)
+        assert await self.notify("notifications/initialized") == 202
+        return answer
+
+    async def call_tool(self, request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        answer = await self.request(request_id, "tools/call", {"name": name, "arguments": arguments})
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 @pytest.fixture
-def box(bound_executors: Callable[..., e2e.BoundExecutor]) -> e2e.BoundExecutor:
-    return bound_executors(WORKSPACE, "box", 0)
+def relay_cluster(start_gateway_cluster, tcp_proxies) -> GatewayCluster:
+    """Two gateway processes with the byte relay on. Its public URL must be known before they
+    start, so it is a proxy, pointed at process 0 once that is up; the executors' curl reaches it."""
+    front = tcp_proxies("127.0.0.1", 1)
+    cluster: GatewayCluster = start_gateway_cluster(2, {"CXG_PUBLIC_HTTPS_BASE_URL": front.url("http")})
+    front.retarget("127.0.0.1", cluster[0].port)
+    return cluster
 
 
 @pytest.fixture
-async def live(settings, box: e2e.BoundExecutor, gateway_cluster: GatewayCluster) -> AsyncIterator[tuple[EnvMcp, str]]:
-    """env-mcp against gateway process 1, the executor "box" on process 0; yields (child, turn id)."""
-    settings.CXG_SELF_HTTP_BASE_URL = gateway_cluster[1].base_url
+def box(bound_executors: Callable[..., e2e.BoundExecutor], relay_cluster: GatewayCluster) -> e2e.BoundExecutor:
+    return bound_executors(WORKSPACE, "box", 0, cluster=relay_cluster)
+
+
+@pytest.fixture
+async def live(box: e2e.BoundExecutor, relay_cluster: GatewayCluster) -> AsyncIterator[tuple[McpHttp, str]]:
+    """An MCP client of gateway process 1, the executor "box" on process 0."""
     turn_id, token = mint()
-    child = await EnvMcp.start(token)
-    await child.request(0, "initialize", {"protocolVersion": "2025-06-18"})
+    client = McpHttp(relay_cluster[1].base_url, token)
     try:
-        yield child, turn_id
+        yield client, turn_id
     finally:
-        if child.process.returncode is None:
-            child.process.kill()
-            await child.process.wait()
+        await client.close()
 
 
 @pytest.mark.e2e
-async def test_tools_run_on_the_workspace_executor(live):
-    child, _ = live
-    listed = await child.call_tool(1, "list_environments", {})
+async def test_handshake_listing_and_tools_on_the_executor(live, box: e2e.BoundExecutor, tmp_path: Path):
+    client, _ = live
+    initialized = (await client.initialize())["result"]
+    assert initialized["serverInfo"]["name"] == "agentserver"
+    assert initialized["serverInfo"]["version"] == envmcp.SERVER_VERSION
+    assert initialized["instructions"] == envmcp.INSTRUCTIONS
+    assert "tools" in initialized["capabilities"]
+    tools = (await client.request(1, "tools/list"))["result"]["tools"]
+    # Only what codex's own tools lack, with the shared tools' schemas.
+    assert [(tool["name"], tool["inputSchema"]) for tool in tools] == [
+        (spec["name"], spec["inputSchema"]) for spec in tool_specs() if spec["name"] in envmcp.OFFERED
+    ]
+    assert envmcp.OFFERED == ("list_environments", "copy_path")
+    listed = await client.call_tool(2, "list_environments", {})
     assert listed["isError"] is False
-    assert [env["name"] for env in listed["structuredContent"]["environments"]] == ["box"]
-    marker = f"marker-{secrets.token_hex(4)}"
-    ran = await child.call_tool(2, "shell", {"environment_id": "box", "command": ["sh", "-c", f"echo {marker}"]})
-    assert ran["isError"] is False
-    assert ran["structuredContent"]["stdout"] == f"{marker}\n"
-    assert ran["structuredContent"]["exit_code"] == 0
-    assert await child.close_stdin() == 0
+    (environment,) = listed["structuredContent"]["environments"]
+    assert environment["name"] == "box"
+    source = tmp_path / "source.txt"
+    source.write_text("copied through the relay\n")
+    copy = {
+        "source_environment_id": "box",
+        "source_path": str(source),
+        "destination_environment_id": "box",
+        "destination_path": str(tmp_path / "copy.txt"),
+    }
+    copied = await client.call_tool(3, "copy_path", copy)
+    assert copied["isError"] is False, copied
+    assert copied["structuredContent"]["transport"] == "http"
+    assert (tmp_path / "copy.txt").read_text() == "copied through the relay\n"
+    # Bad arguments are a result the model can act on; a tool not offered is a protocol error.
+    invalid = await client.call_tool(4, "copy_path", {"source_path": "/x"})
+    assert invalid["isError"] is True
+    assert "required" in invalid["content"][0]["text"]
+    for name in ("rm_rf", "shell"):
+        unknown = await client.request(5, "tools/call", {"name": name, "arguments": {}})
+        assert unknown["error"]["message"] == f"unknown tool: {name}"
+    # list_environments lists the executors that are online.
+    await asyncio.to_thread(box.server.stop)
+    assert await async_wait_for(lambda: presence_store().get(box.exe_id) is None, 20)
+    offline = await client.call_tool(6, "list_environments", {})
+    assert offline["structuredContent"]["environments"] == []
 
 
 @pytest.mark.e2e
-async def test_a_slow_call_does_not_hold_up_the_others(live):
-    child, _ = live
-    slow = {"environment_id": "box", "command": ["sh", "-c", "sleep 3; echo slept"]}
-    await child.send(
-        {"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": "shell", "arguments": slow}}
-    )
-    await child.send({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "list_environments"}})
-    listed = await child.response(11)
-    assert 10 not in child.pending  # answered while the shell call still runs
-    assert listed["result"]["isError"] is False
-    slept = await child.response(10)
-    assert slept["result"]["structuredContent"]["stdout"] == "slept\n"
-    assert child.order == [0, 11, 10]
+async def test_a_session_belongs_to_the_turn_that_opened_it(live, relay_cluster: GatewayCluster):
+    client, _ = live
+    await client.initialize()
+    _, other_token = mint()
+    intruder = McpHttp(relay_cluster[1].base_url, other_token)
+    intruder.headers["Mcp-Session-Id"] = client.headers["Mcp-Session-Id"]
+    try:
+        response = await intruder.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert response.status_code == 404, response.text
+    finally:
+        await intruder.close()
 
 
 @pytest.mark.e2e
-async def test_stdin_eof_cancels_calls_in_flight_and_exits_0(live):
-    child, _ = live
-    await child.call_tool(1, "list_environments", {})  # the bridge is up
-    endless = {"environment_id": "box", "command": ["sleep", "60"]}
-    await child.send(
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "shell", "arguments": endless}}
-    )
-    await asyncio.sleep(1)
-    started = time.monotonic()
-    assert await child.close_stdin(timeout=15) == 0
-    assert time.monotonic() - started < 10
-    assert 2 not in child.pending  # cancelled, never answered
+async def test_a_cancelled_call_kills_its_process_on_the_executor(live, tmp_path: Path):
+    client, _ = live
+    await client.initialize()
+    source = tmp_path / "never-written.fifo"  # the source's curl waits for a writer until killed
+    os.mkfifo(source)
+    copy = {
+        "source_environment_id": "box",
+        "source_path": str(source),
+        "destination_environment_id": "box",
+        "destination_path": str(tmp_path / "copy.bin"),
+    }
+    call = asyncio.ensure_future(client.call_tool(7, "copy_path", copy))
+    assert await async_wait_for(lambda: pids_of("curl", str(source)), 20)
+    (pid,) = pids_of("curl", str(source))  # the executor runs on this machine: ps sees its processes
+    assert await client.notify("notifications/cancelled", {"requestId": 7, "reason": "test"}) == 202
+    assert await async_wait_for(lambda: not process_alive(pid), 10), f"curl {pid} still runs on the executor"
+    call.cancel()  # a cancelled request is never answered
+    await asyncio.gather(call, return_exceptions=True)
 
 
 @pytest.mark.e2e
-async def test_a_revoked_turn_loses_the_workspace(live):
-    child, turn_id = live
-    assert (await child.call_tool(1, "list_environments", {}))["isError"] is False
+async def test_a_revoked_turn_is_refused_at_once(live):
+    client, turn_id = live
+    await client.initialize()
+    assert (await client.call_tool(1, "list_environments", {}))["isError"] is False
     await asyncio.to_thread(revoke_turn, turn_id, int(time.time()) + 600)
-    refused = await child.call_tool(2, "list_environments", {})
-    assert refused["isError"] is True
-    assert "turn revoked" in refused["content"][0]["text"]
+    refused = await client.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x"}})
+    assert (refused.status_code, refused.json()) == (401, {"error": "invalid token: turn revoked"})
 
 
 async def test_an_app_server_that_is_gone_has_its_spawn_turn_revoked():
@@ -432,12 +400,13 @@ async def test_an_app_server_that_is_gone_has_its_spawn_turn_revoked():
     its env-mcp capability token opens no new bridge."""
     import time as _time
 
-    from appgateway import spawn_builder, supervisor
+    from appgateway import spawn_builder
+    from appgateway.supervisor import get_supervisor
     from executors.revocation import revoked_set
 
     turn = spawn_builder.SpawnTurn(turn_id="trn_stop_hook_test", exp=int(_time.time()) + 600)
     spawn_builder._turns["ws-stop-hook"] = turn
     assert not revoked_set().contains(turn.turn_id)
-    await supervisor._stopped("ws-stop-hook")
+    await get_supervisor()._stopped("ws-stop-hook")
     assert revoked_set().contains(turn.turn_id)
     assert "ws-stop-hook" not in spawn_builder._turns

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
-from appgateway import model_credentials, supervisor
+from appgateway import model_credentials
 from appgateway.credential_tasks import refresh_model_tokens
+from appgateway.leases import LiveSession
 from appgateway.model_credentials import Token
+from appgateway.supervisor import get_supervisor
 from codexgw import redis as gwredis
 from tests.fake_agentserver import FakeAgentserver, FakeResponse, RecordedRequest
 
@@ -158,9 +160,9 @@ def test_the_beat_task_refreshes_only_due_tokens_of_live_workspaces(issuer, monk
     store("ws-idle", Token("token-1", now + 300, now - 3300))  # due, but its app-server is gone
     live = ["ws-due", "ws-fresh", "ws-new"]
     monkeypatch.setattr(
-        supervisor,
+        get_supervisor(),
         "live_sessions",
-        lambda: [supervisor.LiveSession(ws, "process", 1, "ws://x", now, now) for ws in live],
+        lambda: [LiveSession(ws, "process", 1, "ws://x", now, now) for ws in live],
     )
     issuer.token = "token-2"
 
@@ -173,7 +175,7 @@ def test_the_beat_task_refreshes_only_due_tokens_of_live_workspaces(issuer, monk
 
 def test_the_beat_task_does_nothing_without_an_agentserver(creds, monkeypatch):
     creds.CXG_AGENTSERVER_INTERNAL_URL = ""
-    monkeypatch.setattr(supervisor, "live_sessions", lambda: pytest.fail("must not look for workspaces"))
+    monkeypatch.setattr(get_supervisor(), "live_sessions", lambda: pytest.fail("must not look for workspaces"))
     assert refresh_model_tokens.apply().get() == 0
 
 

@@ -29,6 +29,7 @@ def make_home(path: Path) -> Path:
     (path / "sessions" / "2026" / "rollout-1.jsonl").write_text('{"a":1}\n')
     (path / "installation_id").write_text("abc")
     (path / "config.toml").write_text("secret = 'cap-token'\n")
+    (path / "environments.toml").write_text("include_local = false\n")
     (path / "auth.json").write_text('{"token":"t"}')
     (path / "tmp" / "arg0").mkdir(parents=True)
     (path / "tmp" / "arg0" / "helper").write_text("x")
@@ -70,6 +71,7 @@ def test_persist_then_restore_round_trips_with_clamped_modes(store, tmp_path):
     assert (fresh / "installation_id").stat().st_mode & 0o777 == 0o600
     assert (fresh / "sessions").stat().st_mode & 0o777 == 0o700
     assert not (fresh / "config.toml").exists()
+    assert not (fresh / "environments.toml").exists()
     assert not (fresh / "auth.json").exists()
 
 

@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from appgateway import codexhome, persistence
+from appgateway import codexhome, persistence, process_messages
+from appgateway.app_server_process import SpawnError
 from appgateway.codexhome import McpServer
-from appgateway.supervisor import PROCESS_ID, OwnedElsewhere, SpawnConfig, SpawnError
+from appgateway.supervisor import OwnedElsewhere, SpawnConfig
 from appgateway.tasks import checkpoint_codex_homes
+from bridge import process_rpc
 from codexgw import redis as gwredis
 from tests.appgateway.conftest import MODEL_KEY, MODEL_KEY_NAME, app_client, run_turn
 from tests.e2e.harness import REPO, async_wait_for, gateway_env, http_request
@@ -71,12 +73,12 @@ async def test_spawn_serves_a_real_turn_and_holds_the_lease(sup, appgw, fake_mod
     client_redis = gwredis.sync_client()
     assert client_redis is not None
     lease = json.loads(str(client_redis.get(gwredis.key("appserver", "ws-turn"))))
-    assert lease["process_id"] == PROCESS_ID
+    assert lease["process_id"] == sup.process_id
     assert (lease["pid"], lease["ws_url"]) == (handle.pid, handle.ws_url)
-    assert lease["channel_name"] == await sup.process_channel()
+    assert lease["channel_name"] == await process_rpc.process_channel()
     assert (await sup.lease_owner("ws-turn")).pid == handle.pid
     sessions = sup.live_sessions()
-    assert [(s.workspace_id, s.pid, s.process_id) for s in sessions] == [("ws-turn", handle.pid, PROCESS_ID)]
+    assert [(s.workspace_id, s.pid, s.process_id) for s in sessions] == [("ws-turn", handle.pid, sup.process_id)]
     assert sessions[0].uptime >= 0
 
 
@@ -99,7 +101,8 @@ async def test_no_gateway_directory_is_presented_as_the_working_directory(sup, f
     sent = json.dumps(fake_model.responses_requests()[0].body)
     context = re.findall(r"<environment_context>.*?</environment_context>", sent)
     assert context
-    assert re.findall(r"<(?:cwd|root)>([^<]*)</", "".join(context)) == ["/", "/"] * len(context)
+    # Without the local environment and with no executor selected, codex names no directory at all.
+    assert set(re.findall(r"<(?:cwd|root)>([^<]*)</", "".join(context))) <= {"/"}
 
 
 async def test_concurrent_ensure_spawns_once(sup, caplog):
@@ -232,12 +235,15 @@ async def test_child_environment_is_an_allow_list(sup, appgw, monkeypatch):
 
 async def test_mcp_servers_from_the_builder_are_rendered(sup):
     async def builder(workspace_id: str) -> SpawnConfig:
-        return SpawnConfig(mcp_servers=[McpServer("agentserver", "/bin/true", ["env-mcp", workspace_id], {"T": "x"})])
+        return SpawnConfig(mcp_servers=[McpServer("agentserver", f"http://127.0.0.1:9/mcp/env/{workspace_id}", "T")])
 
     sup.set_spawn_builder(builder)
     handle = await sup.ensure_app_server("ws-mcp")
     text = (handle.codex_home / "config.toml").read_text()
-    assert '[mcp_servers.agentserver]\ncommand = "/bin/true"\nargs = [\n    "env-mcp",\n    "ws-mcp",\n]' in text
+    assert '[mcp_servers.agentserver]\nurl = "http://127.0.0.1:9/mcp/env/ws-mcp"\nbearer_token_env_var = "T"\n' in text
+    # No local environment: the model's tools can only run in the environments the gateway adds.
+    assert (handle.codex_home / "environments.toml").read_text() == "include_local = false\n"
+    assert (handle.codex_home / "environments.toml").stat().st_mode & 0o777 == 0o600
 
 
 async def test_builder_error_propagates_and_nothing_is_spawned(sup):
@@ -295,21 +301,22 @@ _OTHER_PROCESS = """
 import asyncio, json, sys, time
 import django
 django.setup()
-from appgateway import supervisor
+from appgateway.supervisor import OwnedElsewhere, get_supervisor
 
 async def main(workspace_id):
+    supervisor = get_supervisor()
     lease = await supervisor.lease_owner(workspace_id)
     try:
         await supervisor.ensure_app_server(workspace_id)
         refused = None
-    except supervisor.OwnedElsewhere as exc:
+    except OwnedElsewhere as exc:
         refused = exc.lease.process_id
     sessions = [(s.workspace_id, s.process_id, s.pid) for s in supervisor.live_sessions()]
     # A TUI attached here (relaying to the owner) keeps the workspace busy: the touch reaches the lease.
     supervisor.touch(workspace_id)
     touched_at = time.time()
     await asyncio.sleep(1.2)
-    print(json.dumps({"me": supervisor.PROCESS_ID, "lease": lease and lease.to_json(), "refused_by": refused,
+    print(json.dumps({"me": supervisor.process_id, "lease": lease and lease.to_json(), "refused_by": refused,
                       "sessions": sessions, "touched_at": touched_at}))
     await supervisor.shutdown_all("done")
 
@@ -340,11 +347,11 @@ async def test_lease_is_visible_to_another_process_which_does_not_spawn(sup, app
         "ws-shared",
         {"CXG_TMP_ROOT": appgw.CXG_TMP_ROOT, "CXG_CODEX_BIN": appgw.CXG_CODEX_BIN, "CXG_APP_SERVER_LEASE_TTL": "1.5s"},
     )
-    assert other["me"] != PROCESS_ID
+    assert other["me"] != sup.process_id
     lease = json.loads(other["lease"])
-    assert (lease["process_id"], lease["pid"], lease["ws_url"]) == (PROCESS_ID, handle.pid, handle.ws_url)
-    assert other["refused_by"] == PROCESS_ID
-    assert other["sessions"] == [["ws-shared", PROCESS_ID, handle.pid]]
+    assert (lease["process_id"], lease["pid"], lease["ws_url"]) == (sup.process_id, handle.pid, handle.ws_url)
+    assert other["refused_by"] == sup.process_id
+    assert other["sessions"] == [["ws-shared", sup.process_id, handle.pid]]
     assert pid_alive(handle.pid)
     assert other["touched_at"] > handle.started_at
     assert await async_wait_for(lambda: sup.last_activity("ws-shared") >= other["touched_at"] - 0.01, 5), (
@@ -356,11 +363,11 @@ _OWNER_PROCESS = """
 import asyncio, json, sys
 import django
 django.setup()
-from appgateway import supervisor
+from appgateway.supervisor import get_supervisor
 
 async def main(workspace_id):
-    handle = await supervisor.ensure_app_server(workspace_id)
-    print(json.dumps({"pid": handle.pid, "process_id": supervisor.PROCESS_ID}), flush=True)
+    handle = await get_supervisor().ensure_app_server(workspace_id)
+    print(json.dumps({"pid": handle.pid, "process_id": get_supervisor().process_id}), flush=True)
     await asyncio.sleep(600)
 
 asyncio.run(main(sys.argv[1]))
@@ -401,7 +408,7 @@ async def test_another_process_takes_over_after_the_owner_dies(sup, appgw, tmp_p
         assert await async_wait_for(lambda: sup.live_sessions() == [], 10), "the dead owner's lease did not expire"
 
         handle = await sup.ensure_app_server("ws-takeover")
-        assert (await sup.lease_owner("ws-takeover")).process_id == PROCESS_ID
+        assert (await sup.lease_owner("ws-takeover")).process_id == sup.process_id
         status, _ = await asyncio.to_thread(http_request, "GET", handle.http_url + "/readyz")
         assert status == 200
     finally:
@@ -418,11 +425,11 @@ async def test_process_channel_delivers_registered_message_types(sup):
     async def handler(message: dict[str, Any]) -> None:
         await received.put(message)
 
-    sup.on_process_message("tui.relay_test", handler)
+    process_messages.on_message("tui.relay_test", handler)
     with pytest.raises(ValueError, match="supervisor's own"):
-        sup.on_process_message("appserver.checkpoint", handler)
-    channel = await sup.process_channel()
-    assert await sup.process_channel() == channel
+        process_messages.on_message("appserver.checkpoint", handler)
+    channel = await process_rpc.process_channel()
+    assert await process_rpc.process_channel() == channel
     layer = get_channel_layer()
     assert layer is not None
     await layer.send(channel, {"type": "tui.relay_test", "n": 1})
@@ -521,10 +528,10 @@ async def test_shutdown_requested_from_another_process_reaches_the_owner(sup, ap
     handle = await sup.ensure_app_server("ws-remote-stop")
     script = (
         "import asyncio, django; django.setup()\n"
-        "from appgateway import supervisor\n"
+        "from appgateway.supervisor import get_supervisor\n"
         "async def main():\n"
-        "    await supervisor.shutdown('ws-remote-stop', 'admin')\n"
-        "    await supervisor.shutdown_all('done')\n"
+        "    await get_supervisor().shutdown('ws-remote-stop', 'admin')\n"
+        "    await get_supervisor().shutdown_all('done')\n"
         "asyncio.run(main())\n"
     )
     env = gateway_env({"DJANGO_SETTINGS_MODULE": "tests.settings"})

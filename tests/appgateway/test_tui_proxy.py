@@ -25,8 +25,9 @@ from django.test import AsyncClient
 
 from appgateway import relay
 from appgateway.consumers import TuiProxyConsumer
+from appgateway.leases import LeaseInfo
 from appgateway.rpc_filter import Frame
-from appgateway.supervisor import LeaseInfo
+from bridge import process_rpc
 from bridge.layer_frames import Reassembler
 from bridge.protocol import LAYER_CHUNK_CHARS
 from codexgw import redis as gwredis
@@ -200,7 +201,7 @@ async def test_the_owner_closes_a_relayed_leg_whose_tui_went_silent(sup, agentse
     layer = channel_layer()
     reply_to = await layer.new_channel()
     await layer.send(
-        await sup.process_channel(),
+        await process_rpc.process_channel(),
         {"type": relay.RELAY_OPEN, "conn": "c1", "reply_to": reply_to, "workspace_id": WORKSPACE},
     )
     seen = []
@@ -292,7 +293,7 @@ async def test_admin_lists_live_sessions_and_restarts_only_with_the_permission(s
     html = page.content.decode()
     assert WORKSPACE in html
     assert str(handle.pid) in html
-    assert sup.PROCESS_ID in html
+    assert sup.process_id in html
     assert "Restart" not in html
     refused = await viewer.post(f"{ADMIN_LIST}{WORKSPACE}/restart/")
     assert refused.status_code == 403

@@ -29,7 +29,7 @@ def deadline_in(seconds: float) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-async def test_steps_run_in_order_after_the_process_is_marked_draining():
+async def test_steps_run_by_their_order_after_the_process_is_marked_draining():
     seen: list[tuple[str, bool]] = []
 
     def step(name: str, undone: str | None = None) -> drain.DrainStep:
@@ -39,9 +39,10 @@ async def test_steps_run_in_order_after_the_process_is_marked_draining():
 
         return run
 
-    drain.add_drain_step("first", step("first"))
-    drain.add_drain_step("second", step("second", "2 things left"))
-    drain.add_drain_step("third", step("third"))
+    # Added in another order than they run: the apps add theirs in their AppConfig.ready().
+    drain.add_drain_step("third", step("third"), order=30)
+    drain.add_drain_step("first", step("first"), order=1)
+    drain.add_drain_step("second", step("second", "2 things left"), order=20)
     assert not drain.is_draining()
 
     reports = await asyncio.wait_for(drain.drain(deadline_in(5)), GUARD)
@@ -59,9 +60,9 @@ def test_a_step_name_is_registered_once():
     async def nothing(deadline: float) -> None:
         return None
 
-    drain.add_drain_step("once", nothing)
+    drain.add_drain_step("once", nothing, order=1)
     with pytest.raises(ValueError, match="already registered"):
-        drain.add_drain_step("once", nothing)
+        drain.add_drain_step("once", nothing, order=2)
 
 
 async def test_a_failing_step_is_reported_and_the_next_one_still_runs():
@@ -73,8 +74,8 @@ async def test_a_failing_step_is_reported_and_the_next_one_still_runs():
     async def after(deadline: float) -> None:
         ran.append("after")
 
-    drain.add_drain_step("broken", broken)
-    drain.add_drain_step("after", after)
+    drain.add_drain_step("broken", broken, order=1)
+    drain.add_drain_step("after", after, order=2)
     reports = await asyncio.wait_for(drain.drain(deadline_in(5)), GUARD)
     assert reports[0].outcome == "failed"
     assert "boom" in (reports[0].undone or "")
@@ -94,8 +95,8 @@ async def test_a_hanging_step_is_cut_off_at_the_deadline_and_later_steps_are_ski
     async def later(deadline: float) -> None:
         raise AssertionError("no time was left for this step")
 
-    drain.add_drain_step("hangs", hangs)
-    drain.add_drain_step("later", later)
+    drain.add_drain_step("hangs", hangs, order=1)
+    drain.add_drain_step("later", later, order=2)
     reports = await asyncio.wait_for(drain.drain(deadline_in(0.3)), GUARD)
     assert reports == [
         drain.StepReport("hangs", "timed out", "cut off at its deadline"),
@@ -112,7 +113,7 @@ async def test_a_step_that_swallows_its_cancellation_does_not_hold_up_the_drain(
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(3600)
 
-    drain.add_drain_step("stubborn", stubborn)
+    drain.add_drain_step("stubborn", stubborn, order=1)
     try:
         reports = await asyncio.wait_for(drain.drain(deadline_in(0.3)), GUARD)
     finally:
@@ -127,8 +128,8 @@ async def test_a_reserve_keeps_time_for_a_later_step():
     async def needs_time(deadline: float) -> None:
         await asyncio.sleep(0.2)
 
-    drain.add_drain_step("greedy", waits_for_its_deadline)
-    drain.add_drain_step("reserved", needs_time, reserve=1.0)
+    drain.add_drain_step("greedy", waits_for_its_deadline, order=1)
+    drain.add_drain_step("reserved", needs_time, order=2, reserve=1.0)
     reports = await asyncio.wait_for(drain.drain(deadline_in(3)), GUARD)
     assert [report.outcome for report in reports] == ["timed out", "done"]
 
@@ -137,8 +138,8 @@ async def test_reserves_leave_a_step_at_least_half_of_the_time_left():
     async def quick(deadline: float) -> None:
         return None
 
-    drain.add_drain_step("first", quick)
-    drain.add_drain_step("reserves too much", quick, reserve=3600)
+    drain.add_drain_step("first", quick, order=1)
+    drain.add_drain_step("reserves too much", quick, order=2, reserve=3600)
     reports = await asyncio.wait_for(drain.drain(deadline_in(2)), GUARD)
     assert [report.outcome for report in reports] == ["done", "done"]
 

@@ -529,7 +529,9 @@ class TcpCutProxy:
     Usable from sync and async tests alike. ``cut()`` aborts every connection proxied so far (both
     the client's and the upstream socket; with ``reset=True`` an RST, as a dead peer or middlebox
     would produce, otherwise a FIN) while the listener keeps accepting new ones.
-    ``retarget()`` changes where new connections go. Counters: ``bytes_up`` (client → target),
+    ``retarget()`` changes where new connections go; while ``refusing`` is set, new connections
+    are aborted at once (a peer that is down); ``freeze()``/``thaw()`` stop and resume forwarding
+    without closing (a silent middlebox). Counters: ``bytes_up`` (client → target),
     ``bytes_down`` (target → client), ``connections_total``, ``active_connections``,
     ``failed_upstream``, ``cuts``.
     """
@@ -549,6 +551,9 @@ class TcpCutProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._stopped = False
         self._rotation: list[tuple[str, int]] = []
+        self.refusing = False  # new connections are aborted at once (the target looks down)
+        self._flowing = threading.Event()  # cleared by freeze(): nothing is forwarded either way
+        self._flowing.set()
 
     @classmethod
     def to_url(cls, url: str) -> TcpCutProxy:
@@ -589,6 +594,15 @@ class TcpCutProxy:
         """New connections go to each of ``targets`` in turn, like a load balancer."""
         self._rotation = list(targets)
 
+    def freeze(self) -> None:
+        """Stop forwarding in both directions without closing anything (a middlebox that went
+        silent): bytes read meanwhile are held, and TCP flow control stops both peers."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again, held bytes and closes included."""
+        self._flowing.set()
+
     def cut(self, *, reset: bool = True, timeout: float = 5.0) -> int:
         """Abort every live proxied connection (both sides); returns how many were cut."""
         return int(self._run(self._cut(reset), timeout))
@@ -616,6 +630,9 @@ class TcpCutProxy:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.transport.abort()
+            return
         self.connections_total += 1
         if self._rotation:
             self.target = self._rotation[self.connections_total % len(self._rotation)]
@@ -643,17 +660,25 @@ class TcpCutProxy:
     async def _copy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool) -> None:
         try:
             while data := await reader.read(65536):
+                await self._unfrozen()
                 if up:
                     self.bytes_up += len(data)
                 else:
                     self.bytes_down += len(data)
                 writer.write(data)
                 await writer.drain()
+            await self._unfrozen()
             # Half-close: pass the peer's FIN on, keep the other direction going.
             if writer.can_write_eof() and not writer.transport.is_closing():
                 writer.write_eof()
         except (ConnectionError, OSError):
+            await self._unfrozen()  # a reset is passed on only once forwarding resumes
             writer.transport.abort()
+
+    async def _unfrozen(self) -> None:
+        # Set from the test's thread, so polled rather than awaited.
+        while not self._flowing.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
     async def _cut(self, reset: bool) -> int:
         pairs = list(self._pairs)

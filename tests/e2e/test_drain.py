@@ -26,6 +26,7 @@ from executors import captoken, services
 from executors.presence import Holder, presence_store
 from tests.appgateway.fake_model import FakeModel
 from tests.e2e.conftest import ExecServers
+from tests.e2e.faults import OutputAccount, numbered_lines, ticker_params
 from tests.e2e.harness import (
     Balancer,
     ExecServer,
@@ -55,6 +56,7 @@ DRAIN_ENV = {
 # Bound of the whole stop: the drain, then up to codexgw.server.STOP_GRACE to stop.
 EXIT_BOUND = DRAIN_TIMEOUT + 3.0
 CONNECTED = "executor connected"
+TICKS = 600
 
 
 @dataclass
@@ -126,9 +128,12 @@ async def test_sigterm_hands_the_executor_to_another_process_and_answers_every_r
     bridges = {"local": await fleet.bridge(gateway.ws_base_url), "remote": await fleet.bridge(other.ws_base_url)}
     pending: list[tuple[str, str, asyncio.Task[dict[str, Any]]]] = []
     sessions: dict[str, str] = {}
+    accounts = {name: OutputAccount(f"tick-{name}") for name in bridges}
     for name, client in bridges.items():
         sessions[name] = (await client.initialize(f"drain-{name}"))["sessionId"]
         await client.call_result("process/start", start_params(f"sleeper-{name}", ["/bin/sleep", "60"]))
+        # Output streaming across the drain: it must continue exactly once after the resume.
+        await client.call_result("process/start", ticker_params(f"tick-{name}", TICKS, 0.01))
         requests: list[tuple[str, dict[str, Any]]] = [
             ("process/read", {"processId": f"sleeper-{name}", "afterSeq": 0, "waitMs": 30000}),
             ("fs/readFile", {"path": (tmp_path / "note.txt").as_uri()}),
@@ -138,6 +143,9 @@ async def test_sigterm_hands_the_executor_to_another_process_and_answers_every_r
             pending.append((name, method, asyncio.create_task(client.call(method, params, timeout=EXIT_BOUND + 10))))
     await asyncio.sleep(0.5)  # the long-polls are held by the gateway now
     assert not any(task.done() for name, method, task in pending if method == "process/read")
+    for name, client in bridges.items():
+        while not accounts[name].order:
+            accounts[name].add(await client.next_notification("process/output", timeout=10))
 
     os.kill(gateway.pid, signal.SIGTERM)
 
@@ -159,6 +167,9 @@ async def test_sigterm_hands_the_executor_to_another_process_and_answers_every_r
     # The bridges were told to reconnect (a service restart), on both processes.
     for name, client in bridges.items():
         assert await client.wait_closed(EXIT_BOUND) == 1012, (name, client.close_code, client.close_reason)
+        for event in client.drain_notifications():
+            accounts[name].add(event)
+        assert not accounts[name].closed, "the ticker ended before the drain: it tests nothing"
 
     # The process exits cleanly within the bound.
     assert await asyncio.to_thread(gateway.process.wait, EXIT_BOUND + 5) == 0, gateway.log()
@@ -189,6 +200,13 @@ async def test_sigterm_hands_the_executor_to_another_process_and_answers_every_r
             read = await client.call_result("process/read", {"processId": f"sleeper-{name}", "afterSeq": 0})
             assert read["closed"] is False, read
             await client.call_result("process/terminate", {"processId": f"sleeper-{name}"})
+            # The ticker's lines, before and after the drain: each exactly once, in order.
+            account = accounts[name]
+            await account.take(client, timeout=30)
+            account.check()
+            assert account.lost == [], account.summary()
+            assert account.repeats == 0, account.summary()  # a drain repeats nothing
+            assert numbered_lines(account.output, f"tick-{name}") == list(range(1, TICKS + 1)), account.summary()
     for client in bridges.values():
         await client.close()
 

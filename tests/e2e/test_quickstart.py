@@ -13,14 +13,13 @@ for api.openai.com behind ``CXG_MODEL_PROVIDER_BASE_URL``):
    under tmux) and a prompt whose tool call runs on the executor.
 5. The same over ``POST /api/turns``, and a tool call over ``/api/connectors/*``.
 
-The executor's HOME holds a marker file nothing else knows of, and the tool calls read it by a
-relative path (a command's working directory is the executor's home): its content reaching the
-model proves the command ran on the executor.
+The executor's HOME holds a marker file nothing else knows of, and the model's commands (codex's
+own ``exec_command``, which runs in the workspace's default executor) read it from ``~``: its
+content reaching the model proves the command ran on the executor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import http.cookiejar
 import json
@@ -31,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -57,7 +57,6 @@ from tests.e2e.harness import (
     ExecServer,
     GatewayCluster,
     GatewayProcess,
-    RpcClient,
     exec_server_env,
     gateway_env,
     http_json,
@@ -74,7 +73,6 @@ TOKEN_FORMAT = re.compile(r"cxgt_[A-Za-z0-9]{8}_[A-Za-z0-9_-]{43}")
 MARKER_FILE = "quickstart-marker.txt"  # in the executor's HOME only
 TUI_READY = "Ask Codex to do anything"
 MODEL_MIGRATION = "2. Use existing model"
-EXECUTOR_TOOLS = "mcp__agentserver"  # the namespace codex gives env-mcp's tools
 
 
 @dataclass
@@ -288,18 +286,9 @@ def tool_outputs(requests: list[RecordedRequest]) -> list[str]:
     ]
 
 
-def offers_executor_tools(request: RecordedRequest) -> bool:
-    """Whether codex offered env-mcp's tools to the model: listed under their namespace, or (for
-    models with tool search, such as the default CXG_MODEL) named among the deferred namespaces."""
-    for tool in request.body.get("tools", []):
-        if tool.get("type") == "namespace" and tool.get("name") == EXECUTOR_TOOLS:
-            return "shell" in [inner["name"] for inner in tool["tools"]]
-    return f"- {EXECUTOR_TOOLS}" in json.dumps(request.body.get("input", []))
-
-
-def shell_call(command: str) -> FunctionCall:
-    arguments = {"environment_id": ENVIRONMENT, "command": ["sh", "-c", command]}
-    return FunctionCall("shell", arguments, namespace=EXECUTOR_TOOLS)
+def exec_command_call(command: str) -> FunctionCall:
+    """codex's own tool, without ``environment_id``: it runs in the thread's first environment."""
+    return FunctionCall("exec_command", {"cmd": command})
 
 
 # --- the real TUI under tmux ------------------------------------------------------------------
@@ -390,32 +379,6 @@ def open_tui(start: QuickStart, codex_bin: Path, tmp_path: Path) -> Tmux:
     return Tmux(f"cxg-quickstart-{os.getpid()}", command, env, project)
 
 
-async def executor_tools_connected(gateway: GatewayProcess, token: str, within: float = 60.0) -> dict[str, Any]:
-    """Wait until the TUI's thread has env-mcp connected, asked the way a second TUI would (the
-    same token, through the gateway): codex does not hold a thread's first turn for its MCP
-    servers, so a prompt typed before that gets a turn without the executor tools. Returns the
-    server's status."""
-    client = await RpcClient.connect(gateway.ws_base_url + "/", {"Authorization": f"Bearer {token}"})
-    try:
-        await client.call_result("initialize", {"clientInfo": {"name": "quickstart-probe", "version": "0"}})
-        await client.notify("initialized")
-        deadline = time.monotonic() + within
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            threads = (await client.call_result("thread/loaded/list", {}))["data"]
-            for thread_id in threads:
-                listed = await client.call_result(
-                    "mcpServerStatus/list", {"threadId": thread_id, "serverName": "agentserver"}, timeout=30
-                )
-                status = next((entry for entry in listed["data"] if entry["name"] == "agentserver"), {})
-                if status.get("runtimeStatus") == "connected":
-                    return status
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"env-mcp not connected after {within}s: {status}")
-    finally:
-        await client.close()
-
-
 def app_server_pid() -> int:
     """The pid of the workspace's codex app-server, from its lease."""
     client = gwredis.sync_client()
@@ -428,15 +391,28 @@ def app_server_pid() -> int:
 # --- the quick start --------------------------------------------------------------------------
 
 
+@pytest.fixture
+def executor_home_dir() -> Iterator[Path]:
+    """The executor's HOME, outside /tmp like a real one."""
+    home = Path(tempfile.mkdtemp(prefix="cxg-quickstart-executor-", dir="/var/tmp"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_the_quick_start(quickstart: QuickStart, codex_bin: Path, exec_servers: ExecServers, tmp_path: Path):
+def test_the_quick_start(
+    quickstart: QuickStart, codex_bin: Path, exec_servers: ExecServers, tmp_path: Path, executor_home_dir: Path
+):
     gateway, model = quickstart.gateway, quickstart.model
 
     # 3. Register an executor in the admin and run the command it shows, on "another machine":
     #    a HOME of its own, holding a file nothing else knows of.
     exe_id, launch = register_executor_in_the_admin(quickstart)
-    executor_home = tmp_path / "executor-home"
-    executor_home.mkdir()
+    #    Not under /tmp: codex sandboxes the model's commands there with its codex-linux-sandbox
+    #    helper, which it does not set up for a CODEX_HOME under /tmp.
+    executor_home = executor_home_dir
     marker = f"only-on-the-executor-{secrets.token_hex(8)}"
     (executor_home / MARKER_FILE).write_text(marker)
     executor = start_executor(quickstart, launch, codex_bin, executor_home, exec_servers)
@@ -445,12 +421,10 @@ def test_the_quick_start(quickstart: QuickStart, codex_bin: Path, exec_servers: 
     )
 
     # 4. The TUI: codex --remote ws://127.0.0.1:PORT --remote-auth-token-env CODEXGW_TOKEN
-    model.script(shell_call(f"uname -a; cat {MARKER_FILE}"), Reply("The executor answered."))
+    model.script(exec_command_call(f"uname -a; cat ~/{MARKER_FILE}"), Reply("The executor answered."))
     tui = open_tui(quickstart, codex_bin, tmp_path)
     try:
         tui.wait_ready(60)
-        mcp = asyncio.run(executor_tools_connected(gateway, quickstart.token))
-        assert "shell" in mcp["tools"], mcp
         tui.type("what machine are you on?")
         assert wait_for(lambda: "The executor answered." in tui.screen(), 90), f"{tui.screen()}\n{gateway.log()}"
         screen = tui.screen()
@@ -459,11 +433,9 @@ def test_the_quick_start(quickstart: QuickStart, codex_bin: Path, exec_servers: 
     tui_requests = model.responses_requests()
     assert len(tui_requests) == 2, [r.body.get("input") for r in tui_requests]
     assert "what machine are you on?" in tui_requests[0].user_texts()
-    assert offers_executor_tools(tui_requests[0]), "the turn started before env-mcp was ready"
     (output,) = tool_outputs(tui_requests)
     assert marker in output, output
     assert "Linux" in output, output
-    assert "Called agentserver.shell" in screen, screen
     assert marker in screen, screen
     # The model calls went through the gateway's model proxy, which put the key on them: the
     # app-server itself never had it, only its workspace's proxy credential.
@@ -473,16 +445,16 @@ def test_the_quick_start(quickstart: QuickStart, codex_bin: Path, exec_servers: 
     assert not [entry for entry in environ if quickstart.model_key.encode() in entry]
 
     # 5. The same turn over the REST API: curl -H "Authorization: Bearer $CODEXGW_TOKEN" …
-    model.script(shell_call(f"cat {MARKER_FILE}"), Reply("The executor answered again."))
+    model.script(exec_command_call(f"cat ~/{MARKER_FILE}"), Reply("The executor answered again."))
     before = len(model.responses_requests())
     status, answer = post_turn(gateway, quickstart.token, "and now?")
     assert status == 200, answer
     assert "transport" not in answer, f"{answer}\n{gateway.log()}"
     turn = answer["turn"]
     assert turn["status"] == "completed", turn
-    (call,) = [item for item in turn["items"] if item["type"] == "mcpToolCall"]
-    assert (call["server"], call["tool"], call["status"]) == ("agentserver", "shell", "completed"), call
-    assert call["result"]["structuredContent"]["stdout"] == marker, call
+    (command,) = [item for item in turn["items"] if item["type"] == "commandExecution"]
+    assert (command["status"], command["exitCode"]) == ("completed", 0), command
+    assert command["aggregatedOutput"] == marker, command
     assert [item["text"] for item in turn["items"] if item["type"] == "agentMessage"] == [
         "The executor answered again."
     ]

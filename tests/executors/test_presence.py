@@ -61,3 +61,19 @@ def test_redis_presence_is_visible_to_another_process_view():
     other = RedisPresenceStore(30)
     assert other.get("exe_a") == RedisPresenceStore(30).get("exe_a")
     assert other.online(["exe_a"]) == {"exe_a"}
+
+
+def test_a_vanished_entry_is_put_back_by_its_holder_only(make_store):
+    """A restarted Redis loses every entry: the live holder's refresh puts its own back; an
+    entry someone else holds is never overwritten."""
+    store = make_store()
+    mine = holder("c1")
+    store.claim("exe_a", mine)
+    assert store.release("exe_a", "c1")  # as good as lost
+    assert not store.refresh("exe_a", "c1")  # without its entry, a refresh cannot put it back
+    assert not store.refresh("exe_a", "c1", holder("c2"))  # nor with someone else's
+    assert store.refresh("exe_a", "c1", mine)
+    assert store.get("exe_a") == mine
+    store.claim("exe_a", holder("c2"))
+    assert not store.refresh("exe_a", "c1", mine)
+    assert store.get("exe_a").connection_id == "c2"

@@ -252,7 +252,9 @@ def test_quick_start_admin_shows_each_secret_once_and_revokes(builtin_gateway: G
     # The token works: for the TUI in the test process, and over real HTTP for the SDK.
     grant = orm(tokens.check, token, "tui")
     prefix = token[: len("cxgt_") + 8]
-    assert grant == Grant("default", str(admin_user.pk), prefix, frozenset(tokens.ALL_SCOPES))
+    expected = Grant("default", str(admin_user.pk), prefix, frozenset(tokens.ALL_SCOPES), grant.expires_at)
+    assert grant == expected
+    assert grant.expires_at is not None  # the form's default lifetime
     status, body = _envs_list(builtin_gateway, token)
     assert status == 200, (status, body)
     assert body == {"envs": []}, body  # the bound executor is not running, so not listed

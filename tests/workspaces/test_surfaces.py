@@ -12,9 +12,10 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from appgateway import auth, model_credentials, supervisor
+from appgateway import auth, model_credentials
 from appgateway.auth import Identity
 from appgateway.model_proxy import model_proxy_app
+from appgateway.supervisor import get_supervisor
 from bridge.ws_auth import Denial
 from codexgw.model_key import MISSING_KEY, model_key_problem
 from workspaces import tokens
@@ -211,4 +212,4 @@ def test_turns_for_a_workspace_that_does_not_exist_are_404_before_anything_spawn
     body = {"workspaceId": "W", "params": {"input": []}}
     response = APIClient().post("/api/turns", body, format="json", **agentserver_secret)
     assert (response.status_code, response.json()) == (404, {"error": "no workspace W"})
-    assert supervisor.live_sessions() == []
+    assert get_supervisor().live_sessions() == []

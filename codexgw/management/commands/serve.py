@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from codexgw import drain, runtime
+from codexgw import runtime
 from codexgw.model_key import model_key_problem
 from codexgw.server import GatewayServer, gateway_config
 
@@ -36,7 +36,6 @@ class Command(BaseCommand):
         if problem:
             # Said once here, before any turn fails for it (also on /readyz and the admin).
             logger.warning(problem)
-        drain.install_gateway_steps()
         host = options["host"] or settings.CXG_BIND
         port = settings.CXG_PORT if options["port"] is None else options["port"]
         config = gateway_config(

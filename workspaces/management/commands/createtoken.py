@@ -4,13 +4,10 @@ stdout, so ``export CODEXGW_TOKEN=$(manage.py createtoken default)`` works. Ever
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from codexgw.env import parse_duration
 from workspaces import tokens
 from workspaces.models import Workspace
 
@@ -34,9 +31,9 @@ class Command(BaseCommand):
         workspace = Workspace.objects.filter(id=options["workspace"]).first()
         if workspace is None:
             raise CommandError(f"no workspace {options['workspace']!r}; create it in the admin first")
-        expires_in = _lifetime(options["expires"]) if options["expires"] else None
         try:
-            user = _user(options["user"]) if options["user"] else tokens.default_user(workspace)
+            expires_in = tokens.lifetime(options["expires"]) if options["expires"] else None
+            user = tokens.user_named(options["user"]) if options["user"] else tokens.default_user(workspace)
             created = tokens.mint(
                 workspace,
                 user,
@@ -47,20 +44,3 @@ class Command(BaseCommand):
         except tokens.TokenError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(created.token)
-
-
-def _lifetime(text: str) -> timedelta:
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        raise CommandError(f"--expires {text!r} is not a duration (e.g. 90d, 12h, 30m)") from None
-    if seconds <= 0:
-        raise CommandError("--expires must be positive")
-    return timedelta(seconds=seconds)
-
-
-def _user(username: str) -> Any:
-    user = get_user_model().objects.filter(username=username).first()
-    if user is None:
-        raise CommandError(f"no user {username!r}")
-    return user

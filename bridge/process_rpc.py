@@ -8,6 +8,11 @@ leases and session records). Two kinds of traffic arrive there:
   handlers must return quickly (start a task for long work);
 - requests (``register`` + ``call``): each served in its own task, the answer going back to a
   fresh reply channel the caller waits on.
+
+Handlers are registered by the apps above in their ``AppConfig.ready()``. This lives in
+``bridge/`` with the other pieces of transport between gateway processes (``layer_frames``: frame
+pipes and backpressure over the channel layer; ``protocol``: close codes): the bridge is the
+lowest layer that moves messages, and every user (``sdk``, ``appgateway``) stands above it.
 """
 
 from __future__ import annotations

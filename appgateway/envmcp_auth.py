@@ -1,0 +1,80 @@
+"""Who may call env-mcp: the per-spawn capability token of the workspace named in the path.
+
+``POST /mcp/env/<workspace_id>`` (and the GET/DELETE of the same MCP session) must carry
+``Authorization: Bearer <capability token>``. The token is verified with the capability-token
+secret (its signature is compared in constant time by ``executors.captoken``) and refused once
+its turn is revoked (the next spawn of the workspace, or the app-server's stop). A missing, bad,
+expired or revoked token is 401; a valid token of another workspace is 403. No token is ever
+logged: denials name only the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from codexgw.api_errors import OUTAGES
+from executors import captoken
+from executors.revocation import revoked_set
+
+logger = logging.getLogger(__name__)
+
+PATH_PREFIX = "/mcp/env/"
+BEARER = "Bearer "
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated env-mcp request: the workspace, the spawn's turn and its token (which the
+    tools present to the gateway's bridges and ``/api/exec-gateway/connected``)."""
+
+    workspace_id: str
+    turn_id: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Denial:
+    status: int
+    error: str
+
+
+def workspace_of(path: str) -> str | None:
+    """``/mcp/env/<workspace_id>`` (one trailing slash allowed) → the workspace id."""
+    if not path.startswith(PATH_PREFIX):
+        return None
+    workspace_id = path[len(PATH_PREFIX) :].removesuffix("/")
+    return workspace_id if workspace_id and "/" not in workspace_id else None
+
+
+def _revoked(turn_id: str) -> bool:
+    return revoked_set().contains(turn_id)
+
+
+async def authorize(workspace_id: str, authorization: str | None) -> Caller | Denial:
+    """The caller behind ``authorization`` (the raw header) if it may use ``workspace_id``'s
+    env-mcp: 401 without a valid, unrevoked capability token, 403 for another workspace's."""
+    if not authorization or not authorization.startswith(BEARER) or not authorization[len(BEARER) :]:
+        return Denial(401, "missing Bearer token (the spawn's capability token)")
+    secret = settings.CXG_CAPTOKEN_HMAC_SECRET
+    if not secret:
+        logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every env-mcp request")
+        return Denial(503, "env-mcp disabled: capability token secret not configured")
+    token = authorization[len(BEARER) :]
+    try:
+        payload = captoken.verify(token, secret)
+    except captoken.CapTokenError as error:
+        return Denial(401, f"invalid token: {error}")
+    try:
+        revoked = await sync_to_async(_revoked, thread_sensitive=False)(payload.turn_id)
+    except OUTAGES as error:
+        logger.warning("env-mcp: revocation list unavailable: %s", error)
+        return Denial(503, "service unavailable, retry later")
+    if revoked:
+        return Denial(401, "invalid token: turn revoked")
+    if payload.workspace_id != workspace_id:
+        return Denial(403, "token is for another workspace")
+    return Caller(workspace_id=workspace_id, turn_id=payload.turn_id, token=token)

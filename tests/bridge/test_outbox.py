@@ -1,0 +1,125 @@
+"""A bridge client's outbox: paced by the client, bounded, losses told exactly and in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from bridge.outbox import BridgeOutbox, closes_sent
+
+
+def output(process_id: str, seq: int, size: int = 100) -> str:
+    params = {"processId": process_id, "seq": seq, "stream": "stdout", "chunk": "x" * size}
+    return json.dumps({"method": "process/output", "params": params}, separators=(",", ":"))
+
+
+class Gate:
+    """A client that reads only while open: the server's send waits while it does not."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, text: str) -> None:
+        await self.open.wait()
+        self.sent.append(json.loads(text))
+
+
+async def test_a_stalled_client_is_told_exactly_what_it_will_not_get_in_seq_order():
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=0.05)
+    for seq in range(1, 31):  # ~150 characters each: 6 fit
+        await outbox.put(output("a", seq))
+        await outbox.put(output("b", seq))
+    await outbox.put('{"id":7,"result":{}}')  # never dropped
+    assert outbox.stalled
+    gate.open.set()
+    await outbox.drained()
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    for message in gate.sent:
+        if message.get("method") == "process/output":
+            seen[message["params"]["processId"]].append(message["params"]["seq"])
+        elif message.get("method") == "gateway/outputLost":
+            params = message["params"]
+            seen[params["processId"]] += list(range(params["fromSeq"], params["toSeq"] + 1))
+    assert seen == {"a": list(range(1, 31)), "b": list(range(1, 31))}  # each seq once, in order
+    lost = [m["params"] for m in gate.sent if m.get("method") == "gateway/outputLost"]
+    # One notice per process, from its first seq that did not fit to its last.
+    assert sorted((n["processId"], n["toSeq"]) for n in lost) == [("a", 30), ("b", 30)]
+    assert outbox.lost_events == sum(n["toSeq"] - n["fromSeq"] + 1 for n in lost)
+    assert gate.sent[-1] == {"id": 7, "result": {}}
+
+
+async def test_a_client_that_keeps_reading_loses_nothing_and_paces_the_sender():
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=1.0)
+    for seq in range(1, 201):
+        await outbox.put(output("a", seq))
+        assert outbox.queued_chars <= 1000
+    await outbox.drained()
+    assert [m["params"]["seq"] for m in gate.sent] == list(range(1, 201))
+    assert outbox.lost_events == 0
+
+
+async def test_a_stalled_client_that_reads_again_gets_output_again():
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=0.05)
+    for seq in range(1, 11):
+        await outbox.put(output("a", seq))
+    assert outbox.stalled
+    gate.open.set()
+    await outbox.drained()
+    assert not outbox.stalled
+    await outbox.put(output("a", 11))
+    await outbox.drained()
+    assert gate.sent[-1]["params"]["seq"] == 11
+
+
+async def test_a_close_goes_after_the_queued_output_and_a_drain_waits_for_it():
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, limit=10_000)
+    for seq in range(1, 4):
+        await outbox.put(output("a", seq))
+
+    async def close() -> None:
+        gate.sent.append({"closed": 1012})
+
+    outbox.finish(close)
+    await outbox.put(output("a", 4))  # after the close: ignored
+    waiting = asyncio.ensure_future(closes_sent())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the client has not read yet
+    gate.open.set()
+    await asyncio.wait_for(waiting, 5)
+    assert [m.get("params", {}).get("seq") for m in gate.sent[:3]] == [1, 2, 3]
+    assert gate.sent[3:] == [{"closed": 1012}]
+
+
+def lost(process_id: str, low: int, high: int) -> str:
+    params = {"processId": process_id, "fromSeq": low, "toSeq": high}
+    return json.dumps({"method": "gateway/outputLost", "params": params}, separators=(",", ":"))
+
+
+async def test_seqs_skipped_on_the_way_are_told_once_and_repeats_or_a_new_series_are_not_gaps():
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send)
+    for seq in (1, 2, 5, 5, 3, 6):  # 3 and 4 lost on the way; a repeat; an old seq again
+        await outbox.put(output("a", seq))
+    await outbox.put(output("a", 9))  # the multiplexer's own late notice for 7-8 follows
+    await outbox.put(lost("a", 7, 8))  # already told: not again
+    await outbox.put(output("a", 1))  # the id reused for a new process: a new series
+    await outbox.put(output("a", 2))
+    await outbox.put(output("b", 414))  # first on this connection (a resume): no gap of its own
+    await outbox.put(lost("b", 1, 413))  # the multiplexer's late notice, told by nobody else
+    await outbox.drained()
+    told = [
+        (m["params"]["processId"], m["params"]["fromSeq"], m["params"]["toSeq"])
+        for m in gate.sent
+        if m["method"] == "gateway/outputLost"
+    ]
+    assert told == [("a", 3, 4), ("a", 7, 8), ("b", 1, 413)]
+    outputs = [m["params"]["seq"] for m in gate.sent if m["method"] == "process/output"]
+    assert outputs == [1, 2, 5, 5, 3, 6, 9, 1, 2, 414]
