@@ -9,9 +9,8 @@ buffered). A client that goes away cancels the upstream request.
 
 A raw ASGI app in front of Django (``model_proxy_app``, added for the app role in
 ``appgateway/apps.py``), like the relay: Django's handler would put its middleware around a
-streaming body and could not abort an upstream failure mid-body. daphne reads the (small, JSON)
-request body before the app starts, which is fine here; it does flush each response chunk at
-once.
+streaming body and could not abort an upstream failure mid-body. The request body is small JSON
+and is read whole; each response chunk is sent as it arrives.
 """
 
 from __future__ import annotations

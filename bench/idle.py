@@ -20,7 +20,7 @@ from bench.proc import rss_bytes
 from tests.e2e.harness import ExecutorCredentials, signed_upgrade_headers
 
 # Upgrades in flight at once: enough to keep the gateway busy, few enough not to overflow its
-# listen backlog (daphne/Twisted listens with a backlog of 50).
+# listen backlog (kept from when the server listened with a backlog of 50; uvicorn's is 2048).
 CONNECT_PARALLELISM = 32
 
 

@@ -2,7 +2,7 @@
 one run, printed as Markdown tables (see docs/performance.md).
 
 Topology: one real exec-server listening on ws://127.0.0.1:0 for (a); a second real exec-server
-connected with SigV4 to gateway process 0 of a two-process cluster (daphne + Redis channel layer)
+connected with SigV4 to gateway process 0 of a two-process cluster (``manage.py serve`` + Redis channel layer)
 for (b) bridges on process 0 and (c) bridges on process 1. Connection scale uses a fresh gateway
 process per N, so its RSS growth is the connections' alone.
 """

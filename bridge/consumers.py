@@ -2,7 +2,7 @@
 
 Both consumers stay thin: authorisation is ``bridge.ws_auth``, the protocol work is the
 multiplexer in ``bridge.session``. Refusals happen before the upgrade, with the HTTP status
-the caller acts on (ASGI WebSocket denial response; see ``codexgw.daphne_server``).
+the caller acts on (ASGI WebSocket denial response; see ``codexgw/server.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
 from codexgw import logcontext, metrics
-from codexgw.ws_flow import WS_FLOW_EXTENSION, WsFlow
 from executors import services
 from executors.presence import Holder, presence_store
 
@@ -223,12 +222,7 @@ class BridgeConsumer(GatewayConsumer):
         logcontext.bind(connection_id=self.conn_id)
         self._parts = Reassembler()
         # Everything for the client goes through it: paced by the client's reading, bounded.
-        flow = (self.scope.get("extensions") or {}).get(WS_FLOW_EXTENSION)
-        if not isinstance(flow, WsFlow):
-            flow = None  # not served by codexgw.daphne_server (in-process tests): no pacing
-        self.outbox = BridgeOutbox(
-            self._send_text, flow, context={"exe_id": self.exe_id, "connection_id": self.conn_id}
-        )
+        self.outbox = BridgeOutbox(self._send_text, context={"exe_id": self.exe_id, "connection_id": self.conn_id})
         await self.accept()
         self.group = grant.revocation_group
         await self.channel_layer.group_add(self.group, self.channel_name)

@@ -1,10 +1,9 @@
 """Frames on their way to one bridge client, written no faster than the client reads, in bounded
 memory, without ever holding up the executor session every other client shares.
 
-daphne's ``send`` never waits: a client that stops reading its socket made the process hold
-everything sent to it (Twisted's write buffer). Here a pump writes one frame at a time and waits,
-between frames, until the connection's send buffer has room (``codexgw.ws.flow``, see
-``codexgw/daphne_server.py``); ``put`` never waits. Queued text is bounded by ``limit``
+A pump writes one frame at a time; the server's ``send`` waits while the connection's write
+buffer is full (uvicorn: about 64 KiB), so the pump goes no faster than the client reads, while
+``put`` never waits. Queued text is bounded by ``limit``
 characters: past it, an arriving ``process/output`` frame is not queued but counted in a
 ``gateway/outputLost {processId, fromSeq, toSeq}`` notice at its place in the queue (consecutive
 seqs of a process extend the same notice), so the client learns exactly which seqs it will not
@@ -22,7 +21,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from bridge.multiplexer import OUTPUT_LOST
 from codexgw import metrics
@@ -52,10 +51,6 @@ async def closes_sent() -> None:
     while _closing:
         await asyncio.gather(*(outbox.drained() for outbox in list(_closing)), return_exceptions=True)
         _closing.difference_update([outbox for outbox in list(_closing) if outbox._task is None])
-
-
-class Flow(Protocol):
-    async def drain(self) -> None: ...
 
 
 @dataclass
@@ -102,14 +97,12 @@ class BridgeOutbox:
     def __init__(
         self,
         send: Callable[[str], Awaitable[None]],
-        flow: Flow | None,
         *,
         limit: int = OUTBOX_LIMIT,
         patience: float = STALL_PATIENCE,
         context: dict[str, Any] | None = None,
     ) -> None:
         self._send = send
-        self._flow = flow
         self.limit = limit
         self.patience = patience
         self.stalled = False
@@ -237,8 +230,6 @@ class BridgeOutbox:
     async def _pump(self) -> None:
         try:
             while self._queue and not self.closed:
-                if self._flow is not None:
-                    await self._flow.drain()
                 item = self._queue.popleft()
                 if isinstance(item, _Lost):
                     if self._open.get(item.process_id) is item:

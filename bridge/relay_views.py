@@ -3,14 +3,16 @@ and ``PUT|GET /relay/{ticket}``.
 
 ``/relay/`` is a raw ASGI app in front of Django (``relay_app``, added for the exec role in
 ``bridge/apps.py``), not a Django view: Django's ASGI handler reads the whole request body
-before it calls a view and sends a streaming response with no way to abort it. The relay reads
-and writes through the server's ``codexgw.http.flow`` extension (``codexgw/http_flow.py``): the
-upload streams as it arrives, the download waits for its client, and a failed download is
-aborted mid-body.
+before it calls a view and sends a streaming response with no way to abort it. Plain ASGI is
+enough under the production server (``codexgw/server.py``): the upload streams as it arrives
+(``receive``), the download waits for its client (``send``), and a failed download is aborted
+mid-body (``codexgw/http_abort.py``: the connection is reset), so the client sees the transfer
+fail rather than a short body that looks complete.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ from rest_framework.views import APIView
 from bridge import relay
 from codexgw import drain
 from codexgw.api_errors import error_response
-from codexgw.http_flow import FLOW_EXTENSION, HttpFlow
+from codexgw.http_abort import abort_connection
 from codexgw.raw_asgi import Receive, Scope, Send, header, send_json
 from executors.api_auth import SharedSecretBearer
 from executors.models import WorkspaceExecutor
@@ -127,11 +129,6 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
     if not presented or not hmac.compare_digest(presented.encode(), ticket.encode()):
         await send_json(send, status.HTTP_401_UNAUTHORIZED, {"error": "unauthorized"})
         return
-    flow: HttpFlow | None = scope.get("extensions", {}).get(FLOW_EXTENSION)
-    if flow is None:
-        logger.error("the relay needs the codexgw.http.flow server extension (manage.py serve)")
-        await send_json(send, status.HTTP_500_INTERNAL_SERVER_ERROR, {"error": "relay unavailable on this server"})
-        return
     if drain.is_draining():
         # The transfer would be cut by the drain: the client retries (through the balancer).
         await send_json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE}, [drain.RETRY_AFTER_HEADER])
@@ -144,14 +141,67 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, status.HTTP_505_HTTP_VERSION_NOT_SUPPORTED, {"error": "the download needs HTTP/1.1"})
         return
     connection = relay.RelayConnection()
+    client = _Client(scope, receive)
     try:
-        with in_flight.track(flow.abort):
+        # A drain waits for the transfer, then cancels it (failing the relay for the other
+        # side) and resets the connection.
+        with in_flight.track(client.abort):
             if method == "PUT":
-                await _put(scope, send, flow, connection, ticket)
+                await _put(scope, send, client, connection, ticket)
             else:
-                await _get(send, flow, connection, ticket)
+                client.watch()
+                await _get(send, client, connection, ticket)
     finally:
+        await client.close()
         await connection.close()
+
+
+class _Client:
+    """The relay's HTTP client, through ASGI ``receive``: ``gone`` once the server reports
+    ``http.disconnect``. Once the request body has been read, a task waits for that report."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self._scope = scope
+        self._receive = receive
+        self._body_read = False
+        self._watch: asyncio.Task[None] | None = None
+        self.gone = False
+
+    async def read(self) -> bytes | None:
+        """The next request-body bytes, ``b""`` at the end, None if the client went away."""
+        if self._body_read:
+            return b""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                return None
+            body: bytes = message.get("body", b"")
+            if not message.get("more_body", False):
+                self._body_read = True
+                self.watch()
+                return body
+            if body:
+                return body
+
+    def watch(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._wait_gone(), name="relay client watch")
+
+    async def _wait_gone(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        abort_connection(self._scope)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            # wait(), not await: a cancellation of this task must not be taken for the watch's.
+            await asyncio.wait({self._watch})
 
 
 def _failure_status(outcome: relay.Outcome, side: relay.Side) -> int:
@@ -170,22 +220,12 @@ def _refusal_status(reason: relay.Refusal) -> int:
     return status.HTTP_410_GONE
 
 
-async def _put(scope: Scope, send: Send, flow: HttpFlow, connection: relay.RelayConnection, ticket: str) -> None:
+async def _put(scope: Scope, send: Send, client: _Client, connection: relay.RelayConnection, ticket: str) -> None:
     length = header(scope, b"content-length")
     try:
         claim = await connection.claim(ticket, relay.Side.UPLOAD)
-
-        async def read() -> bytes | None:
-            while True:
-                message = await flow.receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                body: bytes = message["body"]
-                if body or not message.get("more_body", False):
-                    return body
-
         received = await relay.upload(
-            connection, claim, read, lambda: flow.disconnected, int(length) if length and length.isdigit() else None
+            connection, claim, client.read, lambda: client.gone, int(length) if length and length.isdigit() else None
         )
     except relay.Refused as refused:
         await send_json(send, _refusal_status(refused.reason), {"error": refused.reason.value})
@@ -200,14 +240,14 @@ async def _put(scope: Scope, send: Send, flow: HttpFlow, connection: relay.Relay
 
 
 class _Download:
-    def __init__(self, send: Send, flow: HttpFlow) -> None:
+    def __init__(self, send: Send, client: _Client) -> None:
         self._send = send
-        self._flow = flow
+        self._client = client
         self.started = False
 
     @property
     def gone(self) -> bool:
-        return self._flow.disconnected
+        return self._client.gone
 
     async def start(self) -> None:
         self.started = True
@@ -220,18 +260,18 @@ class _Download:
         )
 
     async def write(self, data: bytes) -> None:
+        # The server's send waits while the client's send buffer is full.
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        await self._flow.drain()
 
     async def end(self) -> None:
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def abort(self) -> None:
-        self._flow.abort()
+        self._client.abort()
 
 
-async def _get(send: Send, flow: HttpFlow, connection: relay.RelayConnection, ticket: str) -> None:
-    downstream = _Download(send, flow)
+async def _get(send: Send, client: _Client, connection: relay.RelayConnection, ticket: str) -> None:
+    downstream = _Download(send, client)
     try:
         claim = await connection.claim(ticket, relay.Side.DOWNLOAD)
         await relay.download(connection, claim, downstream)

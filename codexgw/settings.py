@@ -325,7 +325,9 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["stderr"], "level": {"warn": "WARNING"}.get(LOG_LEVEL, LOG_LEVEL.upper())},
     "loggers": {
-        # daphne and django.server log each request with its full path; keep them at warning.
+        # The servers log each request or WebSocket with its full path; keep them at warning
+        # (uvicorn: manage.py serve; daphne and django.server: runserver).
+        "uvicorn": {"level": "WARNING"},
         "django.server": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         # One line per periodic task run is noise; failures still log at error.

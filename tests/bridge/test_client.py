@@ -1,4 +1,4 @@
-"""BridgeClient and Pool against the real gateway (two daphne processes) and a real executor."""
+"""BridgeClient and Pool against the real gateway (two processes) and a real executor."""
 
 from __future__ import annotations
 

@@ -15,22 +15,20 @@ def output(process_id: str, seq: int, size: int = 100) -> str:
 
 
 class Gate:
-    """A client that reads only while open."""
+    """A client that reads only while open: the server's send waits while it does not."""
 
     def __init__(self) -> None:
         self.open = asyncio.Event()
         self.sent: list[dict[str, Any]] = []
 
-    async def drain(self) -> None:
-        await self.open.wait()
-
     async def send(self, text: str) -> None:
+        await self.open.wait()
         self.sent.append(json.loads(text))
 
 
 async def test_a_stalled_client_is_told_exactly_what_it_will_not_get_in_seq_order():
     gate = Gate()
-    outbox = BridgeOutbox(gate.send, gate, limit=1000, patience=0.05)
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=0.05)
     for seq in range(1, 31):  # ~150 characters each: 6 fit
         await outbox.put(output("a", seq))
         await outbox.put(output("b", seq))
@@ -56,7 +54,7 @@ async def test_a_stalled_client_is_told_exactly_what_it_will_not_get_in_seq_orde
 async def test_a_client_that_keeps_reading_loses_nothing_and_paces_the_sender():
     gate = Gate()
     gate.open.set()
-    outbox = BridgeOutbox(gate.send, gate, limit=1000, patience=1.0)
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=1.0)
     for seq in range(1, 201):
         await outbox.put(output("a", seq))
         assert outbox.queued_chars <= 1000
@@ -67,7 +65,7 @@ async def test_a_client_that_keeps_reading_loses_nothing_and_paces_the_sender():
 
 async def test_a_stalled_client_that_reads_again_gets_output_again():
     gate = Gate()
-    outbox = BridgeOutbox(gate.send, gate, limit=1000, patience=0.05)
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=0.05)
     for seq in range(1, 11):
         await outbox.put(output("a", seq))
     assert outbox.stalled
@@ -81,7 +79,7 @@ async def test_a_stalled_client_that_reads_again_gets_output_again():
 
 async def test_a_close_goes_after_the_queued_output_and_a_drain_waits_for_it():
     gate = Gate()
-    outbox = BridgeOutbox(gate.send, gate, limit=10_000)
+    outbox = BridgeOutbox(gate.send, limit=10_000)
     for seq in range(1, 4):
         await outbox.put(output("a", seq))
 
@@ -107,7 +105,7 @@ def lost(process_id: str, low: int, high: int) -> str:
 async def test_seqs_skipped_on_the_way_are_told_once_and_repeats_or_a_new_series_are_not_gaps():
     gate = Gate()
     gate.open.set()
-    outbox = BridgeOutbox(gate.send, gate)
+    outbox = BridgeOutbox(gate.send)
     for seq in (1, 2, 5, 5, 3, 6):  # 3 and 4 lost on the way; a repeat; an old seq again
         await outbox.put(output("a", seq))
     await outbox.put(output("a", 9))  # the multiplexer's own late notice for 7-8 follows

@@ -1,6 +1,6 @@
 """The byte relay: ``POST /api/exec-gateway/relay/create`` in process (DRF test client, real
-PostgreSQL and Redis), ``PUT|GET /relay/{ticket}`` on a real gateway process (daphne with the
-``codexgw.http.flow`` extension) driven by curl, as the executors drive it, and by raw sockets
+PostgreSQL and Redis), ``PUT|GET /relay/{ticket}`` on a real gateway process (``manage.py serve``)
+driven by curl, as the executors drive it, and by raw sockets
 where a client has to misbehave. The multi-process, large-file and memory tests are in
 ``tests/e2e/test_relay.py``."""
 

@@ -303,7 +303,7 @@ class GatewayProcess:
         return self._stop(signal.SIGKILL, 10.0)
 
     def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM (daphne's graceful stop), SIGKILL if it takes longer than ``timeout``."""
+        """SIGTERM (the drain, then a graceful stop), SIGKILL if it takes longer than ``timeout``."""
         return self._stop(signal.SIGTERM, timeout)
 
     def _stop(self, sig: int, timeout: float) -> int:

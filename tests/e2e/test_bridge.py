@@ -1,5 +1,5 @@
 """The executor WebSocket, the session multiplexer and /bridge with the real codex exec-server,
-on a gateway of two daphne processes sharing Redis and PostgreSQL."""
+on a gateway of two processes sharing Redis and PostgreSQL."""
 
 # ruff: noqa: ASYNC109 - helpers take a timeout like the harness client does
 

@@ -53,7 +53,7 @@ DRAIN_ENV = {
     "CODEXGW_DRAIN_TIMEOUT": f"{DRAIN_TIMEOUT}s",
     "CODEXGW_DRAIN_READINESS_DELAY": f"{READINESS_DELAY}s",
 }
-# Bound of the whole stop: the drain, then up to codexgw.daphne_server.STOP_GRACE to stop.
+# Bound of the whole stop: the drain, then up to codexgw.server.STOP_GRACE to stop.
 EXIT_BOUND = DRAIN_TIMEOUT + 3.0
 CONNECTED = "executor connected"
 TICKS = 600

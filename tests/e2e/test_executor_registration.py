@@ -72,7 +72,7 @@ def test_real_codex_registers_with_the_gateway_and_dials_the_returned_websocket(
 
 
 def test_gateway_returns_the_websocket_url_to_a_signed_registration(gateway_server):
-    """The same request shape as codex's, sent over real HTTP to daphne (the ASGI raw-path branch
+    """The same request shape as codex's, sent over real HTTP to the gateway (the ASGI raw-path branch
     of the verifier), including a signed query string with percent-encoding and a ``+``."""
     created = services.register_executor("user-e2e", "e2e executor")
     exe_id = created.executor.exe_id

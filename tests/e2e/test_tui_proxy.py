@@ -239,7 +239,7 @@ async def test_a_dead_app_server_closes_the_tui_with_1011(app_gateway):
 
 
 async def test_the_tui_leg_is_pinged(transactional_db, app_env):
-    """daphne pings every WebSocket after CXG_WS_PING_INTERVAL of client silence (20 s by default)."""
+    """The server pings every WebSocket every CXG_WS_PING_INTERVAL (20 s by default)."""
     gateway = GatewayProcess.start(env={**app_env, "CXG_WS_PING_INTERVAL": "1"})
     try:
         opcodes = await asyncio.to_thread(_raw_upgrade_and_read_opcodes, gateway.port, 6.0)
