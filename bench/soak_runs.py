@@ -15,11 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.exceptions import InvalidStatus
-
 from bench.soak_report import Stream, ticker_script
 from bench.soak_rigs import CutRig, FleetRig, bearer
-from tests.e2e.harness import RpcClient, RpcConnectionClosed
+from tests.e2e.harness import RpcClient, RpcConnectionClosed, resume_session
 
 LINGER = 0.5  # keep reading this long after process/closed, in case anything comes after it
 
@@ -64,35 +62,6 @@ async def read_to_close(client: RpcClient, stream: Stream, timeout: float) -> No
 async def open_bridge(url: str, name: str) -> tuple[RpcClient, str]:
     client = await RpcClient.connect(url, bearer(), open_timeout=10)
     return client, (await client.initialize(name))["sessionId"]
-
-
-async def resume(url: str, session_id: str, timeout: float = 60.0) -> RpcClient:
-    """Reconnect and resume ``session_id``, retrying while the executor is between processes
-    (503 on the upgrade, retryable errors, a session still attached to a dying bridge)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            client = await RpcClient.connect(url, bearer(), open_timeout=5)
-        except (InvalidStatus, OSError, TimeoutError) as error:
-            last = error
-            await asyncio.sleep(0.3)
-            continue
-        try:
-            reply = await client.call("initialize", {"clientName": "soak", "resumeSessionId": session_id}, 5)
-        except (RpcConnectionClosed, TimeoutError) as error:
-            last = error
-            await client.close()
-            await asyncio.sleep(0.3)
-            continue
-        if "error" in reply:
-            last = reply["error"]
-            await client.close()
-            await asyncio.sleep(0.3)
-            continue
-        await client.notify("initialized", {})
-        return client
-    raise RuntimeError(f"could not resume {session_id} within {timeout}s: {last!r}")
 
 
 async def reconnect_run(
@@ -159,7 +128,14 @@ async def failover_run(
         for name in places:
             if streams[name].closed:
                 continue
-            again = await resume(rig.bridge_url(rig.lb.ws_base_url), sessions[name])
+            again = await resume_session(
+                rig.bridge_url(rig.lb.ws_base_url),
+                bearer(),
+                sessions[name],
+                name="soak",
+                timeout=60.0,
+                retry_any_error=True,
+            )
             clients[name] = again
             await read_to_close(again, streams[name], shape.run_timeout / 2)
         if how == "drain":

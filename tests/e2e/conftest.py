@@ -13,6 +13,7 @@ import pytest
 
 from executors import services
 from executors.presence import presence_store
+from tests.appgateway.fake_model import FakeModel
 from tests.e2e.harness import Balancer, ExecServer, ExecutorCredentials, GatewayCluster, TcpCutProxy, wait_for
 
 DEFAULT_CLUSTER_SIZE = 2
@@ -71,6 +72,14 @@ def make_executor_credentials(transactional_db: None) -> Callable[..., ExecutorC
         return ExecutorCredentials(exe_id=created.executor.exe_id, token=created.registration_token)
 
     return make
+
+
+@pytest.fixture
+def fake_model() -> Iterator[FakeModel]:
+    """The LLM (a real HTTP server on 127.0.0.1 speaking the Responses API) with nothing scripted:
+    a request past the script gets a reply that names itself."""
+    with FakeModel(default_text="unexpected extra model request") as model:
+        yield model
 
 
 @pytest.fixture

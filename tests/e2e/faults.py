@@ -26,7 +26,6 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import InvalidStatus
 
 from tests.e2e.harness import MiB, RpcClient, RpcConnectionClosed, _free_port, _reap, wait_for
 
@@ -232,39 +231,6 @@ def ticker_params(process_id: str, lines: int, pause: float, width: int = 0) -> 
         "env": {"PATH": "/usr/bin:/bin"},
         "tty": False,
     }
-
-
-async def resume(
-    url: str, headers: Mapping[str, str], session_id: str, name: str = "resume", timeout: float = 40.0
-) -> RpcClient:
-    """Reconnect and resume ``session_id``, retrying while the upgrade is refused (503) or the
-    answer is the retryable error."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            client = await RpcClient.connect(url, headers, open_timeout=5)
-        except (InvalidStatus, OSError, TimeoutError) as error:
-            last = error
-            await asyncio.sleep(0.3)
-            continue
-        try:
-            reply = await client.call("initialize", {"clientName": name, "resumeSessionId": session_id}, 10)
-        except (RpcConnectionClosed, TimeoutError) as error:
-            last = error
-            await client.close()
-            await asyncio.sleep(0.3)
-            continue
-        if "error" in reply:
-            await client.close()
-            assert reply["error"].get("data") == {"retryable": True}, f"resume refused: {reply['error']}"
-            last = reply["error"]
-            await asyncio.sleep(0.3)
-            continue
-        assert reply["result"]["sessionId"] == session_id
-        await client.notify("initialized", {})
-        return client
-    raise AssertionError(f"could not resume {session_id} within {timeout}s: {last!r}")
 
 
 # --- memory -------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from django.conf import settings
 from django.db import connections
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.relay_client import RelayClient, RelayTicket
 from executors.executor_command import executor_launch
@@ -1103,3 +1103,45 @@ def mint_relay_ticket(gateway_base_url: str, workspace: str, user_id: str) -> Re
         exe_ids.append(exe_id)
     client = RelayClient(gateway_base_url, settings.CXG_INTERNAL_SHARED_SECRET)
     return async_to_sync(client.create)(workspace, exe_ids[0], exe_ids[1], 600)
+
+
+async def resume_session(
+    url: str,
+    headers: Mapping[str, str],
+    session_id: str,
+    *,
+    name: str = "resume",
+    timeout: float = 40.0,
+    retry_any_error: bool = False,
+) -> RpcClient:
+    """Reconnect to ``url`` and resume ``session_id`` (``initialize {resumeSessionId}``, then
+    ``initialized``), retrying while the executor is between processes: the upgrade refused (503),
+    the connection cut, or the retryable error. Another error fails at once unless
+    ``retry_any_error`` (the soak records failures instead of stopping)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            client = await RpcClient.connect(url, headers, open_timeout=5)
+        except (InvalidStatus, OSError, TimeoutError) as error:
+            last = error
+            await asyncio.sleep(0.3)
+            continue
+        try:
+            reply = await client.call("initialize", {"clientName": name, "resumeSessionId": session_id}, 10)
+        except (RpcConnectionClosed, TimeoutError) as error:
+            last = error
+            await client.close()
+            await asyncio.sleep(0.3)
+            continue
+        if "error" in reply:
+            await client.close()
+            if not retry_any_error:
+                assert reply["error"].get("data") == {"retryable": True}, f"resume refused: {reply['error']}"
+            last = reply["error"]
+            await asyncio.sleep(0.3)
+            continue
+        assert reply["result"]["sessionId"] == session_id
+        await client.notify("initialized", {})
+        return client
+    raise AssertionError(f"could not resume {session_id} within {timeout}s: {last!r}")

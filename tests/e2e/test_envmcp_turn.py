@@ -29,12 +29,6 @@ TOKEN = "ast_envmcp_e2e"
 
 
 @pytest.fixture
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(default_text="unexpected extra request") as model:
-        yield model
-
-
-@pytest.fixture
 def agentserver() -> Iterator[FakeAgentserver]:
     with FakeAgentserver(settings.CXG_AGENTSERVER_INTERNAL_SECRET) as fake:
         fake.add_token(TOKEN, user_id="user-envmcp", workspace_id=WORKSPACE)

@@ -7,7 +7,6 @@ sessions (their table lives in Redis), and bridges that reconnect and resume los
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import Callable
@@ -16,10 +15,10 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
-from websockets.exceptions import InvalidStatus
 
 from executors import captoken, services
 from executors.presence import presence_store
+from tests.e2e.faults import ticker_params
 from tests.e2e.harness import (
     Balancer,
     ExecutorCredentials,
@@ -27,6 +26,7 @@ from tests.e2e.harness import (
     RpcClient,
     RpcConnectionClosed,
     async_wait_for,
+    resume_session,
     wait_for,
 )
 
@@ -58,14 +58,7 @@ async def holder_index(cluster: GatewayCluster, exe_id: str, connection_id: str)
 
 
 def ticker(process_id: str) -> dict[str, Any]:
-    script = f"for i in $(seq 1 {TICKS}); do echo {process_id}-$i; sleep 0.01; done"
-    return {
-        "processId": process_id,
-        "argv": ["/bin/sh", "-c", script],
-        "cwd": "file:///tmp",
-        "env": {"PATH": "/usr/bin:/bin"},
-        "tty": False,
-    }
+    return ticker_params(process_id, TICKS, 0.01)
 
 
 class Collector:
@@ -112,37 +105,6 @@ class Collector:
         assert [e["params"]["exitCode"] for e in exits] == [0]
 
 
-async def resume(url: str, session_id: str, timeout: float = 40.0) -> RpcClient:
-    """Reconnect and resume ``session_id``, retrying while the executor is between processes."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            client = await RpcClient.connect(url, {"Authorization": f"Bearer {token()}"}, open_timeout=5)
-        except (InvalidStatus, OSError, TimeoutError) as error:
-            last = error
-            await asyncio.sleep(0.3)
-            continue
-        try:
-            reply = await client.call("initialize", {"clientName": "failover", "resumeSessionId": session_id}, 5)
-        except (RpcConnectionClosed, TimeoutError) as error:
-            last = error
-            await client.close()
-            await asyncio.sleep(0.3)
-            continue
-        if "error" in reply:
-            retryable = reply["error"].get("data") == {"retryable": True}
-            await client.close()
-            assert retryable, f"resume refused: {reply['error']}"
-            last = AssertionError(str(reply["error"]))
-            await asyncio.sleep(0.3)
-            continue
-        assert reply["result"]["sessionId"] == session_id
-        await client.notify("initialized", {})
-        return client
-    raise AssertionError(f"could not resume {session_id} within {timeout}s: {last!r}")
-
-
 @pytest.mark.gateway_cluster(count=3, env={"CODEXGW_LOG_FORMAT": "json"})
 async def test_killing_the_executors_process_moves_it_and_every_session_without_losing_output(
     gateway_cluster: GatewayCluster,
@@ -187,7 +149,9 @@ async def test_killing_the_executors_process_moves_it_and_every_session_without_
     assert clients["near"].closed
 
     for name in clients:
-        again = await resume(f"{lb.ws_base_url}/bridge/{exe_id}", sessions[name])
+        again = await resume_session(
+            f"{lb.ws_base_url}/bridge/{exe_id}", {"Authorization": f"Bearer {token()}"}, sessions[name], name="failover"
+        )
         async with again:
             await collectors[name].drain(again, timeout=60)
         collectors[name].assert_complete()

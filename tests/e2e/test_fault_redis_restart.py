@@ -27,8 +27,8 @@ from codexgw import redis as gwredis
 from executors import captoken, services
 from executors.presence import presence_store
 from tests.e2e.conftest import ExecServers
-from tests.e2e.faults import OutputAccount, RedisServer, numbered_lines, resume, ticker_params
-from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, RpcClient, wait_for
+from tests.e2e.faults import OutputAccount, RedisServer, numbered_lines, ticker_params
+from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, RpcClient, resume_session, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +104,7 @@ async def test_redis_restarted_mid_stream_loses_no_output_silently(private_redis
         if account.closed:
             break
         await client.close()
-        client = await resume(url, bearer(), session_id, timeout=max(1.0, deadline - time.monotonic()))
+        client = await resume_session(url, bearer(), session_id, timeout=max(1.0, deadline - time.monotonic()))
         connections += 1
     await client.close()
     print(f"redis away {back_at - killed_at:.2f}s; {connections} connection(s); {account.summary()}")

@@ -50,12 +50,6 @@ _WS_URL = re.compile(r"ws://127\.0\.0\.1:\d+")
 
 
 @pytest.fixture
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(default_text="unexpected extra model request") as model:
-        yield model
-
-
-@pytest.fixture
 def executor(
     start_gateway_cluster: Callable[..., GatewayCluster],
     make_executor_credentials: Callable[..., ExecutorCredentials],

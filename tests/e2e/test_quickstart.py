@@ -136,12 +136,6 @@ def quickstart_env(tmp_path: Path, model_url: str, model_key: str) -> dict[str, 
 
 
 @pytest.fixture
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(default_text="unexpected extra model request") as model:
-        yield model
-
-
-@pytest.fixture
 def start_quickstart(
     transactional_db: None,
     tmp_path: Path,
