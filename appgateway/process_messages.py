@@ -11,8 +11,8 @@ registered with ``on_message`` (the TUI proxy's relays).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -20,14 +20,21 @@ from channels.layers import get_channel_layer
 from appgateway.leases import LeaseInfo
 from bridge import process_rpc
 
-if TYPE_CHECKING:
-    from appgateway.supervisor import Supervisor
-
 CHECKPOINT = "appserver.checkpoint"
 SHUTDOWN = "appserver.shutdown"
 
 
-def install(supervisor: Supervisor) -> None:
+class Owner(Protocol):
+    """What these messages ask of the supervisor (it sends them too, so it is not imported here)."""
+
+    def in_background(self, coroutine: Awaitable[Any], name: str) -> None: ...
+
+    async def checkpoint_all(self) -> int: ...
+
+    async def shutdown(self, workspace_id: str, reason: str) -> None: ...
+
+
+def install(supervisor: Owner) -> None:
     """Act on the supervisor's own messages arriving on this process's channel (``AppGatewayConfig.ready()``).
     The work runs in a task of its own: handlers run on the channel's reader task."""
 
