@@ -117,7 +117,7 @@ class CodexConfig:
     wire_api: str = "responses"
     trusted_paths: Sequence[str] = ()
     approval_policy: str = "never"
-    sandbox_mode: str = "read-only"
+    sandbox_mode: str = "workspace-write"
     mcp_servers: Sequence[McpServer] = ()
 
 
