@@ -322,7 +322,13 @@ class BridgeConsumer(GatewayConsumer):
     async def deliver(self, text: str) -> None:
         # Waits only while the client's outbox is full, and at most STALL_PATIENCE (bridge/outbox.py).
         assert self.outbox is not None
-        await self.outbox.put(text)
+        if not await self.outbox.put(text):
+            # Closing or gone: the session owes its events again (bridge/session.py).
+            raise ConnectionError("the bridge connection is closing")
+
+    @property
+    def sending(self) -> BridgeOutbox | None:
+        return self.outbox
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)

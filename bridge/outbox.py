@@ -109,6 +109,12 @@ class BridgeOutbox:
         self._room = asyncio.Event()
         self.context = dict(context or {})
         self._queue: deque[str | _Lost] = deque()
+        # Per queued item, the first frame (in put() order) it stands for. Items are queued in
+        # put() order and a lost notice only ever grows by later frames, so these never decrease
+        # along the queue: every frame before the head's has been written (``sent``).
+        self._marks: deque[int] = deque()
+        self.queued = 0  # frames accepted by put()
+        self.sent = 0  # of those, how many have been handed to the connection
         self.queued_chars = 0
         self._open: dict[str, _Lost] = {}  # per process, the notice still queued that may grow
         self._task: asyncio.Task[None] | None = None
@@ -118,14 +124,24 @@ class BridgeOutbox:
         self._seen: dict[str, int] = {}  # per process, the highest seq given to the client
         self._told: dict[str, list[tuple[int, int]]] = {}  # per process, gaps told by this outbox
 
-    async def put(self, text: str) -> None:
-        """Queue ``text`` for the client. Process output that does not fit waits up to
-        ``patience`` for room (pacing the sender), unless the client is stalled; then it is
-        counted lost instead."""
+    @property
+    def settled(self) -> bool:
+        """Every frame accepted so far has been handed to the connection."""
+        return self.sent >= self.queued
+
+    @property
+    def given_up(self) -> bool:
+        """The connection is gone: what was still queued was discarded."""
+        return self.closed
+
+    async def put(self, text: str) -> bool:
+        """Queue ``text`` for the client; False if the connection is closing or gone (the frame
+        never reaches it). Process output that does not fit waits up to ``patience`` for room
+        (pacing the sender), unless the client is stalled; then it is counted lost instead."""
         if self.closed or self._closer is not None:
-            return
+            return False
         if not self._check_continuity(text):
-            return
+            return True
         if self.queued_chars + len(text) > self.limit and self._queue:
             found = _output_seq(text)
             if found is not None:
@@ -133,14 +149,21 @@ class BridgeOutbox:
                     self.stalled = True
                     logger.warning("bridge client stalled: dropping its output", extra=self.context)
                 if self.stalled:
+                    self.queued += 1
                     self._count_lost(*found)
                     self._kick()
-                    return
+                    return True
         if self.closed:
-            return
-        self._queue.append(text)
+            return False
+        self.queued += 1
+        self._append(text)
         self.queued_chars += len(text)
         self._kick()
+        return True
+
+    def _append(self, item: str | _Lost, first: int | None = None) -> None:
+        self._queue.append(item)
+        self._marks.append(self.queued if first is None else first)
 
     def _check_continuity(self, text: str) -> bool:
         """A frame that skips seqs of its process on this connection means frames were lost on
@@ -163,7 +186,7 @@ class BridgeOutbox:
         last = self._seen.get(process_id)
         if last is not None and seq > last + 1:
             notice = _Lost(process_id, last + 1, seq - 1)
-            self._queue.append(notice)
+            self._append(notice, self.queued + 1)  # stands for no frame: the one after it comes next
             self._told.setdefault(process_id, []).append((last + 1, seq - 1))
             self.lost_events += seq - 1 - last
             metrics.DROPS.labels("output_lost_in_transit").inc()
@@ -194,7 +217,7 @@ class BridgeOutbox:
         else:
             notice = _Lost(process_id, seq, seq)
             self._open[process_id] = notice
-            self._queue.append(notice)
+            self._append(notice)
         self.lost_events += 1
         metrics.DROPS.labels("output_lost_slow_reader").inc()
 
@@ -217,6 +240,7 @@ class BridgeOutbox:
         self.closed = True
         _closing.discard(self)
         self._queue.clear()
+        self._marks.clear()
         self._open.clear()
         self.queued_chars = 0
         self._room.set()
@@ -231,6 +255,7 @@ class BridgeOutbox:
         try:
             while self._queue and not self.closed:
                 item = self._queue.popleft()
+                self._marks.popleft()
                 if isinstance(item, _Lost):
                     if self._open.get(item.process_id) is item:
                         del self._open[item.process_id]
@@ -251,6 +276,7 @@ class BridgeOutbox:
                     if self.stalled and self.queued_chars <= self.limit // 2:
                         self.stalled = False  # reading again: output waits for room again
                 await self._send(text)
+                self.sent = self._marks[0] - 1 if self._marks else self.queued
             closer, self._closer = self._closer, None
             if closer is not None and not self.closed:
                 _closing.discard(self)

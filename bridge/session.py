@@ -46,7 +46,7 @@ from bridge.protocol import (
     CLOSE_TRY_AGAIN,
     JSON,
 )
-from bridge.sent_progress import SentProgress
+from bridge.sent_progress import Sending, SentProgress
 from codexgw import metrics
 from executors import services
 
@@ -72,6 +72,10 @@ class ExecutorLink(Protocol):
 
 class LocalBridge(Protocol):
     async def deliver(self, text: str) -> None: ...
+
+    @property
+    def sending(self) -> Sending | None:
+        """What carries its frames to the client, if anything holds them (``sent_progress``)."""
 
     async def close_from_gateway(self, code: int, reason: str) -> None: ...
 
@@ -312,7 +316,11 @@ class ExecutorSession:
             return
         changes = self.mux.take_changes()
         delivery = {vsid: self.mux.delivery_conn(vsid) for vsid in changes.upserts}
-        changes, unsent = self._progress.hold_back(changes, delivery, self._remote)
+        senders: dict[str, Sending] = dict(self._remote)
+        for conn_id, local in self._local.items():
+            if local.sending is not None:
+                senders[conn_id] = local.sending
+        changes, unsent = self._progress.hold_back(changes, delivery, senders)
         if changes.upserts or changes.deletes or changes.urgent:
             try:
                 still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
@@ -482,6 +490,8 @@ class ExecutorSession:
         if local is not None:
             with contextlib.suppress(Exception):  # already closed: nothing left to tell it
                 await local.close_from_gateway(code, reason)
+            if local.sending is not None:
+                self._progress.closing(conn_id, local.sending)
             return
         link = self._remote.pop(conn_id, None)
         if link is not None:

@@ -123,3 +123,22 @@ async def test_seqs_skipped_on_the_way_are_told_once_and_repeats_or_a_new_series
     assert told == [("a", 3, 4), ("a", 7, 8), ("b", 1, 413)]
     outputs = [m["params"]["seq"] for m in gate.sent if m["method"] == "process/output"]
     assert outputs == [1, 2, 5, 5, 3, 6, 9, 1, 2, 414]
+
+
+async def test_sent_counts_only_frames_handed_to_the_connection():
+    """What ``bridge/sent_progress.py`` reads: a frame counts as sent once the pump wrote it, and
+    a lost notice that grows keeps the frames after its first one unsent until it is written."""
+    gate = Gate()
+    outbox = BridgeOutbox(gate.send, limit=1000, patience=0.05)
+    assert outbox.settled
+    for seq in (1, 2, 3):
+        assert await outbox.put(output("a", seq))
+    assert (outbox.queued, outbox.settled) == (3, False)
+    await asyncio.sleep(0.05)
+    assert outbox.sent == 0  # the client reads nothing: nothing has left
+    gate.open.set()
+    await outbox.drained()
+    assert (outbox.sent, outbox.settled) == (3, True)
+    outbox.close()
+    assert outbox.given_up
+    assert not await outbox.put(output("a", 4))  # gone: the sender owes it again

@@ -15,6 +15,7 @@ from channels.layers import InMemoryChannelLayer
 
 from bridge import session as sessions
 from bridge import vsession_store
+from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
 from codexgw import redis as gwredis
 from executors import services
@@ -39,6 +40,8 @@ class FakeExecutor:
 
 
 class Bridge:
+    sending = None  # delivered frames reach the client at once
+
     def __init__(self, *, gone: bool = False) -> None:
         self.gone = gone
         self.received: list[dict[str, Any]] = []
@@ -261,3 +264,57 @@ async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_sessio
     read = far.executor.sent[-1]
     assert read["params"]["processId"] == far.exec_pid
     assert read["params"]["afterSeq"] == left[-1]  # everything after it is read again
+
+
+class SlowLocalBridge(Bridge):
+    """A bridge in this process whose client reads only while ``reading`` is set: its outbox
+    (``bridge/outbox.py``) holds the frames meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.outbox = BridgeOutbox(self._write)
+
+    async def _write(self, text: str) -> None:
+        await self.reading.wait()
+        self.received.append(json.loads(text))
+
+    async def deliver(self, text: str) -> None:
+        if not await self.outbox.put(text):
+            raise ConnectionError("closing")
+
+    @property
+    def sending(self) -> BridgeOutbox:  # type: ignore[override]
+        return self.outbox
+
+
+@pytest.mark.django_db
+async def test_stored_progress_never_runs_ahead_of_a_local_bridges_outbox(ready_session):
+    """Frames a local bridge's outbox still holds would die with a SIGKILLed process too."""
+    session, executor = ready_session
+    near = SlowLocalBridge()
+    near.reading.set()
+    await session.put(sessions.BridgeOpen("near", None, local=near))
+    await session.put(sessions.BridgeFrame("near", initialize(1)))
+    await session.put(sessions.BridgeFrame("near", json.dumps({"method": "initialized"})))
+    start = {"processId": "p1", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False}
+    await session.put(sessions.BridgeFrame("near", json.dumps({"id": 2, "method": "process/start", "params": start})))
+    assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
+    exec_pid = executor.sent[2]["params"]["processId"]
+    reply = {"id": executor.sent[2]["id"], "result": {"processId": exec_pid, "sandboxType": "none"}}
+    await session.put(sessions.ExecFrame(executor, json.dumps(reply)))
+
+    def push(seq: int) -> sessions.ExecFrame:
+        params = {"processId": exec_pid, "seq": seq, "stream": "stdout", "chunk": "aGkK"}
+        return sessions.ExecFrame(executor, json.dumps({"method": "process/output", "params": params}))
+
+    await session.put(push(1))
+    assert await async_wait_for(lambda: _stored_progress(session.exe_id).get("p1") == 1, 5)
+    near.reading.clear()  # the client stops reading
+    for seq in range(2, 6):
+        await session.put(push(seq))
+    await asyncio.sleep(sessions.FLUSH_DELAY * 5)
+    assert _stored_progress(session.exe_id)["p1"] == 1  # 2 is being written, 3-5 wait
+    near.reading.set()
+    assert await async_wait_for(lambda: _stored_progress(session.exe_id)["p1"] == 5, 5)
+    assert [m["params"]["seq"] for m in near.received if m.get("method") == "process/output"] == [1, 2, 3, 4, 5]
