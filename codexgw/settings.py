@@ -129,7 +129,9 @@ CXG_MODEL_PROVIDER_WIRE_API = env_choice("CXG_MODEL_PROVIDER_WIRE_API", "respons
 CXG_CODEX_API_KEY = env_secret("CXG_CODEX_API_KEY") or (env_secret("OPENAI_API_KEY") if _BUILTIN else "")
 CXG_PROJECT_TRUSTED_PATHS = env_list("CXG_PROJECT_TRUSTED_PATHS", ["/tmp"])  # noqa: S108 - the Go default
 CXG_APPROVAL_POLICY = env_choice("CXG_APPROVAL_POLICY", "never", {"untrusted", "on-failure", "on-request", "never"})
-CXG_SANDBOX_MODE = env_choice("CXG_SANDBOX_MODE", "workspace-write", {"read-only", "workspace-write", "danger-full-access"})
+CXG_SANDBOX_MODE = env_choice(
+    "CXG_SANDBOX_MODE", "workspace-write", {"read-only", "workspace-write", "danger-full-access"}
+)
 # The TUI proxy answers the app-server's approval requests itself ("accept") or lets the TUI answer ("forward").
 CXG_APPROVAL_MODE = env_choice("CXG_APPROVAL_MODE", "accept", {"accept", "forward"})
 # /api/turns: a workspace's broker connection is closed after this long without a frame.
