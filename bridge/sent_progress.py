@@ -13,7 +13,7 @@ connection."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,18 +65,21 @@ class SentProgress:
         return list(self._closing.values())
 
     def hold_back(
-        self, changes: TableChanges, delivery_conn: Mapping[str, str | None], senders: Mapping[str, Sending]
+        self,
+        changes: TableChanges,
+        delivery_conn: Callable[[str], str | None],
+        senders: Mapping[str, Sending],
     ) -> tuple[TableChanges, list[str]]:
         """``changes`` with no progress beyond what has left the process, and the sessions to
-        write again later. ``delivery_conn`` names, per session in ``changes``, the connection
-        its events last went to; ``senders`` what carries each open bridge's frames."""
+        write again later. ``delivery_conn`` names the connection a session's events last went
+        to (``Multiplexer.delivery_conn``); ``senders`` what carries each open bridge's frames."""
         for closed_id, closed in list(self._closing.items()):
             if closed.settled or closed.given_up:
                 del self._closing[closed_id]
         upserts: dict[str, JSON] = {}
         unsent: list[str] = []
         for vsid, snapshot in changes.upserts.items():
-            conn_id = delivery_conn.get(vsid)
+            conn_id = delivery_conn(vsid)
             link = None if conn_id is None else senders.get(conn_id) or self._closing.get(conn_id)
             if link is None or link.settled:
                 self._candidates.pop(vsid, None)

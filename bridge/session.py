@@ -315,12 +315,11 @@ class ExecutorSession:
         if self._table_lost or not self.mux.has_changes:
             return
         changes = self.mux.take_changes()
-        delivery = {vsid: self.mux.delivery_conn(vsid) for vsid in changes.upserts}
         senders: dict[str, Sending] = dict(self._remote)
         for conn_id, local in self._local.items():
             if local.sending is not None:
                 senders[conn_id] = local.sending
-        changes, unsent = self._progress.hold_back(changes, delivery, senders)
+        changes, unsent = self._progress.hold_back(changes, self.mux.delivery_conn, senders)
         if changes.upserts or changes.deletes or changes.urgent:
             try:
                 still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
