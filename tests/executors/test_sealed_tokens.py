@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import string
+
 from executors import secretbox, wsticket
 
 
@@ -28,3 +31,19 @@ def test_ticket_round_trip_and_refusals():
     assert not wsticket.verify("secret", f"{exe}.{int(expiry) + 1000}.{mac}", "exe_a", now=now)
     assert not wsticket.verify("secret", "garbage", "exe_a", now=now)
     assert not wsticket.verify("secret", f"{exe}.{expiry}.!!", "exe_a", now=now)
+
+
+def test_ticket_with_a_respelled_signature_is_refused():
+    # The MAC's last base64url character has two unused bits; a lenient decoder took three
+    # other spellings of the same ticket (found by the SigV4 fuzz run in CI).
+    now = 1_800_000_000
+    ticket = wsticket.mint("secret", "exe_a", 300, now=now)
+    head, mac = ticket.rsplit(".", 1)
+    same_bytes = [
+        c
+        for c in string.ascii_letters + string.digits + "-_"
+        if c != mac[-1] and base64.urlsafe_b64decode(mac[:-1] + c + "=") == base64.urlsafe_b64decode(mac + "=")
+    ]
+    assert len(same_bytes) == 3
+    for c in same_bytes:
+        assert not wsticket.verify("secret", f"{head}.{mac[:-1]}{c}", "exe_a", now=now)
