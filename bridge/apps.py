@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 from django.conf import settings
 
@@ -11,12 +13,17 @@ class BridgeConfig(AppConfig):
     name = "bridge"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete
+
         from bridge.ws_auth import close_bridges_of_access_tokens
         from codexgw import metrics
+        from executors.models import WorkspaceExecutor
         from workspaces import tokens
 
         # Whichever process revokes a token (the admin's), the bridges are closed on every one.
         tokens.on_revoked(close_bridges_of_access_tokens)
+        # Likewise when an executor leaves a workspace (unbound, or deleted with its bindings).
+        post_delete.connect(_binding_deleted, sender=WorkspaceExecutor, dispatch_uid="bridge.binding_deleted")
 
         metrics.add_gauge(
             "codexgw_mux_pending_requests",
@@ -42,6 +49,15 @@ class BridgeConfig(AppConfig):
 
 
 # apps.py is imported before the models are ready: these import bridge.session when called.
+
+
+def _binding_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    from django.db import transaction
+
+    from bridge.ws_auth import close_bridges_of_binding
+
+    workspace_id, exe_id = instance.workspace_id, instance.executor_id
+    transaction.on_commit(lambda: close_bridges_of_binding(workspace_id, exe_id))
 
 
 def _mux_pending() -> float:

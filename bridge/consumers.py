@@ -24,7 +24,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from bridge import session as sessions
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
 from bridge.outbox import BridgeOutbox
-from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
+from bridge.protocol import (
+    CLOSE_EXECUTOR_LOST,
+    CLOSE_EXECUTOR_REPLACED,
+    CLOSE_EXECUTOR_UNBOUND,
+    CLOSE_TRY_AGAIN,
+    CLOSE_TURN_REVOKED,
+)
 from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
 from codexgw import logcontext, metrics
 from executors import services
@@ -207,6 +213,7 @@ class BridgeConsumer(GatewayConsumer):
     local: sessions.ExecutorSession | None = None
     inbox = ""
     group = ""
+    binding_group = ""
     target = ""  # the inbox of the executor session this bridge talks to
     link: LayerLink | None = None
     outbox: BridgeOutbox | None = None
@@ -226,6 +233,8 @@ class BridgeConsumer(GatewayConsumer):
         await self.accept()
         self.group = grant.revocation_group
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.binding_group = grant.binding_group
+        await self.channel_layer.group_add(self.binding_group, self.channel_name)
         if grant.expires_at is not None:
             # An access token that expires while its bridge is open ends the bridge then.
             self._expiry = asyncio.create_task(self._close_at(grant.expires_at))
@@ -286,6 +295,7 @@ class BridgeConsumer(GatewayConsumer):
             self._expiry.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(self.binding_group, self.channel_name)
             await self.channel_layer.group_discard(sessions.executor_group(self.exe_id), self.channel_name)
         if self.local is not None:
             await self.local.put(sessions.BridgeClosed(self.conn_id))
@@ -313,6 +323,9 @@ class BridgeConsumer(GatewayConsumer):
 
     async def bridge_revoke(self, event: dict[str, Any]) -> None:
         await self.close(code=CLOSE_TURN_REVOKED, reason="turn revoked")
+
+    async def bridge_unbound(self, event: dict[str, Any]) -> None:
+        await self.close(code=CLOSE_EXECUTOR_UNBOUND, reason="executor unbound from the workspace")
 
     async def _close_at(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))

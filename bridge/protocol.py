@@ -16,6 +16,7 @@ CLOSE_TRY_AGAIN = 1013  # the peer could not keep up: its channel stayed full
 CLOSE_EXECUTOR_REPLACED = 4000  # a newer connection for the same executor took over
 CLOSE_TURN_REVOKED = 4001  # the capability token's turn was revoked
 CLOSE_EXECUTOR_LOST = 4002  # the executor's session is gone or moved to another process: reconnect
+CLOSE_EXECUTOR_UNBOUND = 4003  # the executor is no longer bound to the credential's workspace
 
 # JSON-RPC error codes the gateway answers with (exec-server's own codes where it has one).
 INVALID_REQUEST = -32600

@@ -37,12 +37,25 @@ class Denial:
 class BridgeGrant:
     revocation_group: str  # the channel-layer group told when the credential is revoked
     holder: Holder
+    binding_group: str  # the group told when the executor is unbound from the credential's workspace
     expires_at: float | None = None  # epoch seconds at which the bridge must close, if any
 
 
 def access_token_group(prefix: str) -> str:
     """The group of the live bridges opened with the built-in access token ``prefix``."""
     return turn_group(f"access-token:{prefix}")
+
+
+def binding_group(workspace_id: str, exe_id: str) -> str:
+    """The group of the live bridges that reach ``exe_id`` as an executor of ``workspace_id``."""
+    return turn_group(f"binding:{workspace_id}:{exe_id}")
+
+
+def close_bridges_of_binding(workspace_id: str, exe_id: str) -> None:
+    """The executor left the workspace: close the bridges that reached it through it, on every process."""
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(binding_group(workspace_id, exe_id), {"type": "bridge.unbound"})
 
 
 def close_bridges_of_access_tokens(prefixes: list[str]) -> None:
@@ -130,7 +143,11 @@ def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Deni
         return Denial(503, "service unavailable, retry later")
     if holder is None:
         return Denial(503, "executor not connected")
-    return BridgeGrant(revocation_group=turn_group(token.turn_id), holder=holder)
+    return BridgeGrant(
+        revocation_group=turn_group(token.turn_id),
+        holder=holder,
+        binding_group=binding_group(token.workspace_id, exe_id),
+    )
 
 
 def _authorize_access_token(exe_id: str, bearer: str) -> BridgeGrant | Denial:
@@ -150,4 +167,9 @@ def _authorize_access_token(exe_id: str, bearer: str) -> BridgeGrant | Denial:
     if holder is None:
         return Denial(503, "executor not connected")
     expires = grant.expires_at.timestamp() if grant.expires_at is not None else None
-    return BridgeGrant(revocation_group=access_token_group(grant.token_id), holder=holder, expires_at=expires)
+    return BridgeGrant(
+        revocation_group=access_token_group(grant.token_id),
+        holder=holder,
+        binding_group=binding_group(grant.workspace_id, exe_id),
+        expires_at=expires,
+    )
