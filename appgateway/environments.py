@@ -1,11 +1,8 @@
 """The workspace's executors as native Codex environments of its app-server (issue #14).
 
-* **Registration** (``register``, run by the spawn builder's ``after_start``): once the app-server
-  answers, over its own loopback WebSocket, ``initialize`` with ``experimentalApi`` and one
-  ``environment/add {environmentId: <binding name>, execServerUrl: <this process>/bridge/<exe_id>,
-  authBearerToken: <a token of the spawn's turn for that executor only>}`` per executor bound to the
-  workspace. The token is only ever in that frame: not in argv, the child's environment, a URL or
-  CODEX_HOME.
+* **Registration** (``appgateway.environment_registration``): every executor bound to the
+  workspace is added to its app-server with ``environment/add`` at spawn and again whenever the
+  bindings change; the names it accepted are recorded here (``save_registered``).
 * **Selection** (``thread_start_environments`` and ``with_environments``, pure; ``default_selection``
   reads the bindings): a ``thread/start`` that names no environments (absent or ``null``, as the TUI
   sends it) gets the workspace's default executor first, with the client's ``cwd`` or else the
@@ -22,26 +19,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from websockets.asyncio.client import connect as ws_connect
 
 from appgateway import supervisor
-from appgateway.app_server_process import AppServerHandle
 from appgateway.rpc_filter import Frame
 from bridge import exec_session_store
-from bridge.protocol import MAX_MESSAGE_BYTES
 from codexgw import redis as gwredis
 from executors.models import WorkspaceExecutor
 
 logger = logging.getLogger(__name__)
 
-CLIENT_INFO: Final = {"name": "codexgw-environments", "version": "0.1.0"}
 FALLBACK_CWD: Final = "/"  # exists on every executor, holds nothing of the gateway's
 _THREAD_START: Final = "thread/start"
 
@@ -294,70 +287,13 @@ async def rewrite_client_frame(workspace_id: str, frame: Frame) -> Frame:
     return with_environments(message, environments)
 
 
-# --- registration -------------------------------------------------------------------------------
-
-
-class RegistrationError(Exception):
-    pass
-
-
-async def _call(ws: Any, request_id: int, method: str, params: dict[str, Any]) -> Any:
-    await ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
-    while True:
-        message = json.loads(await ws.recv())
-        if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
-            if "error" in message:
-                raise RegistrationError(f"{method}: {message['error']}")
-            return message.get("result")
-
-
-TokenFor = Callable[[str], str]  # exe_id → the capability token its environment uses
-
-
-async def register(workspace_id: str, app_server_ws_url: str, ws_base_url: str, token_for: TokenFor) -> list[str]:
-    """Add every executor bound to the workspace as an environment of its app-server; returns the
-    names added (``after_start`` records them for thread selection). A binding codex refuses is
-    logged and skipped."""
-    found = await bindings(workspace_id)
-    added: list[str] = []
-    async with ws_connect(app_server_ws_url, compression=None, max_size=MAX_MESSAGE_BYTES, ping_interval=None) as ws:
-        await _call(ws, 0, "initialize", {"clientInfo": CLIENT_INFO, "capabilities": {"experimentalApi": True}})
-        await ws.send(json.dumps({"method": "initialized"}))
-        for request_id, binding in enumerate(found, start=1):
-            try:
-                params = environment_add_params(binding, ws_base_url, token_for(binding.exe_id))
-                await _call(ws, request_id, "environment/add", params)
-            except RegistrationError as exc:
-                logger.warning(
-                    "executor not added as an environment",
-                    extra={"workspace_id": workspace_id, "environment": binding.name, "error": str(exc)},
-                )
-                continue
-            added.append(binding.name)
-    logger.info("executors added as environments", extra={"workspace_id": workspace_id, "environments": added})
-    return added
-
-
-def after_start(ws_base_url: str, token_for: TokenFor) -> Callable[[AppServerHandle], Awaitable[None]]:
-    """The spawn builder's ``SpawnConfig.after_start`` for one spawn."""
-
-    async def hook(handle: AppServerHandle) -> None:
-        await save_registered(handle.workspace_id, [])  # a failed registration leaves none behind
-        added = await register(handle.workspace_id, handle.ws_url, ws_base_url, token_for)
-        await save_registered(handle.workspace_id, added)
-
-    return hook
-
-
 __all__ = [
     "Binding",
-    "after_start",
     "bridge_url",
     "default_selection",
     "environment_add_params",
     "initialize_without_experimental_api",
     "path_from_file_uri",
-    "register",
     "rewrite_client_frame",
     "selection",
     "thread_bindings",

@@ -6,11 +6,18 @@ secret (its signature is compared in constant time by ``executors.captoken``) an
 its turn is revoked (the next spawn of the workspace, or the app-server's stop). A missing, bad,
 expired or revoked token is 401; a valid token of another workspace is 403. No token is ever
 logged: denials name only the reason.
+
+The token lives in the app-server's environment, so it cannot be renewed there: a token past its
+own ``exp`` still passes while its turn is the workspace's live spawn turn in this process and that
+turn, renewed by the spawn builder, has not ended (``set_turn_lifetime``); the tools then present
+a fresh token of the turn instead of the stale one.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
@@ -50,6 +57,22 @@ def workspace_of(path: str) -> str | None:
     return workspace_id if workspace_id and "/" not in workspace_id else None
 
 
+TurnLifetime = Callable[[str, str], float | None]  # (workspace_id, turn_id) → when that live spawn turn ends
+
+
+def _unknown_turn(workspace_id: str, turn_id: str) -> float | None:
+    return None
+
+
+_turn_lifetime: TurnLifetime = _unknown_turn  # until the spawn builder says
+
+
+def set_turn_lifetime(lifetime: TurnLifetime) -> None:
+    """How long a spawn turn of this process lives now (the spawn builder renews them)."""
+    global _turn_lifetime
+    _turn_lifetime = lifetime
+
+
 def _revoked(turn_id: str) -> bool:
     return revoked_set().contains(turn_id)
 
@@ -66,6 +89,14 @@ async def authorize(workspace_id: str, authorization: str | None) -> Caller | De
     token = authorization[len(BEARER) :]
     try:
         payload = captoken.verify(token, secret)
+    except captoken.Expired as error:
+        payload = captoken.verify(token, secret, now=0)  # signed by us; only its own exp has passed
+        ends = _turn_lifetime(payload.workspace_id, payload.turn_id)
+        if ends is None or time.time() > ends:
+            return Denial(401, f"invalid token: {error}")
+        token = captoken.mint(
+            secret, turn_id=payload.turn_id, workspace_id=payload.workspace_id, ttl=max(1.0, ends - time.time())
+        )
     except captoken.CapTokenError as error:
         return Denial(401, f"invalid token: {error}")
     try:

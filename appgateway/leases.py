@@ -224,6 +224,15 @@ def open_store(memory: MemoryLeaseStore) -> LeaseStore:
     return RedisLeaseStore(client) if client is not None else memory
 
 
+def lease_of(memory: MemoryLeaseStore, workspace_id: str) -> LeaseInfo | None:
+    """The workspace's live lease (blocking; for sync callers): Redis when configured, else ``memory``."""
+    client = gwredis.sync_client()
+    if client is None:
+        return memory.all().get(workspace_id)
+    raw = client.get(_lease_key(workspace_id))
+    return LeaseInfo.from_json(raw) if isinstance(raw, str) and raw else None
+
+
 def all_leases(memory: MemoryLeaseStore) -> dict[str, LeaseInfo]:
     """Every live lease in the cluster (blocking; for sync callers): Redis when configured, else ``memory``."""
     client = gwredis.sync_client()

@@ -11,6 +11,7 @@ registered with ``on_message`` (the TUI proxy's relays).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from channels.layers import get_channel_layer
 
 from appgateway.leases import LeaseInfo
 from bridge import process_rpc
+from codexgw import redis as gwredis
 
 CHECKPOINT = "appserver.checkpoint"
 SHUTDOWN = "appserver.shutdown"
@@ -62,6 +64,22 @@ async def ask_owner_to_shut_down(owner: LeaseInfo, workspace_id: str, reason: st
     layer = get_channel_layer()
     assert layer is not None
     await layer.send(owner.channel_name, {"type": SHUTDOWN, "workspace_id": workspace_id, "reason": reason})
+
+
+def tell_owner(owner: LeaseInfo | None, message: dict[str, Any], owner_loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Send ``message`` to ``owner``'s channel from sync code (blocking). ``owner_loop``: this
+    process's supervisor loop, for the embedded default, whose in-memory channel layer is bound to
+    it (one process: the owner is this one). False when there is nobody to tell."""
+    layer = get_channel_layer()
+    if owner is None or not owner.channel_name or layer is None:
+        return False
+    if gwredis.sync_client() is None:
+        if owner_loop is None:
+            return False
+        asyncio.run_coroutine_threadsafe(layer.send(owner.channel_name, message), owner_loop)
+        return True
+    async_to_sync(layer.send)(owner.channel_name, message)
+    return True
 
 
 def ask_owners_to_checkpoint(leases: Iterable[LeaseInfo]) -> int:

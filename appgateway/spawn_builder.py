@@ -8,8 +8,11 @@
   environment (``bearer_token_env_var``): it is in no file, argv or URL.
 
 * Executors as native environments: ``SpawnConfig.after_start`` registers every executor bound to
-  the workspace with the running app-server (``appgateway.environments``), each with a token of
-  the spawn's turn limited to that executor (so revoking the turn stops them too).
+  the workspace with the running app-server (``appgateway.environment_registration``), each with a
+  token of the spawn's turn limited to that executor (so revoking the turn stops them too). Before
+  the turn expires (the last ``RENEW_SHARE`` of ``CXG_CAPTOKEN_TTL``) it is extended and the
+  environments get fresh tokens; env-mcp's token, in the child's environment, cannot be replaced,
+  so env-mcp accepts it while its turn lives (``envmcp_auth.set_turn_lifetime``).
 
 Each spawn's turn id is remembered per workspace, and the next spawn of that workspace in this
 process (a restart or a crash respawn) revokes it; revocation through the exec gateway also
@@ -18,18 +21,21 @@ closes the bridges env-mcp opened for the old spawn; its tool context is dropped
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Final
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from appgateway import environments, envmcp, model_credentials
+from appgateway import environment_registration, envmcp, envmcp_auth, model_credentials
+from appgateway.app_server_process import AppServerHandle
 from appgateway.codexhome import McpServer
-from appgateway.envmcp_auth import PATH_PREFIX
-from appgateway.supervisor import SpawnConfig, Supervisor
+from appgateway.supervisor import SpawnConfig, Supervisor, get_supervisor
 from codexgw import runtime
 from executors import captoken
 from executors.revocation import revoke_turn
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "agentserver"
 TOKEN_ENV = "CXG_WORKSPACE_TOKEN"  # noqa: S105 - the variable's name, not a secret
+RENEW_SHARE: Final = 0.2  # of the TTL left when the environments' tokens are renewed
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,35 @@ def environment_token(workspace_id: str, turn: SpawnTurn, exe_id: str, now: floa
 def env_mcp_server(workspace_id: str, self_http_base_url: str) -> McpServer:
     """env-mcp on this process's own address; codex sends the token from ``TOKEN_ENV``."""
     return McpServer(
-        name=SERVER_NAME, url=f"{self_http_base_url}{PATH_PREFIX}{workspace_id}", bearer_token_env_var=TOKEN_ENV
+        name=SERVER_NAME,
+        url=f"{self_http_base_url}{envmcp_auth.PATH_PREFIX}{workspace_id}",
+        bearer_token_env_var=TOKEN_ENV,
     )
+
+
+def _token_for(workspace_id: str, turn_id: str) -> environment_registration.TokenFor:
+    """Environment tokens of the spawn's turn as it stands (renewal extends it)."""
+
+    def token_for(exe_id: str) -> str:
+        turn = _turns.get(workspace_id)
+        if turn is None or turn.turn_id != turn_id:
+            raise RuntimeError(f"the spawn turn of {workspace_id} is over")
+        return environment_token(workspace_id, turn, exe_id)
+
+    return token_for
+
+
+async def _renew(workspace_id: str, turn_id: str) -> None:
+    """While the spawn's turn is the workspace's latest here: before it expires, extend it by
+    ``CXG_CAPTOKEN_TTL`` and give the app-server's environments fresh tokens."""
+    ttl = settings.CXG_CAPTOKEN_TTL
+    while (turn := _turns.get(workspace_id)) is not None and turn.turn_id == turn_id:
+        await asyncio.sleep(max(1.0, turn.exp - time.time() - ttl * RENEW_SHARE))
+        if _turns.get(workspace_id) != turn:
+            continue
+        _turns[workspace_id] = replace(turn, exp=int(time.time() + ttl))
+        await environment_registration.register_again(workspace_id)
+        logger.info("environment tokens renewed", extra={"workspace_id": workspace_id, "turn_id": turn_id})
 
 
 async def revoke(workspace_id: str) -> None:
@@ -110,13 +144,30 @@ async def build(workspace_id: str) -> SpawnConfig:
         # Every bound executor becomes a native environment of the app-server, reached at this
         # process's /bridge with a token of the spawn's turn for that executor alone (sent over
         # the loopback WebSocket only).
-        after_start=environments.after_start(
-            exec_gateway_url, lambda exe_id: environment_token(workspace_id, turn, exe_id)
-        ),
+        after_start=_register_and_renew(workspace_id, exec_gateway_url, turn.turn_id),
     )
+
+
+def _register_and_renew(
+    workspace_id: str, gateway_url: str, turn_id: str
+) -> Callable[[AppServerHandle], Awaitable[None]]:
+    register = environment_registration.after_start(gateway_url, _token_for(workspace_id, turn_id))
+
+    async def hook(handle: AppServerHandle) -> None:
+        get_supervisor().in_background(_renew(workspace_id, turn_id), f"renew environment tokens of {workspace_id}")
+        await register(handle)
+
+    return hook
+
+
+def _turn_lifetime(workspace_id: str, turn_id: str) -> float | None:
+    turn = _turns.get(workspace_id)
+    return float(turn.exp) if turn is not None and turn.turn_id == turn_id else None
 
 
 def install(supervisor: Supervisor) -> None:
     supervisor.set_spawn_builder(build)
+    environment_registration.install(supervisor)
+    envmcp_auth.set_turn_lifetime(_turn_lifetime)  # env-mcp's token, in the child's environment, lives on
     # The spawn's env-mcp token dies with its app-server, however that ends.
     supervisor.add_stop_hook(revoke)

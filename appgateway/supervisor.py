@@ -224,6 +224,17 @@ class Supervisor:
             await asyncio.to_thread(persistence.persist, workspace_id, child.handle.codex_home)
             return True
 
+    async def with_running(self, workspace_id: str, action: Callable[[AppServerHandle], Awaitable[None]]) -> bool:
+        """Run ``action`` on the workspace's live app-server in this process, under the workspace's
+        lock (so never beside its spawn's ``after_start`` or its stop); False when it does not run here."""
+        state = self._running()
+        async with state.lock(workspace_id):
+            child = state.children.get(workspace_id)
+            if child is None or not child.alive():
+                return False
+            await action(child.handle)
+            return True
+
     async def checkpoint_all(self) -> int:
         """Checkpoint every live workspace of this process; returns how many were persisted."""
         done = 0
@@ -263,6 +274,13 @@ class Supervisor:
         await asyncio.gather(*state.tasks, return_exceptions=True)
         await state.leases.store.close()
         self._state = None
+
+    def tell_owner(self, workspace_id: str, message: dict[str, Any]) -> bool:
+        """Send ``message`` to the channel of the process whose app-server serves the workspace
+        (blocking; from sync code such as a signal handler). False when none runs."""
+        state = self._state
+        loop = state.loop if state is not None and state.loop.is_running() else None
+        return process_messages.tell_owner(leases.lease_of(self._memory_leases, workspace_id), message, loop)
 
     async def lease_owner(self, workspace_id: str) -> LeaseInfo | None:
         return await self._running().leases.store.get(workspace_id)

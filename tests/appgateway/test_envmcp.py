@@ -18,7 +18,7 @@ import httpx
 import pytest
 from django.conf import settings
 
-from appgateway import envmcp, spawn_builder
+from appgateway import envmcp, envmcp_auth, spawn_builder
 from appgateway.envmcp_auth import Caller
 from appgateway.envmcp_http import env_mcp_app
 from executors import captoken, services
@@ -105,6 +105,32 @@ async def test_a_revoked_turn_is_401_and_another_workspaces_token_403():
     # A path that names no single workspace is not env-mcp's.
     for path in ("/mcp/env/", f"/mcp/env/{WORKSPACE}/x"):
         assert (await asgi_request(path, f"Bearer {other}"))[0] == 404
+
+
+@pytest.mark.django_db
+async def test_an_expired_token_passes_while_its_spawn_turn_lives_on_renewed(monkeypatch):
+    # The token sits in the app-server's environment; the spawn builder renews its turn instead.
+    turn_id, expired = mint(ttl=10, now=time.time() - 60)
+    later = int(time.time()) + 600
+    monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn(turn_id, later))
+    caller = await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}")
+    assert isinstance(caller, Caller)
+    assert caller.turn_id == turn_id
+    fresh = captoken.verify(caller.token, settings.CXG_CAPTOKEN_HMAC_SECRET)  # what the tools present
+    assert (fresh.turn_id, fresh.workspace_id, fresh.exe_ids) == (turn_id, WORKSPACE, None)
+    assert later - 2 <= fresh.exp <= later
+    refused = envmcp_auth.Denial(401, "invalid token: token expired")
+    # Its turn ended, or another turn is the workspace's live one: expired.
+    monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn(turn_id, int(time.time()) - 1))
+    assert await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}") == refused
+    monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn("trn_other", later))
+    assert await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}") == refused
+    # Revocation still wins.
+    monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn(turn_id, later))
+    await asyncio.to_thread(revoke_turn, turn_id, later)
+    assert await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}") == envmcp_auth.Denial(
+        401, "invalid token: turn revoked"
+    )
 
 
 async def test_tool_contexts_follow_the_token_and_close_with_the_turn(settings):
