@@ -132,7 +132,6 @@ async def test_bindings_changed_while_the_app_server_runs(
         assert turn["status"] == "completed", cluster.log()
         output = last_tool_output(fake_model)
         assert "finished" not in output, output
-        print("UNBOUND OUTPUT", output)
         assert await thread_with(client, ["box"])
     finally:
         await client.close()
