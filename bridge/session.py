@@ -38,13 +38,16 @@ from bridge.multiplexer import (
     SaveSession,
     ToBridge,
     ToExecutor,
+    rpc_error,
 )
 from bridge.protocol import (
     CLOSE_EXECUTOR_LOST,
     CLOSE_EXECUTOR_REPLACED,
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN,
+    INVALID_REQUEST,
     JSON,
+    MAX_FRAME_BYTES,
 )
 from bridge.sent_progress import Sending, SentProgress
 from codexgw import metrics
@@ -403,13 +406,21 @@ class ExecutorSession:
     async def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, ToBridge):
-                await self._to_bridge(action.conn_id, _encode(action.message))
+                text = self._fitting(action.message)
+                if text is not None:
+                    await self._to_bridge(action.conn_id, text)
             elif isinstance(action, ToExecutor):
-                if self.executor is None:
+                text = _encode(action.message)
+                if size := _oversize(text):
+                    # Grown past the limit by the rewriting (id, handles): exec-server would drop the
+                    # connection every client shares. Refused instead, as if by the executor.
+                    refusal = _too_large(action.message.get("id"), "request", size)
+                    await self._perform(self.mux.executor_message(refusal))
+                elif self.executor is None:
                     drop("executor_gone_before_send", exe_id=self.exe_id)
                 else:
                     try:
-                        await self.executor.send_to_executor(_encode(action.message))
+                        await self.executor.send_to_executor(text)
                     except Exception:
                         # Closed under us: ExecClosed follows and fails what waits for an answer.
                         drop("executor_gone_before_send", exe_id=self.exe_id)
@@ -425,6 +436,20 @@ class ExecutorSession:
                 await self._record_environment(action.environment_info)
             else:
                 drop(action.reason, exe_id=self.exe_id, detail=action.detail)
+
+    def _fitting(self, message: JSON) -> str | None:
+        """``message`` as a frame codex accepts. Only a response can outgrow the executor's frame
+        it came from (the client chose its id): one too large becomes an error."""
+        text = _encode(message)
+        size = _oversize(text)
+        if not size:
+            return text
+        if "id" in message and "method" not in message:
+            text = _encode(_too_large(message["id"], "response", size))
+            if not _oversize(text):
+                return text
+        drop("frame_too_large", exe_id=self.exe_id, detail=f"{size} bytes")
+        return None
 
     async def _record_environment(self, environment_info: JSON) -> None:
         """Version and OS for the executor's row: codex reports them only in its handshake."""
@@ -540,6 +565,23 @@ def _parse(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def _oversize(text: str) -> int:
+    """The UTF-8 size of ``text`` if it is over the WebSocket frame limit, else 0. codex and
+    exec-server drop the connection on a larger frame (codex-wire A.9)."""
+    if len(text) <= MAX_FRAME_BYTES // 4:
+        return 0
+    size = len(text) if text.isascii() else len(text.encode())
+    return size if size > MAX_FRAME_BYTES else 0
+
+
+def _too_large(request_id: Any, what: str, size: int) -> JSON:
+    return rpc_error(
+        request_id,
+        INVALID_REQUEST,
+        f"{what} too large: {size} bytes, over the {MAX_FRAME_BYTES}-byte WebSocket frame limit",
+    )
 
 
 def _encode(message: Any) -> str:

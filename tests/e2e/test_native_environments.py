@@ -141,17 +141,22 @@ def agentserver() -> Iterator[FakeAgentserver]:
 
 @pytest.fixture
 def cluster(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     codex_bin: Path,
     fake_model: FakeModel,
     agentserver: FakeAgentserver,
     start_gateway_cluster: Callable[..., GatewayCluster],
 ) -> GatewayCluster:
+    """Two gateway processes serving the app role; more environment with
+    ``@pytest.mark.gateway_cluster(env={...})``, as for the ``gateway_cluster`` fixture."""
     env = app_gateway_env(tmp_path, codex_bin, fake_model.model, fake_model.base_url, agentserver.base_url)
     # codex sandboxes a command on the executor with the executor's own codex-linux-sandbox
     # helper, which codex does not set up for a CODEX_HOME under /tmp, as the executors' here; and
     # apply_patch must write. The sandbox is not under test.
     env["CXG_SANDBOX_MODE"] = "danger-full-access"
+    marker = request.node.get_closest_marker("gateway_cluster")
+    env.update(marker.kwargs.get("env", {}) if marker else {})
     return start_gateway_cluster(2, env)
 
 
