@@ -507,9 +507,15 @@ class Multiplexer:
     def _lose_all_vsessions(self, reason: str) -> list[Action]:
         actions: list[Action] = []
         for vsession in list(self._vsessions.values()):
-            if vsession.conn_id is not None:
-                actions.append(CloseBridge(vsession.conn_id, CLOSE_EXECUTOR_LOST, reason))
-                self._links.pop(vsession.conn_id, None)
+            conn_id = vsession.conn_id
+            if conn_id is not None:
+                # Requests queued during the handshake are answered before the close: codex waits
+                # out its 45 s session recovery for a request that dies with its connection.
+                queued = [m for c, m in self._backlog if c == conn_id]
+                self._backlog = [(c, m) for c, m in self._backlog if c != conn_id]
+                actions.extend(ToBridge(conn_id, _unavailable(m["id"], reason)) for m in queued if "id" in m)
+                actions.append(CloseBridge(conn_id, CLOSE_EXECUTOR_LOST, reason))
+                self._links.pop(conn_id, None)
             self._drop_vsession(vsession)
         return actions
 

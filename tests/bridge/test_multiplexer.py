@@ -327,6 +327,32 @@ def test_requests_during_the_handshake_wait_for_it():
     assert rig.answer(sent, {"status": "ready"}) == [ToBridge("A", {"id": 9, "result": {"status": "ready"}})]
 
 
+def test_requests_during_a_handshake_that_finds_a_new_exec_server_are_answered_before_the_close():
+    """The exec-server process was restarted: its session cannot be resumed. A request the bridge
+    sent while the gateway was still finding that out is answered (retryable) before the bridge is
+    closed, never left unanswered: codex would wait 45 s for it to recover."""
+    rig = ready_rig()
+    rig.attach("A")
+    rig.attach("B")
+    rig.mux.executor_disconnected()
+    init = only(to_executor(rig.mux.executor_connected()))
+    assert rig.send("A", {"id": 7, "method": "process/start", "params": {"processId": "p1", **START_PARAMS}}) == []
+    retry = only(to_executor(rig.fail(init, -32600, f"unknown session id {EXEC_SESSION}")))
+    actions = rig.answer(retry, {"sessionId": "new-session", "environmentInfo": ENV_INFO})
+    lost = "the executor's session was lost; start a new session"
+    assert actions[:2] == [INITIALIZED, SaveSession("new-session", ENV_INFO)]
+    assert actions[2:5] == [
+        ToBridge("A", error(7, -32000, lost, RETRYABLE)),
+        CloseBridge("A", CLOSE_EXECUTOR_LOST, lost),
+        CloseBridge("B", CLOSE_EXECUTOR_LOST, lost),
+    ]
+    assert len(actions) == 5
+    assert rig.mux.pending_count == 0
+    # A's new connection starts afresh on the new exec-server session.
+    rig.attach("A2")
+    rig.start("A2", "p1")
+
+
 # --- the bridge's virtual session -------------------------------------------------------------
 
 
