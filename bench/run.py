@@ -4,7 +4,8 @@ one run, printed as Markdown tables (see docs/performance.md).
 Topology: one real exec-server listening on ws://127.0.0.1:0 for (a); a second real exec-server
 connected with SigV4 to gateway process 0 of a two-process cluster (``manage.py serve`` + Redis channel layer)
 for (b) bridges on process 0 and (c) bridges on process 1. Connection scale uses a fresh gateway
-process per N, so its RSS growth is the connections' alone.
+process per N, so its RSS growth is the connections' alone. The native section runs codex's
+``exec_command`` from one ``codex app-server`` that has all three as environments (``bench/native_exec.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from bench.report import Fact, Row, comparison_table, facts_table, machine
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = "ws-bench"
 MiB = 1024 * 1024
-SECTIONS = ("latency", "throughput", "concurrency", "relay", "idle", "app")
+SECTIONS = ("latency", "throughput", "concurrency", "relay", "idle", "app", "native")
 
 
 @dataclass
@@ -44,10 +45,20 @@ class Sizes:
     idle: list[int] = field(default_factory=lambda: [1000, 5000])
     relay_mib: int = 256
     app_calls: int = 2000
+    native_calls: int = 100
 
 
 TINY = Sizes(
-    calls=20, read_mib=1, read_repeats=1, stream_mib=1, clients=3, calls_each=5, idle=[5], relay_mib=2, app_calls=20
+    calls=20,
+    read_mib=1,
+    read_repeats=1,
+    stream_mib=1,
+    clients=3,
+    calls_each=5,
+    idle=[5],
+    relay_mib=2,
+    app_calls=20,
+    native_calls=3,
 )
 
 
@@ -108,7 +119,7 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
     # Imported after bench_environment() configured Django.
     from django.conf import settings
 
-    from bench import appgw, idle, relay, rpc
+    from bench import appgw, idle, native_exec, relay, rpc
     from executors import captoken, services
     from executors.presence import presence_store
     from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, GatewayProcess, wait_for
@@ -120,14 +131,15 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
         small.write_text("hello bench\n")
         big = relay.random_file(tmp / "read.bin", sizes.read_mib * MiB)
 
-        direct = ExecServer.listen(binary, tmp / "home-direct")
+        direct_home, remote_home = tmp / "home-direct", tmp / "home-remote"
+        direct = ExecServer.listen(binary, direct_home)
         stack.callback(direct.stop)
         cluster = GatewayCluster.start(2, env=relay.RELAY_ENV)
         stack.callback(cluster.stop)
         created = services.register_executor("user-bench", "bench executor")
         creds = ExecutorCredentials(created.executor.exe_id, created.registration_token)
         services.bind_executor(WORKSPACE, creds.exe_id, "bench", "", True)
-        remote = ExecServer.remote(binary, cluster[0].base_url, creds, tmp / "home-remote")
+        remote = ExecServer.remote(binary, cluster[0].base_url, creds, remote_home)
         stack.callback(remote.stop)
         if not wait_for(lambda: presence_store().get(creds.exe_id) is not None, 30):
             raise RuntimeError(f"executor did not come online\n{remote.log()}\n{cluster.log()}")
@@ -278,6 +290,15 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
                 Row("app-server account/read p99", "ms", [app.direct_p99_ms, app.proxied_p99_ms, None], note)
             )
 
+        if "native" in sections:
+            places = [native_exec.Place(a.label, direct.listen_url, direct_home)] + [
+                native_exec.bridge(t.label, g.ws_base_url, WORKSPACE, creds.exe_id, remote_home)
+                for t, g in ((b, cluster[0]), (c, cluster[1]))
+            ]
+            native = native_exec.run(tmp, places, sizes.native_calls)
+            results.rows.extend(native.rows)
+            results.facts.extend(native.facts)
+
 
 def parse(argv: list[str] | None) -> tuple[Sizes, set[str], Path | None, Path | None]:
     parser = argparse.ArgumentParser(
@@ -295,23 +316,13 @@ def parse(argv: list[str] | None) -> tuple[Sizes, set[str], Path | None, Path | 
     parser.add_argument("--idle", default=",".join(map(str, defaults.idle)), help="idle executor counts")
     parser.add_argument("--relay-mib", type=int, default=defaults.relay_mib)
     parser.add_argument("--app-calls", type=int, default=defaults.app_calls)
+    parser.add_argument("--native-calls", type=int, default=defaults.native_calls)
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR", help="py-spy profiles go here")
     parser.add_argument("--output", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
-    if args.tiny:
-        sizes = TINY
-    else:
-        sizes = Sizes(
-            calls=args.calls,
-            read_mib=args.read_mib,
-            read_repeats=args.read_repeats,
-            stream_mib=args.stream_mib,
-            clients=args.clients,
-            calls_each=args.calls_each,
-            idle=[int(n) for n in args.idle.split(",") if n.strip()],
-            relay_mib=args.relay_mib,
-            app_calls=args.app_calls,
-        )
+    # Every size has an option of the same name (``--read-mib`` → read_mib); idle is a list.
+    counts = {f.name: getattr(args, f.name) for f in fields(Sizes) if f.name != "idle"}
+    sizes = TINY if args.tiny else Sizes(**counts, idle=[int(n) for n in args.idle.split(",") if n.strip()])
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = sections - set(SECTIONS)
     if unknown:

@@ -3,8 +3,8 @@
 A real HTTP server on its own thread: codex POSTs ``/v1/responses`` and gets a streamed
 ``text/event-stream`` answer. Each request takes the next scripted ``Reply``, ``FunctionCall`` or ``CustomToolCall``
 (``FakeModel.script``), or the default reply once the script is used up. Every request is
-recorded (``requests``) with its path, headers and decoded JSON body, so tests can assert what
-codex sent (model, the bearer key, tool outputs).
+recorded (``requests``) with its path, headers, decoded JSON body and arrival time, so tests can
+assert what codex sent (model, the bearer key, tool outputs) and the bench can time tool calls.
 
     with FakeModel(default_text="hello") as model:
         config.toml: base_url = model.base_url, env_key = <name>, wire_api = "responses"
@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -60,6 +61,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    received_at: float  # time.perf_counter() when the request's headers were in
 
     def user_texts(self) -> list[str]:
         """The text of every user message in the request's ``input``."""
@@ -121,6 +123,7 @@ class FakeModel:
     # --- serving ----------------------------------------------------------------------------
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        received_at = time.perf_counter()
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         try:
@@ -128,7 +131,7 @@ class FakeModel:
         except ValueError:
             body = raw.decode("utf-8", "replace")
         request = RecordedRequest(
-            handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body
+            handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body, received_at
         )
         with self._lock:
             self.requests.append(request)

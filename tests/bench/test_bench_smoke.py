@@ -41,5 +41,6 @@ def test_the_bench_runs_with_tiny_sizes_and_prints_a_table() -> None:
         "relay",
         "idle executors: presence online | 5/5",
         "app gateway: TUI connect",
+        "exec_command round trip p50",
     ):
         assert measurement in out, out
