@@ -40,6 +40,7 @@ from django.conf import settings
 
 from appgateway import environments, relay, supervisor
 from appgateway.rpc_filter import METHOD_DISABLED, Frame
+from appgateway.thread_environments import has_no_environments
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class Conn:
         self._items: dict[str, list[Any]] = {}
         self._attached: set[str] = set()
         self._attaching: dict[str, asyncio.Lock] = {}
+        self._without_environments: set[str] = set()  # resumed with none (thread_environments)
         self._mcp: dict[str, dict[str, str]] = {}  # thread -> MCP server -> startup status
         self._mcp_changed = asyncio.Event()
         self._mcp_unsettled: set[str] = set()  # threads started here whose MCP servers may be starting
@@ -314,7 +316,9 @@ class Conn:
         thread's events (and loads it after an app-server restart)."""
         async with self._attaching.setdefault(thread_id, asyncio.Lock()):
             if thread_id not in self._attached:
-                await self.request("thread/resume", {"threadId": thread_id})
+                result = await self.request("thread/resume", {"threadId": thread_id})
+                if has_no_environments(result) == thread_id:
+                    self._without_environments.add(thread_id)
                 self._attached.add(thread_id)
 
     async def turn(self, thread_id: str, params: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -325,6 +329,10 @@ class Conn:
             async with asyncio.timeout_at(deadline):
                 await self._attach(thread_id)
                 await self._mcp_servers_started(thread_id)
+                if thread_id in self._without_environments and params.get("environments") is None:
+                    # The turn gives the thread its environments (thread_environments).
+                    params = {**params, "environments": await environments.default_selection(self.workspace_id)}
+                self._without_environments.discard(thread_id)
                 result = await self.request("turn/start", {**params, "threadId": thread_id})
                 turn_id = result.get("turn", {}).get("id") if isinstance(result, dict) else None
                 if not isinstance(turn_id, str) or not turn_id:

@@ -24,6 +24,7 @@ from asgiref.typing import WebSocketConnectEvent
 from appgateway import environments, relay, rpc_filter, supervisor
 from appgateway.auth import authenticate_tui
 from appgateway.rpc_filter import Frame
+from appgateway.thread_environments import ThreadsWithoutEnvironments
 from bridge.consumers import GatewayConsumer
 from bridge.protocol import CLOSE_SERVICE_RESTART
 from bridge.ws_auth import Denial
@@ -39,8 +40,10 @@ class TuiProxyConsumer(GatewayConsumer):
     leg: relay.AppServerLeg | None = None  # the app-server is in this process
     link: relay.RelayClient | None = None  # it is in another one
     _pump: asyncio.Task[None] | None = None
+    _threads: ThreadsWithoutEnvironments
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        self._threads = ThreadsWithoutEnvironments()  # this connection's resumed or forked threads
         identity = await authenticate_tui(self.headers())
         if isinstance(identity, Denial):
             await self.deny(identity)
@@ -96,7 +99,7 @@ class TuiProxyConsumer(GatewayConsumer):
         # A new thread that names no environments gets the workspace's default executor (never
         # codex's local environment, the gateway host); initialize declares experimentalApi so
         # codex accepts that.
-        frame = await environments.rewrite_client_frame(self.workspace_id, frame)
+        frame = await environments.rewrite_client_frame(self.workspace_id, frame, self._threads)
         if self.leg is not None:
             await self.leg.send(frame)
         elif self.link is not None:
@@ -115,6 +118,7 @@ class TuiProxyConsumer(GatewayConsumer):
     # relay.TuiSink
 
     async def deliver(self, frame: Frame) -> None:
+        self._threads.server_frame(frame)
         if isinstance(frame, bytes):
             await self.send(bytes_data=frame)
         else:

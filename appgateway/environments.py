@@ -7,10 +7,12 @@
   reads the bindings): a ``thread/start`` that names no environments (absent or ``null``, as the TUI
   sends it) gets the workspace's default executor first, with the client's ``cwd`` or else the
   executor's own working directory, then the other registered executors (the model reaches them
-  with ``environment_id``); without a usable default, ``[]``, so codex never falls back to its
-  local environment (the gateway host). ``rpc_filter`` refuses requests that name ``local`` themselves.
-  codex accepts ``environments`` only from a connection that declared
-  ``capabilities.experimentalApi``, so a TUI-proxy client's ``initialize`` is made to declare it.
+  with ``environment_id``); without a registered default, the accepted bindings oldest first;
+  without any, ``[]``, so codex never falls back to its local environment (the gateway host).
+  ``rpc_filter`` refuses requests that name ``local`` themselves. codex accepts ``environments``
+  only from a connection that declared ``capabilities.experimentalApi``, so a TUI-proxy client's
+  ``initialize`` is made to declare it. Threads codex resumes or forks without environments get
+  them on their next turn (``appgateway.thread_environments``).
 
 Measured facts behind this: ``docs/app-gateway.md``, "Native environments (measured on 0.171.0)".
 """
@@ -29,6 +31,7 @@ from channels.db import database_sync_to_async
 
 from appgateway import supervisor
 from appgateway.rpc_filter import Frame
+from appgateway.thread_environments import ThreadsWithoutEnvironments
 from bridge import exec_session_store
 from codexgw import redis as gwredis
 from executors.models import WorkspaceExecutor
@@ -77,11 +80,13 @@ def path_from_file_uri(uri: Any) -> str | None:
 def thread_bindings(bindings: list[Binding], registered_names: Collection[str]) -> list[Binding]:
     """The bindings a new thread gets, the default first (codex runs a tool without
     ``environment_id`` in the first): those the app-server accepted (a name it does not know
-    would make codex refuse the whole thread). None at all without a registered default."""
+    would make codex refuse the whole thread). Without a registered default (none is flagged, or
+    codex refused it), the oldest accepted binding comes first: a workspace's only executor is
+    used whether or not it was marked default."""
     registered = [binding for binding in bindings if binding.name in registered_names]
     default = next((binding for binding in registered if binding.is_default), None)
     if default is None:
-        return []
+        return registered
     return [default, *(binding for binding in registered if binding is not default)]
 
 
@@ -263,15 +268,24 @@ async def _default_selection(workspace_id: str, client_cwd: str | None) -> list[
     return selection(chosen, cwds, client_cwd)
 
 
-async def rewrite_client_frame(workspace_id: str, frame: Frame) -> Frame:
+async def rewrite_client_frame(
+    workspace_id: str, frame: Frame, threads: ThreadsWithoutEnvironments | None = None
+) -> Frame:
     """A client's frame as the app-server gets it: ``initialize`` declares ``experimentalApi``
     (codex accepts ``thread/start.environments`` only then), a ``thread/start`` that names no
-    environments gets the workspace's executors, a ``turn/start`` that names no environments loses
-    its ``cwd`` and ``runtimeWorkspaceRoots`` (which would bring back the local environment); any
-    other frame is returned itself."""
+    environments gets the workspace's executors, and so does the first ``turn/start`` naming none
+    on a thread that codex resumed or forked without any (``threads``, the connection's); another
+    ``turn/start`` that names no environments loses its ``cwd`` and ``runtimeWorkspaceRoots``
+    (which would bring back the local environment); any other frame is returned itself."""
     initialize = initialize_without_experimental_api(frame)
     if initialize is not None:
         return with_experimental_api(initialize)
+    if threads is not None:
+        threads.client_frame(frame)
+        homeless = threads.turn_needing_environments(frame)
+        if homeless is not None:
+            placed = json.loads(without_turn_placement(homeless))
+            return with_environments(placed, await default_selection(workspace_id))
     turn = turn_start_without_environments(frame)
     if turn is not None:
         return without_turn_placement(turn)

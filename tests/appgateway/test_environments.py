@@ -49,11 +49,12 @@ def test_a_thread_gets_the_default_binding_first_then_the_other_registered_ones(
     assert environments.thread_bindings([OTHER, BOX, LATE], {"box", "other", "late"}) == [BOX, OTHER, LATE]
 
 
-def test_without_a_registered_default_a_thread_gets_no_environment():
-    # Bound after the app-server started, or refused by codex: not known to the app-server, and
-    # a thread naming it would be refused whole.
-    assert environments.thread_bindings([OTHER, BOX], {"other"}) == []
-    assert environments.thread_bindings([OTHER, LATE], {"other", "late"}) == []
+def test_without_a_registered_default_a_thread_gets_the_accepted_bindings_oldest_first():
+    # The default refused by codex (a name it would refuse the whole thread for), or none flagged:
+    # the model still has somewhere to run, never the gateway host.
+    assert environments.thread_bindings([OTHER, BOX], {"other"}) == [OTHER]
+    assert environments.thread_bindings([OTHER, LATE], {"other", "late"}) == [OTHER, LATE]
+    assert environments.thread_bindings([OTHER, BOX], set()) == []
     assert environments.thread_bindings([], {"box"}) == []
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from executors import services
 from tests.appgateway.fake_model import FakeModel, FunctionCall, Reply
 from tests.e2e.conftest import ExecServers
-from tests.e2e.harness import ExecutorCredentials, GatewayCluster, RpcClient, app_gateway_env
+from tests.e2e.harness import ExecutorCredentials, GatewayCluster, RpcClient, app_gateway_env, http_json
 from tests.e2e.test_native_environments import (  # noqa: F401 - fixtures used by name
     MARKER,
     WORKSPACE,
@@ -133,5 +134,45 @@ async def test_bindings_changed_while_the_app_server_runs(
         output = last_tool_output(fake_model)
         assert "finished" not in output, output
         assert await thread_with(client, ["box"])
+    finally:
+        await client.close()
+
+
+async def test_a_forked_thread_gets_the_default_executor_on_its_next_turn(
+    cluster: GatewayCluster,
+    box: Any,  # noqa: F811
+    fake_model: FakeModel,  # noqa: F811
+):
+    """codex forks a thread without its environments (0.171.0: ``environments: []``, whatever
+    the request names); the TUI's next turn on it, naming none, gets the workspace's."""
+    client = await tui(cluster)
+    try:
+        thread_id, names = await thread_environments(client)
+        assert names == ["box"]
+        fake_model.script(Reply("first"))
+        assert (await run_turn(client, thread_id, "hello"))["status"] == "completed"
+        forked = await client.call_result("thread/fork", {"threadId": thread_id}, timeout=60)
+        assert forked["thread"]["environments"] == [], forked
+        fake_model.script(FunctionCall("exec_command", {"cmd": f"cat ~/{MARKER}"}), Reply("ok"))
+        turn = await run_turn(client, forked["thread"]["id"], "on the fork")
+        assert turn["status"] == "completed", cluster.log()
+        assert box.marker in last_tool_output(fake_model), cluster.log()
+        read = await client.call_result("thread/read", {"threadId": forked["thread"]["id"]}, timeout=30)
+        assert [env["environmentId"] for env in read["thread"]["environments"]] == ["box"]
+
+        # Another fork, continued through /api/turns: the broker resumes it (codex: still none)
+        # and its turn gets the workspace's environments too.
+        again = await client.call_result("thread/fork", {"threadId": thread_id}, timeout=60)
+        fake_model.script(FunctionCall("exec_command", {"cmd": f"cat ~/{MARKER}"}), Reply("ok"))
+        status, body = await sync_to_async(http_json)(
+            "POST",
+            f"{cluster[0].base_url}/api/turns",
+            {"workspaceId": WORKSPACE, "threadId": again["thread"]["id"], "params": {"input": []}, "timeoutMs": 60000},
+            headers={"X-Internal-Secret": settings.CXG_AGENTSERVER_INTERNAL_SECRET},
+            timeout=90,
+        )
+        assert status == 200, f"{body}\n{cluster.log()}"
+        assert body["turn"]["status"] == "completed", f"{body}\n{cluster.log()}"
+        assert box.marker in last_tool_output(fake_model), cluster.log()
     finally:
         await client.close()
