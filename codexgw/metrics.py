@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
 from collections.abc import Callable, Iterable
 
 from asgiref.sync import sync_to_async
@@ -124,8 +123,6 @@ def ws_frame(role: str, direction: str, text: str | None, data: bytes | None) ->
 # --- Celery task outcomes --------------------------------------------------------------------
 
 TASK_OUTCOMES = ("started", "succeeded", "failed", "retried")
-_memory_tasks: dict[tuple[str, str], int] = {}
-_memory_lock = threading.Lock()
 
 
 def _tasks_key() -> str:
@@ -133,27 +130,17 @@ def _tasks_key() -> str:
 
 
 def record_task(task: str, outcome: str) -> None:
-    """Count one task outcome: in Redis (fleet-wide, shared by workers and gateways) or, on the
-    embedded default where tasks run in the gateway process, in memory. Never raises: a metric
-    must not fail the task."""
-    client = gwredis.sync_client()
-    if client is None:
-        with _memory_lock:
-            _memory_tasks[(task, outcome)] = _memory_tasks.get((task, outcome), 0) + 1
-        return
+    """Count one task outcome in Redis (fleet-wide, shared by workers and gateways). Never raises:
+    a metric must not fail the task."""
     try:
-        client.hincrby(_tasks_key(), f"{task}|{outcome}", 1)
+        gwredis.sync_client().hincrby(_tasks_key(), f"{task}|{outcome}", 1)
     except Exception:
         logger.warning("could not count a Celery task outcome", extra={"task": task, "outcome": outcome}, exc_info=True)
 
 
 def task_counts() -> dict[tuple[str, str], int]:
     """Every (task, outcome) count recorded so far (blocking: reads Redis)."""
-    client = gwredis.sync_client()
-    if client is None:
-        with _memory_lock:
-            return dict(_memory_tasks)
-    raw: dict[str, str] = client.hgetall(_tasks_key())  # type: ignore[assignment]
+    raw: dict[str, str] = gwredis.sync_client().hgetall(_tasks_key())  # type: ignore[assignment]
     counts = {}
     for field, value in raw.items():
         task, _, outcome = field.rpartition("|")

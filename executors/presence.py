@@ -6,19 +6,16 @@ counting as the executor's holder within one TTL. The newest connection wins: ``
 replaces any holder and returns it, and ``release``/``refresh`` only act while the caller is
 still the holder, so an evicted connection can never clobber its successor's entry.
 
-Redis: one key per executor (``<prefix>presence:<exe_id>``) holding JSON, with a TTL.
-Embedded default: the same in process memory.
+Redis (the embedded default's in-process one too): one key per executor
+(``<prefix>presence:<exe_id>``) holding JSON, with a TTL.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
-from typing import Protocol
 
 from django.conf import settings
 
@@ -40,77 +37,6 @@ class Holder:
         return cls(channel_name=data["channel_name"], connection_id=data["connection_id"], since=data["since"])
 
 
-class PresenceStore(Protocol):
-    def claim(self, exe_id: str, holder: Holder) -> Holder | None:
-        """Make ``holder`` the executor's holder; returns the holder it replaced, if any."""
-
-    def release(self, exe_id: str, connection_id: str) -> bool:
-        """Remove the entry if ``connection_id`` still holds it."""
-
-    def refresh(self, exe_id: str, connection_id: str, holder: Holder | None = None) -> bool:
-        """Extend the entry's TTL if ``connection_id`` still holds it. With ``holder`` (the
-        caller's own entry), an entry that is gone altogether (a restarted Redis lost it, or it
-        expired) is put back: nobody else claimed the executor meanwhile."""
-
-    def get(self, exe_id: str) -> Holder | None: ...
-
-    def online(self, exe_ids: Iterable[str]) -> set[str]: ...
-
-    def all_online(self) -> set[str]: ...
-
-
-class MemoryPresenceStore:
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._entries: dict[str, tuple[Holder, float]] = {}
-        self._lock = threading.Lock()
-
-    def _live(self, exe_id: str) -> Holder | None:
-        entry = self._entries.get(exe_id)
-        if entry is None:
-            return None
-        if entry[1] <= time.monotonic():
-            del self._entries[exe_id]
-            return None
-        return entry[0]
-
-    def claim(self, exe_id: str, holder: Holder) -> Holder | None:
-        with self._lock:
-            previous = self._live(exe_id)
-            self._entries[exe_id] = (holder, time.monotonic() + self._ttl)
-            return previous
-
-    def release(self, exe_id: str, connection_id: str) -> bool:
-        with self._lock:
-            current = self._live(exe_id)
-            if current is None or current.connection_id != connection_id:
-                return False
-            del self._entries[exe_id]
-            return True
-
-    def refresh(self, exe_id: str, connection_id: str, holder: Holder | None = None) -> bool:
-        with self._lock:
-            current = self._live(exe_id)
-            if current is None and holder is not None and holder.connection_id == connection_id:
-                current = holder
-            if current is None or current.connection_id != connection_id:
-                return False
-            self._entries[exe_id] = (current, time.monotonic() + self._ttl)
-            return True
-
-    def get(self, exe_id: str) -> Holder | None:
-        with self._lock:
-            return self._live(exe_id)
-
-    def online(self, exe_ids: Iterable[str]) -> set[str]:
-        with self._lock:
-            return {exe_id for exe_id in exe_ids if self._live(exe_id) is not None}
-
-    def all_online(self) -> set[str]:
-        with self._lock:
-            return {exe_id for exe_id in list(self._entries) if self._live(exe_id) is not None}
-
-
 # Act only while ARGV[1] is still the holder's connection id (JSON field "connection_id"). A
 # refresh with ARGV[4] (the holder's entry) puts a vanished entry back.
 _IF_HOLDER = """
@@ -128,26 +54,29 @@ return 1
 """
 
 
-class RedisPresenceStore:
+class PresenceStore:
     def __init__(self, ttl: float) -> None:
-        client = gwredis.sync_client()
-        assert client is not None
-        self._client = client
+        self._client = gwredis.sync_client()
         self._ttl_ms = int(ttl * 1000)
-        self._if_holder = client.register_script(_IF_HOLDER)
+        self._if_holder = self._client.register_script(_IF_HOLDER)
 
     @staticmethod
     def _key(exe_id: str) -> str:
         return gwredis.key("presence", exe_id)
 
     def claim(self, exe_id: str, holder: Holder) -> Holder | None:
+        """Make ``holder`` the executor's holder; returns the holder it replaced, if any."""
         previous = self._client.set(self._key(exe_id), holder.to_json(), px=self._ttl_ms, get=True)
         return Holder.from_json(str(previous)) if isinstance(previous, str) and previous else None
 
     def release(self, exe_id: str, connection_id: str) -> bool:
+        """Remove the entry if ``connection_id`` still holds it."""
         return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "release", 0, ""]))
 
     def refresh(self, exe_id: str, connection_id: str, holder: Holder | None = None) -> bool:
+        """Extend the entry's TTL if ``connection_id`` still holds it. With ``holder`` (the
+        caller's own entry), an entry that is gone altogether (a restarted Redis lost it, or it
+        expired) is put back: nobody else claimed the executor meanwhile."""
         entry = holder.to_json() if holder is not None and holder.connection_id == connection_id else ""
         return bool(self._if_holder(keys=[self._key(exe_id)], args=[connection_id, "refresh", self._ttl_ms, entry]))
 
@@ -169,7 +98,7 @@ class RedisPresenceStore:
 
 @cache
 def _presence_store(redis_url: str, ttl: float) -> PresenceStore:
-    return RedisPresenceStore(ttl) if redis_url else MemoryPresenceStore(ttl)
+    return PresenceStore(ttl)  # one per Redis (the URL) and TTL
 
 
 def presence_store() -> PresenceStore:

@@ -6,18 +6,16 @@ Celery task ``prune_revoked_set`` removes it. When the set is full, the entries 
 expiry are evicted first; evicting one that has not expired yet un-revokes a live turn, which
 is logged and returned so the caller can see it.
 
-Redis: one sorted set (member = turn_id, score = exp) shared by every gateway process.
-Embedded default: the same structure in process memory.
+Redis (the embedded default's in-process one too): one sorted set (member = turn_id, score =
+exp) shared by every gateway process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from functools import cache
-from typing import Protocol
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -26,52 +24,6 @@ from django.conf import settings
 from codexgw import redis as gwredis
 
 logger = logging.getLogger(__name__)
-
-
-class RevokedSet(Protocol):
-    def add(self, turn_id: str, exp: int) -> int:
-        """Revoke ``turn_id`` until ``exp``; returns how many unexpired entries were evicted."""
-
-    def contains(self, turn_id: str) -> bool: ...
-
-    def prune(self, now: float | None = None) -> int:
-        """Remove entries whose exp has passed; returns how many."""
-
-    def size(self) -> int: ...
-
-
-class MemoryRevokedSet:
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._entries: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, turn_id: str, exp: int) -> int:
-        now = time.time()
-        evicted_live = 0
-        with self._lock:
-            self._entries[turn_id] = exp
-            while len(self._entries) > self._capacity:
-                victim = min(self._entries, key=lambda key: (self._entries[key], key))
-                if self._entries.pop(victim) >= now:
-                    evicted_live += 1
-        return evicted_live
-
-    def contains(self, turn_id: str) -> bool:
-        with self._lock:
-            return turn_id in self._entries
-
-    def prune(self, now: float | None = None) -> int:
-        cutoff = time.time() if now is None else now
-        with self._lock:
-            expired = [key for key, exp in self._entries.items() if exp < cutoff]
-            for key in expired:
-                del self._entries[key]
-        return len(expired)
-
-    def size(self) -> int:
-        with self._lock:
-            return len(self._entries)
 
 
 # Add and evict atomically: ZADD, then pop the lowest scores while over capacity and count
@@ -90,22 +42,22 @@ return live
 """
 
 
-class RedisRevokedSet:
+class RevokedSet:
     def __init__(self, capacity: int) -> None:
-        client = gwredis.sync_client()
-        assert client is not None
-        self._client = client
+        self._client = gwredis.sync_client()
         self._capacity = capacity
         self._key = gwredis.key("revoked")
-        self._add = client.register_script(_ADD_SCRIPT)
+        self._add = self._client.register_script(_ADD_SCRIPT)
 
     def add(self, turn_id: str, exp: int) -> int:
+        """Revoke ``turn_id`` until ``exp``; returns how many unexpired entries were evicted."""
         return int(self._add(keys=[self._key], args=[turn_id, exp, self._capacity, int(time.time())]))
 
     def contains(self, turn_id: str) -> bool:
         return self._client.zscore(self._key, turn_id) is not None
 
     def prune(self, now: float | None = None) -> int:
+        """Remove entries whose exp has passed; returns how many."""
         cutoff = time.time() if now is None else now
         return int(self._client.zremrangebyscore(self._key, "-inf", f"({cutoff}"))
 
@@ -115,7 +67,7 @@ class RedisRevokedSet:
 
 @cache
 def _revoked_set(redis_url: str, capacity: int) -> RevokedSet:
-    return RedisRevokedSet(capacity) if redis_url else MemoryRevokedSet(capacity)
+    return RevokedSet(capacity)  # one per Redis (the URL) and capacity
 
 
 def revoked_set() -> RevokedSet:

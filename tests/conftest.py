@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -21,8 +22,8 @@ def _clean_redis() -> Iterator[None]:
     """Every test starts and ends with no keys under the test run's prefix."""
 
     def wipe() -> None:
+        assert settings.REDIS_URL, "tests run against real Redis: REDIS_URL must be set"
         client = gwredis.sync_client()
-        assert client is not None, "tests run against real Redis: REDIS_URL must be set"
         keys = list(client.scan_iter(match=settings.CODEXGW_REDIS_PREFIX + "*", count=1000))
         if keys:
             client.delete(*keys)
@@ -30,6 +31,18 @@ def _clean_redis() -> Iterator[None]:
     wipe()
     yield
     wipe()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def store_backend(request: pytest.FixtureRequest, settings: Any) -> Iterator[str]:
+    """Run a store test on the real Redis and on the embedded default's in-process fakeredis
+    (``REDIS_URL`` empty): the same store code on both."""
+    if request.param == "embedded":
+        settings.REDIS_URL = ""
+        gwredis.sync_client().flushall()
+    yield request.param
+    if request.param == "embedded":
+        gwredis.sync_client().flushall()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """With no environment at all the gateway runs on the embedded default (SQLite, in-memory
-channel layer, in-process stores and periodic jobs, generated local secrets)."""
+channel layer, the stores on an in-process fakeredis, in-process periodic jobs, generated local
+secrets)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,18 @@ import json, django
 from django.conf import settings
 django.setup()
 from channels.layers import get_channel_layer
-from executors.presence import presence_store
+from codexgw import redis as gwredis
+from executors.presence import Holder, presence_store
 from executors.revocation import revoked_set
+presence_store().claim("exe_probe", Holder("chan", "conn", 0.0))
+revoked_set().add("trn_probe", 2**40)
 print(json.dumps({
     "engine": settings.DATABASES["default"]["ENGINE"],
     "layer": type(get_channel_layer()).__name__,
     "eager": settings.CELERY_TASK_ALWAYS_EAGER,
-    "presence": type(presence_store()).__name__,
-    "revoked": type(revoked_set()).__name__,
+    "store": type(gwredis.sync_client()).__name__,
+    "presence": presence_store().get("exe_probe").connection_id,
+    "revoked": revoked_set().contains("trn_probe"),
     "shared": settings.CXG_INTERNAL_SHARED_SECRET,
     "agentserver": settings.CXG_AGENTSERVER_INTERNAL_SECRET,
 }))
@@ -63,8 +68,10 @@ def test_no_environment_means_embedded_default(tmp_path):
     assert values["engine"] == "django.db.backends.sqlite3"
     assert values["layer"] == "InMemoryChannelLayer"
     assert values["eager"] is True
-    assert values["presence"] == "MemoryPresenceStore"
-    assert values["revoked"] == "MemoryRevokedSet"
+    # The shared stores run their Redis code on an in-process fakeredis.
+    assert values["store"] == "FakeRedis"
+    assert values["presence"] == "conn"
+    assert values["revoked"] is True
     secrets_file = tmp_path / "local-secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     assert values["shared"]

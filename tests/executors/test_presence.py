@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from executors.presence import Holder, MemoryPresenceStore, RedisPresenceStore
+from executors.presence import Holder, PresenceStore
 
 
-@pytest.fixture(params=["redis", "memory"])
-def make_store(request):
+@pytest.fixture
+def make_store(store_backend):
     def build(ttl: float = 30.0):
-        return RedisPresenceStore(ttl) if request.param == "redis" else MemoryPresenceStore(ttl)
+        return PresenceStore(ttl)
 
     return build
 
@@ -57,9 +57,9 @@ def test_entries_expire_unless_refreshed(make_store):
 
 
 def test_redis_presence_is_visible_to_another_process_view():
-    RedisPresenceStore(30).claim("exe_a", holder("c1"))
-    other = RedisPresenceStore(30)
-    assert other.get("exe_a") == RedisPresenceStore(30).get("exe_a")
+    PresenceStore(30).claim("exe_a", holder("c1"))
+    other = PresenceStore(30)
+    assert other.get("exe_a") == PresenceStore(30).get("exe_a")
     assert other.online(["exe_a"]) == {"exe_a"}
 
 

@@ -1,4 +1,5 @@
-"""The revoked-turn set: Redis-backed (shared by gateway processes) and in-memory (embedded)."""
+"""The revoked-turn set, on the real Redis (shared by gateway processes) and on the embedded
+default's in-process fakeredis."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import time
 
 import pytest
 
-from executors.revocation import MemoryRevokedSet, RedisRevokedSet, revoke_turn, revoked_set
+from executors.revocation import RevokedSet, revoke_turn, revoked_set
 from executors.tasks import prune_revoked_set
 
 
-@pytest.fixture(params=["redis", "memory"])
-def make_set(request):
+@pytest.fixture
+def make_set(store_backend):
     def build(capacity: int):
-        return RedisRevokedSet(capacity) if request.param == "redis" else MemoryRevokedSet(capacity)
+        return RevokedSet(capacity)
 
     return build
 
@@ -80,7 +81,7 @@ def test_concurrent_adds_keep_the_bound(make_set):
 
 
 def test_redis_set_is_shared_between_instances():
-    writer, reader = RedisRevokedSet(10), RedisRevokedSet(10)
+    writer, reader = RevokedSet(10), RevokedSet(10)
     writer.add("shared", int(time.time()) + 60)
     assert reader.contains("shared")
 
