@@ -209,12 +209,10 @@ bindings = database_sync_to_async(_bindings_sync)
 
 
 # --- what the running app-server accepted ----------------------------------------------------------
-# Redis key <prefix>environments:<workspace_id> (process memory on the embedded default): the
-# names registered with the workspace's running app-server, for whichever process rewrites a
-# thread/start of that workspace (the TUI's, not necessarily the owner's). Each spawn empties it
-# before registering, under the spawn lock, so no thread of a new app-server sees the old names.
-
-_registered_memory: dict[str, str] = {}
+# Redis key <prefix>environments:<workspace_id>: the names registered with the workspace's running
+# app-server, for whichever process rewrites a thread/start of that workspace (the TUI's, not
+# necessarily the owner's). Each spawn empties it before registering, under the spawn lock, so no
+# thread of a new app-server sees the old names.
 
 
 def _registered_key(workspace_id: str) -> str:
@@ -222,17 +220,11 @@ def _registered_key(workspace_id: str) -> str:
 
 
 def _save_registered(workspace_id: str, names: list[str]) -> None:
-    raw = json.dumps(names)
-    client = gwredis.sync_client()
-    if client is None:
-        _registered_memory[workspace_id] = raw
-    else:
-        client.set(_registered_key(workspace_id), raw, ex=exec_session_store.KEEP_SECONDS)
+    gwredis.sync_client().set(_registered_key(workspace_id), json.dumps(names), ex=exec_session_store.KEEP_SECONDS)
 
 
 def _load_registered(workspace_id: str) -> list[str]:
-    client = gwredis.sync_client()
-    raw = client.get(_registered_key(workspace_id)) if client is not None else _registered_memory.get(workspace_id)
+    raw = gwredis.sync_client().get(_registered_key(workspace_id))
     return [str(name) for name in json.loads(raw)] if isinstance(raw, str) else []
 
 

@@ -3,19 +3,17 @@
 A lease ``<prefix>appserver:<workspace_id>`` names the owning gateway process, its process
 channel, the child's pid and loopback URL. It is taken atomically (a process never takes a lease
 another live process holds), refreshed by its owner (``appgateway.supervisor``) and expires when
-the owner dies, so another process can take over. Redis holds the leases; the embedded default
-(one process, no Redis) keeps them in that process's memory.
+the owner dies, so another process can take over. Redis holds the leases (the embedded
+default's in-process one too).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Protocol
 
 import redis.asyncio
 from django.conf import settings
@@ -66,82 +64,6 @@ class LiveSession:
         return max(0.0, time.time() - self.started_at)
 
 
-class LeaseStore(Protocol):
-    async def acquire(self, workspace_id: str, lease: LeaseInfo) -> LeaseInfo | None:
-        """Take the lease (or re-take our own); returns the other holder if it is taken."""
-
-    async def refresh(self, workspace_id: str, lease: LeaseInfo) -> LeaseInfo | None:
-        """Rewrite and extend our lease (keeping the later last_activity); None if another process holds it."""
-
-    async def release(self, workspace_id: str, process_id: str) -> None: ...
-
-    async def get(self, workspace_id: str) -> LeaseInfo | None: ...
-
-    async def bump_activity(self, workspace_id: str, at: float) -> None:
-        """Raise the lease's last_activity to ``at`` (a touch seen by a non-owner)."""
-
-    async def close(self) -> None: ...
-
-
-class MemoryLeaseStore:
-    """The embedded default: one process, so leases live in its memory (any thread, any loop)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[LeaseInfo, float]] = {}
-        self._lock = threading.Lock()  # the admin reads leases from other threads
-
-    def _live(self, workspace_id: str) -> LeaseInfo | None:
-        entry = self._entries.get(workspace_id)
-        if entry is None or entry[1] <= time.monotonic():
-            self._entries.pop(workspace_id, None)
-            return None
-        return entry[0]
-
-    def _put(self, workspace_id: str, lease: LeaseInfo) -> None:
-        self._entries[workspace_id] = (lease, time.monotonic() + settings.CXG_APP_SERVER_LEASE_TTL)
-
-    async def acquire(self, workspace_id: str, lease: LeaseInfo) -> LeaseInfo | None:
-        with self._lock:
-            current = self._live(workspace_id)
-            if current is not None and current.process_id != lease.process_id:
-                return current
-            self._put(workspace_id, lease)
-            return None
-
-    async def refresh(self, workspace_id: str, lease: LeaseInfo) -> LeaseInfo | None:
-        with self._lock:
-            current = self._live(workspace_id)
-            if current is not None and current.process_id != lease.process_id:
-                return None
-            if current is not None and current.last_activity > lease.last_activity:
-                lease = replace(lease, last_activity=current.last_activity)
-            self._put(workspace_id, lease)
-            return lease
-
-    async def release(self, workspace_id: str, process_id: str) -> None:
-        with self._lock:
-            current = self._live(workspace_id)
-            if current is not None and current.process_id == process_id:
-                del self._entries[workspace_id]
-
-    async def get(self, workspace_id: str) -> LeaseInfo | None:
-        with self._lock:
-            return self._live(workspace_id)
-
-    async def bump_activity(self, workspace_id: str, at: float) -> None:
-        with self._lock:
-            current = self._live(workspace_id)
-            if current is not None and at > current.last_activity:
-                self._entries[workspace_id] = (replace(current, last_activity=at), self._entries[workspace_id][1])
-
-    def all(self) -> dict[str, LeaseInfo]:
-        with self._lock:
-            return {ws: lease for ws in list(self._entries) if (lease := self._live(ws)) is not None}
-
-    async def close(self) -> None:
-        return None
-
-
 # Take the lease unless another process holds it; returns the holder's JSON, or nil when taken.
 _ACQUIRE = """
 local raw = redis.call('GET', KEYS[1])
@@ -182,7 +104,7 @@ def _lease_key(workspace_id: str) -> str:
     return gwredis.key("appserver", workspace_id)
 
 
-class RedisLeaseStore:
+class LeaseStore:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
         self._acquire = client.register_script(_ACQUIRE)
@@ -195,12 +117,14 @@ class RedisLeaseStore:
         return int(settings.CXG_APP_SERVER_LEASE_TTL * 1000)
 
     async def acquire(self, workspace_id: str, lease: LeaseInfo) -> LeaseInfo | None:
+        """Take the lease (or re-take our own); returns the other holder if it is taken."""
         holder = await self._acquire(
             keys=[_lease_key(workspace_id)], args=[lease.to_json(), lease.process_id, self._ttl_ms()]
         )
         return LeaseInfo.from_json(holder) if isinstance(holder, str) and holder else None
 
     async def refresh(self, workspace_id: str, lease: LeaseInfo) -> LeaseInfo | None:
+        """Rewrite and extend our lease (keeping the later last_activity); None if another process holds it."""
         stored = await self._refresh(keys=[_lease_key(workspace_id)], args=[lease.to_json(), self._ttl_ms()])
         return LeaseInfo.from_json(stored) if isinstance(stored, str) and stored else None
 
@@ -212,32 +136,27 @@ class RedisLeaseStore:
         return LeaseInfo.from_json(raw) if isinstance(raw, str) and raw else None
 
     async def bump_activity(self, workspace_id: str, at: float) -> None:
+        """Raise the lease's last_activity to ``at`` (a touch seen by a non-owner)."""
         await self._bump(keys=[_lease_key(workspace_id)], args=[repr(at)])
 
     async def close(self) -> None:
         await self._client.aclose()
 
 
-def open_store(memory: MemoryLeaseStore) -> LeaseStore:
-    """The lease store for the running event loop: Redis when configured, else ``memory``."""
-    client = gwredis.async_client()
-    return RedisLeaseStore(client) if client is not None else memory
+def open_store() -> LeaseStore:
+    """The lease store for the running event loop (an asyncio client is bound to its loop)."""
+    return LeaseStore(gwredis.async_client())
 
 
-def lease_of(memory: MemoryLeaseStore, workspace_id: str) -> LeaseInfo | None:
-    """The workspace's live lease (blocking; for sync callers): Redis when configured, else ``memory``."""
-    client = gwredis.sync_client()
-    if client is None:
-        return memory.all().get(workspace_id)
-    raw = client.get(_lease_key(workspace_id))
+def lease_of(workspace_id: str) -> LeaseInfo | None:
+    """The workspace's live lease (blocking; for sync callers)."""
+    raw = gwredis.sync_client().get(_lease_key(workspace_id))
     return LeaseInfo.from_json(raw) if isinstance(raw, str) and raw else None
 
 
-def all_leases(memory: MemoryLeaseStore) -> dict[str, LeaseInfo]:
-    """Every live lease in the cluster (blocking; for sync callers): Redis when configured, else ``memory``."""
+def all_leases() -> dict[str, LeaseInfo]:
+    """Every live lease in the cluster (blocking; for sync callers)."""
     client = gwredis.sync_client()
-    if client is None:
-        return memory.all()
     prefix = _lease_key("")
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     leases: dict[str, LeaseInfo] = {}
@@ -247,11 +166,11 @@ def all_leases(memory: MemoryLeaseStore) -> dict[str, LeaseInfo]:
     return leases
 
 
-def live_sessions(memory: MemoryLeaseStore) -> list[LiveSession]:
+def live_sessions() -> list[LiveSession]:
     """Every workspace app-server in the cluster, by workspace (blocking, like ``all_leases``)."""
     return [
         LiveSession(ws, lease.process_id, lease.pid, lease.ws_url, lease.started_at, lease.last_activity)
-        for ws, lease in sorted(all_leases(memory).items())
+        for ws, lease in sorted(all_leases().items())
     ]
 
 

@@ -14,10 +14,10 @@ takeovers. It grants only model calls as that workspace, which the child can mak
 In built-in mode (``workspaces.identity``) there is no agentserver: the proxy injects the static
 key, ``CXG_CODEX_API_KEY`` (or ``OPENAI_API_KEY``).
 
-Current tokens are cached per workspace (Redis, cluster-wide; process memory on the embedded
-default) with their expiry. The periodic ``refresh_live`` (Celery beat) re-fetches the tokens of
-live workspaces before they expire; the proxy fetches on demand only when a token is missing or
-expired (a late or missing beat costs latency, never a failed call).
+Current tokens are cached per workspace (Redis, cluster-wide) with their expiry. The periodic
+``refresh_live`` (Celery beat) re-fetches the tokens of live workspaces before they expire; the
+proxy fetches on demand only when a token is missing or expired (a late or missing beat costs
+latency, never a failed call).
 Fallbacks: 404 (no ModelServer connection) → the static ``CXG_CODEX_API_KEY``, remembered for
 ``NO_TOKEN_TTL``; any other failure → the last good token while it is unexpired, else the
 static key.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -132,20 +131,13 @@ async def fetch_token(workspace_id: str) -> Token | None:
 
 # --- the cache -------------------------------------------------------------------------------
 
-_memory: dict[str, Token] = {}
-_memory_lock = threading.Lock()  # the in-process beat refreshes from its own thread
-
 
 def _cache_key(workspace_id: str) -> str:
     return gwredis.key("modeltoken", workspace_id)
 
 
 async def cached_token(workspace_id: str) -> Token | None:
-    client = gwredis.async_client()
-    if client is None:
-        with _memory_lock:
-            return _memory.get(workspace_id)
-    async with client:
+    async with gwredis.async_client() as client:
         raw = await client.get(_cache_key(workspace_id))
     if raw is None:
         return None
@@ -154,15 +146,10 @@ async def cached_token(workspace_id: str) -> Token | None:
 
 
 async def _store(workspace_id: str, token: Token) -> None:
-    client = gwredis.async_client()
-    if client is None:
-        with _memory_lock:
-            _memory[workspace_id] = token
-        return
     ttl_ms = int((token.expires_at - time.time()) * 1000)
     if ttl_ms <= 0:
         return
-    async with client:
+    async with gwredis.async_client() as client:
         await client.set(_cache_key(workspace_id), json.dumps(asdict(token)), px=ttl_ms)
 
 

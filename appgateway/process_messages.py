@@ -73,7 +73,7 @@ def tell_owner(owner: LeaseInfo | None, message: dict[str, Any], owner_loop: asy
     layer = get_channel_layer()
     if owner is None or not owner.channel_name or layer is None:
         return False
-    if gwredis.sync_client() is None:
+    if gwredis.embedded():
         if owner_loop is None:
             return False
         asyncio.run_coroutine_threadsafe(layer.send(owner.channel_name, message), owner_loop)

@@ -34,7 +34,7 @@ from appgateway import codexhome, leases, persistence, process_messages
 from appgateway.activity import ActivityClock
 from appgateway.app_server_process import START_TIMEOUT, AppServerHandle, AppServerProcess, SpawnError, child_env
 from appgateway.codexhome import McpServer
-from appgateway.leases import HeldLeases, LeaseInfo, LiveSession, MemoryLeaseStore
+from appgateway.leases import HeldLeases, LeaseInfo, LiveSession
 from bridge import process_rpc
 from codexgw import redis as gwredis
 
@@ -135,7 +135,6 @@ class Supervisor:
         self._builder: SpawnBuilder | None = None
         self._stop_hooks: list[StopHook] = []
         self._activity = ActivityClock()  # loop-independent: touch() may be called from any thread
-        self._memory_leases = MemoryLeaseStore()  # the embedded default's, shared by every loop
         self._state: _LoopState | None = None
 
     def set_spawn_builder(self, builder: SpawnBuilder | None) -> None:
@@ -248,14 +247,14 @@ class Supervisor:
     def request_checkpoints(self) -> int:
         """Ask every gateway process that owns app-servers to checkpoint them (blocking; the Celery
         task). Returns how many processes were asked."""
-        if gwredis.sync_client() is None:
+        if gwredis.embedded():
             # Embedded default: one process, and the in-memory channel layer is bound to its loop.
             state = self._state
             if state is None or not state.loop.is_running():
                 return 0
             asyncio.run_coroutine_threadsafe(self.checkpoint_all(), state.loop)
             return 1
-        return process_messages.ask_owners_to_checkpoint(leases.all_leases(self._memory_leases).values())
+        return process_messages.ask_owners_to_checkpoint(leases.all_leases().values())
 
     async def shutdown_all(self, reason: str) -> None:
         """Stop every app-server of this process (persisting each) and the supervisor's tasks: for
@@ -280,7 +279,7 @@ class Supervisor:
         (blocking; from sync code such as a signal handler). False when none runs."""
         state = self._state
         loop = state.loop if state is not None and state.loop.is_running() else None
-        return process_messages.tell_owner(leases.lease_of(self._memory_leases, workspace_id), message, loop)
+        return process_messages.tell_owner(leases.lease_of(workspace_id), message, loop)
 
     async def lease_owner(self, workspace_id: str) -> LeaseInfo | None:
         return await self._running().leases.store.get(workspace_id)
@@ -292,14 +291,14 @@ class Supervisor:
 
     def live_sessions(self) -> list[LiveSession]:
         """Every workspace app-server in the cluster (blocking: reads Redis with the sync client)."""
-        return leases.live_sessions(self._memory_leases)
+        return leases.live_sessions()
 
     def _running(self) -> _LoopState:
         """The state on the running event loop, made (with its background tasks) on first use."""
         loop = asyncio.get_running_loop()
         state = self._state
         if state is None or state.loop is not loop:
-            held = HeldLeases(leases.open_store(self._memory_leases), self.process_id)
+            held = HeldLeases(leases.open_store(), self.process_id)
             state = self._state = _LoopState(loop, held)
             state.spawn_task(self._refresh_loop(state), "appserver lease refresh")
             state.spawn_task(self._reaper_loop(state), "appserver idle reaper")

@@ -71,8 +71,7 @@ def _cleanup(name: str, prefix: str) -> None:
         from codexgw import redis as gwredis
 
         client = gwredis.sync_client()
-        if client is not None:
-            keys = list(client.scan_iter(match=prefix + "*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.delete(*keys[start : start + 1000])
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

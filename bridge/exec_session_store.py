@@ -1,6 +1,6 @@
 """The executor's exec-server session id and environment info, shared by every gateway process
 so whichever process the executor reconnects to can resume the same session (and its running
-processes). Redis key ``<prefix>execsession:<exe_id>``; process memory on the embedded default."""
+processes). Redis key ``<prefix>execsession:<exe_id>``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from codexgw import redis as gwredis
 # Long enough to outlive any reconnect; refreshed on every handshake.
 KEEP_SECONDS = 7 * 24 * 3600
 
-_memory: dict[str, str] = {}
 # The last value this process saved per executor, to put back after a Redis restart lost it.
 _saved_here: dict[str, str] = {}
 
@@ -31,8 +30,7 @@ def _key(exe_id: str) -> str:
 
 
 def _load(exe_id: str) -> SavedSession | None:
-    client = gwredis.sync_client()
-    raw = client.get(_key(exe_id)) if client is not None else _memory.get(exe_id)
+    raw = gwredis.sync_client().get(_key(exe_id))
     if not isinstance(raw, str):
         return None
     data = json.loads(raw)
@@ -41,21 +39,16 @@ def _load(exe_id: str) -> SavedSession | None:
 
 def _save(exe_id: str, saved: SavedSession) -> None:
     raw = json.dumps({"session_id": saved.session_id, "environment_info": saved.environment_info})
-    client = gwredis.sync_client()
     _saved_here[exe_id] = raw
-    if client is None:
-        _memory[exe_id] = raw
-    else:
-        client.set(_key(exe_id), raw, ex=KEEP_SECONDS)
+    gwredis.sync_client().set(_key(exe_id), raw, ex=KEEP_SECONDS)
 
 
 def restore(exe_id: str) -> None:
     """Put back what this process last saved for ``exe_id`` if the key is gone (a restarted
     Redis); a value saved since by anyone is left alone. Sync: called from store threads."""
     raw = _saved_here.get(exe_id)
-    client = gwredis.sync_client()
-    if raw is not None and client is not None:
-        client.set(_key(exe_id), raw, ex=KEEP_SECONDS, nx=True)
+    if raw is not None:
+        gwredis.sync_client().set(_key(exe_id), raw, ex=KEEP_SECONDS, nx=True)
 
 
 load = sync_to_async(_load, thread_sensitive=False)

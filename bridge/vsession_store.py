@@ -6,7 +6,7 @@ inbox channel of the executor session that may write), ``next_handle`` (the next
 integer handle) and one ``vs:<session id>`` field per virtual session (JSON, see
 ``VirtualSession.snapshot``). Claiming makes the caller the owner and returns the table in one
 step; a write from anyone else is refused, so a process that lost the executor cannot overwrite
-its successor's table. Embedded default: the same in process memory.
+its successor's table.
 
 A restarted Redis has lost the table altogether (no ``owner``): that is not another process
 claiming it. The owner keeps a copy of what it stored (``_copies``) and writes the whole table
@@ -94,8 +94,7 @@ class Claimed:
     next_handle: int = 1
 
 
-_memory: dict[str, dict[str, str]] = {}
-_memory_lock = threading.Lock()
+_copies_lock = threading.Lock()
 # What this process stored as the owner of each executor's table: (owner, fields).
 _copies: dict[str, tuple[str, dict[str, str]]] = {}
 
@@ -116,15 +115,9 @@ def _parse(previous: str, fields: dict[str, str]) -> Claimed:
 
 def _claim(exe_id: str, owner: str) -> Claimed:
     client = gwredis.sync_client()
-    if client is None:
-        with _memory_lock:
-            table = _memory.setdefault(exe_id, {})
-            previous = table.get("owner", "")
-            table["owner"] = owner
-            return _parse(previous, dict(table))
     previous, flat = client.eval(_CLAIM, 1, _key(exe_id), owner, KEEP_SECONDS)
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    with _memory_lock:
+    with _copies_lock:
         _copies[exe_id] = (owner, {name: value for name, value in fields.items() if name != "owner"})
     return _parse(previous, fields)
 
@@ -134,21 +127,11 @@ def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
     upserts = {_SESSION_FIELD + vsid: json.dumps(data, separators=(",", ":")) for vsid, data in changes.upserts.items()}
     deletes = [_SESSION_FIELD + vsid for vsid in changes.deletes]
     client = gwredis.sync_client()
-    if client is None:
-        with _memory_lock:
-            table = _memory.get(exe_id)
-            if table is None or table.get("owner") != owner:
-                return False
-            table.update(upserts)
-            for name in deletes:
-                table.pop(name, None)
-            table["next_handle"] = str(changes.next_handle)
-            return True
     args: list[Any] = [owner, KEEP_SECONDS, changes.next_handle, len(upserts)]
     for name, raw in upserts.items():
         args += [name, raw]
     args += deletes
-    with _memory_lock:
+    with _copies_lock:
         copy = _copies.get(exe_id)
         if copy is not None and copy[0] == owner:
             copy[1].update(upserts)
@@ -159,7 +142,7 @@ def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
     if written == -1:
         written = _restore(client, exe_id, owner)
     if written != 1:
-        with _memory_lock:
+        with _copies_lock:
             if _copies.get(exe_id, ("",))[0] == owner:
                 del _copies[exe_id]
     return written == 1
@@ -167,7 +150,7 @@ def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
 
 def _restore(client: Any, exe_id: str, owner: str) -> int:
     """The table is gone (Redis restarted, or was flushed): write this owner's copy back."""
-    with _memory_lock:
+    with _copies_lock:
         copy = _copies.get(exe_id)
         fields = dict(copy[1]) if copy is not None and copy[0] == owner else None
     if fields is None:

@@ -56,29 +56,19 @@ class SessionRecord:
     channel: str
 
 
-_memory_records: dict[str, str] = {}
-
-
 def _record_key(session_id: str) -> str:
     return gwredis.key("sdksession", session_id)
 
 
 def _save_record(session_id: str, raw: str) -> None:
-    client = gwredis.sync_client()
-    if client is None:
-        _memory_records[session_id] = raw
-    else:
-        client.set(_record_key(session_id), raw, ex=int(DEFAULT_MAX_IDLE))
+    gwredis.sync_client().set(_record_key(session_id), raw, ex=int(DEFAULT_MAX_IDLE))
 
 
 def _load_record(session_id: str) -> SessionRecord | None:
     client = gwredis.sync_client()
-    if client is None:
-        raw: Any = _memory_records.get(session_id)
-    else:
-        raw = client.get(_record_key(session_id))
-        if raw is not None:
-            client.expire(_record_key(session_id), int(DEFAULT_MAX_IDLE))  # idle timeout from the last use
+    raw: Any = client.get(_record_key(session_id))
+    if raw is not None:
+        client.expire(_record_key(session_id), int(DEFAULT_MAX_IDLE))  # idle timeout from the last use
     if not isinstance(raw, str):
         return None
     data = json.loads(raw)
@@ -86,11 +76,7 @@ def _load_record(session_id: str) -> SessionRecord | None:
 
 
 def _drop_record(session_id: str) -> None:
-    client = gwredis.sync_client()
-    if client is None:
-        _memory_records.pop(session_id, None)
-    else:
-        client.delete(_record_key(session_id))
+    gwredis.sync_client().delete(_record_key(session_id))
 
 
 save_record = sync_to_async(_save_record, thread_sensitive=False)

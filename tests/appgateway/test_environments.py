@@ -58,17 +58,10 @@ def test_without_a_registered_default_a_thread_gets_the_accepted_bindings_oldest
     assert environments.thread_bindings([], {"box"}) == []
 
 
-async def test_the_registered_names_in_process_memory(settings):
-    settings.REDIS_URL = ""  # the embedded default
-    await environments.save_registered("ws-reg", ["box"])
-    assert await environments.load_registered("ws-reg") == ["box"]
-    assert await environments.load_registered("ws-none") == []
-
-
-async def test_the_registered_names_are_shared_through_redis():
+async def test_the_registered_names_are_stored(store_backend):
     await environments.save_registered("ws-reg", ["box", "other"])
-    environments._registered_memory.clear()
     assert await environments.load_registered("ws-reg") == ["box", "other"]
+    assert await environments.load_registered("ws-none") == []
 
 
 def test_selection():

@@ -21,7 +21,6 @@ from appgateway.credential_tasks import refresh_model_tokens
 from appgateway.leases import LiveSession
 from appgateway.model_credentials import Token
 from appgateway.supervisor import get_supervisor
-from codexgw import redis as gwredis
 from tests.fake_agentserver import FakeAgentserver, FakeResponse, RecordedRequest
 
 SECRET = "test-agentserver-secret"
@@ -56,19 +55,12 @@ class TokenIssuer:
         return len(self.agentserver.requests_to(token_path(workspace_id), "GET"))
 
 
-@pytest.fixture(params=["redis", "memory"])
-def creds(request: pytest.FixtureRequest, settings: Any) -> Iterator[Any]:
-    """Settings for the credential module, on Redis and on the embedded default's memory cache."""
-    if request.param == "memory":
-        settings.REDIS_URL = ""
+@pytest.fixture
+def creds(store_backend: str, settings: Any) -> Any:
+    """Settings for the credential module, on Redis and on the embedded default's fakeredis."""
     settings.CXG_CODEX_API_KEY = STATIC_KEY
     settings.CXG_MODEL_PROVIDER_ENV_KEY = KEY_NAME
-    yield settings
-    client = gwredis.sync_client()
-    if client is not None:
-        for key in client.scan_iter(gwredis.key("modeltoken", "*")):
-            client.delete(key)
-    model_credentials._memory.clear()
+    return settings
 
 
 @pytest.fixture

@@ -437,13 +437,13 @@ async def test_process_channel_delivers_registered_message_types(sup):
     assert message == {"type": "tui.relay_test", "n": 1}
 
 
-async def test_embedded_default_keeps_leases_in_memory_and_checkpoints_in_process(sup, appgw):
+async def test_embedded_default_keeps_leases_in_process_and_checkpoints_in_process(sup, appgw):
     real_redis = gwredis.sync_client()
-    assert real_redis is not None
     appgw.REDIS_URL = ""
     appgw.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     handle = await sup.ensure_app_server("ws-embedded")
-    # The admin reads sessions from another thread; nothing went to Redis.
+    # The admin reads sessions from another thread; nothing went to the real Redis (the lease is
+    # in the in-process fakeredis).
     sessions = await asyncio.to_thread(sup.live_sessions)
     assert [(s.workspace_id, s.pid) for s in sessions] == [("ws-embedded", handle.pid)]
     assert real_redis.exists(gwredis.key("appserver", "ws-embedded")) == 0

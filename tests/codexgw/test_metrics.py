@@ -174,9 +174,9 @@ def test_task_outcomes_are_counted_in_redis_and_exposed(client, metrics_token):
     assert series[("codexgw_celery_tasks_total", (("outcome", "failed"), ("task", "tests.metrics.broken")))] == 1
 
 
-def test_task_outcomes_stay_in_memory_without_redis(settings, monkeypatch):
+def test_task_outcomes_on_the_embedded_defaults_store(settings):
     settings.REDIS_URL = ""
-    monkeypatch.setattr(metrics, "_memory_tasks", {})
+    gwredis.sync_client().flushall()
     assert broken.apply().failed()
     assert metrics.task_counts() == {("tests.metrics.broken", "started"): 1, ("tests.metrics.broken", "failed"): 1}
 
