@@ -128,7 +128,7 @@ def _base64(value: str) -> str:
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
 Text = Annotated[str, AfterValidator(_non_empty)]
-# After the bound, so the bound is on the integer itself and advertised as ``minimum``.
+# Put after a bound (``Field(ge=…)``), so the bound stays on the integer and is advertised as ``minimum``.
 INTEGRAL = BeforeValidator(_integral)
 Count = Annotated[int, Field(ge=0), INTEGRAL]
 TimeoutMs = Annotated[int, Field(ge=1), INTEGRAL, at_most(MAX_TIMEOUT_MS)]
