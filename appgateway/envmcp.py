@@ -151,9 +151,9 @@ async def list_tools(
 
 
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
-    """One ``tools/call``: the envelope is typed by the SDK, the arguments are checked by the tool
-    itself (``sdk.tools.base.arg_*``, the one validation every caller of a tool goes through) and
-    its failures come back as ``isError`` results."""
+    """One ``tools/call``: the envelope is typed by the SDK, the arguments by the tool's own model
+    (``sdk.tools.arguments``, the one validation every caller of a tool goes through, which also
+    gives the schema ``tools/list`` shows) and its failures come back as ``isError`` results."""
     tool = get_tool(params.name) if params.name in OFFERED else None
     if tool is None:
         raise MCPError(types.METHOD_NOT_FOUND, f"unknown tool: {params.name}")

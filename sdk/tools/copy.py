@@ -29,29 +29,16 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from bridge.client import BridgeClient, BridgeError
-from sdk.tools.base import (
-    JSON,
-    Environment,
-    ToolContext,
-    ToolError,
-    ToolResult,
-    arg_bool,
-    arg_int,
-    arg_path,
-    arg_str,
-    environment,
-    process_env,
-    temp_dir,
-    tool_errors,
-)
+from sdk.tools.arguments import AbsolutePath, Arguments, Text, TimeoutMs, environment_field, takes
+from sdk.tools.base import JSON, Environment, ToolContext, ToolError, ToolResult, environment, process_env, temp_dir
 from sdk.tools.files import BLOCK, RemoteFile, lookup, stat
 from sdk.tools.running import Completed, run_process
 
-DEFAULT_TIMEOUT_MS = 600_000
-MAX_TIMEOUT_MS = 24 * 3600 * 1000
-TRANSPORTS = ("auto", "http", "ws")
 RELAY_TTL_SLACK = 30  # seconds a ticket outlives the copy's own deadline
 CLEANUP_TIMEOUT = 5.0
 COMMAND_NOT_FOUND = 127
@@ -248,30 +235,37 @@ async def relay_copy(ctx: ToolContext, plan: Plan, *, may_fall_back: bool) -> bo
 # --- the tool ------------------------------------------------------------------------------------
 
 
-@tool_errors
-async def copy_path(ctx: ToolContext, arguments: JSON) -> ToolResult:
-    source_path = arg_path(arguments, "source_path")
-    destination_path = arg_path(arguments, "destination_path")
-    recursive = arg_bool(arguments, "recursive")
-    timeout_ms = arg_int(arguments, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=1, maximum=MAX_TIMEOUT_MS)
-    transport = arg_str(arguments, "transport", "auto")
-    if transport not in TRANSPORTS:
-        raise ToolError(f"invalid arguments: transport must be one of {', '.join(TRANSPORTS)}")
-    if transport == "http" and ctx.relay is None:
+class CopyPathArguments(Arguments):
+    source_environment_id: Annotated[Text, environment_field("Source environment")]
+    source_path: Annotated[AbsolutePath, Field(description="Absolute path on the source.")]
+    destination_environment_id: Annotated[Text, environment_field("Destination environment")]
+    destination_path: Annotated[
+        AbsolutePath,
+        Field(description="Absolute path of the copy; an existing file is replaced, a directory is not."),
+    ]
+    recursive: Annotated[bool, Field(description="Required to copy a directory.")] = False
+    timeout_ms: Annotated[TimeoutMs, Field(description="Default 600000.")] = 600_000
+    transport: Annotated[Literal["auto", "http", "ws"], Field(description="Default auto.")] = "auto"
+
+
+@takes(CopyPathArguments)
+async def copy_path(ctx: ToolContext, args: CopyPathArguments) -> ToolResult:
+    source_path, destination_path, timeout_ms = args.source_path, args.destination_path, args.timeout_ms
+    if args.transport == "http" and ctx.relay is None:
         raise ToolError("the HTTP relay is not configured on this gateway (use transport auto or ws)")
-    source = await environment(ctx, arguments, "source_environment_id")
-    destination = await environment(ctx, arguments, "destination_environment_id")
+    source = await environment(ctx, args.source_environment_id)
+    destination = await environment(ctx, args.destination_environment_id)
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout_ms / 1000):
             meta = await stat(source.client, source_path)
             directory = bool(meta.get("isDirectory"))
-            if directory and not recursive:
+            if directory and not args.recursive:
                 raise ToolError(f"{source_path} is a directory (set recursive to copy it)")
             await _check_destination(destination.client, destination_path, directory)
             plan = Plan(source, destination, source_path, destination_path, directory, started + timeout_ms / 1000)
-            relayed = transport != "ws" and ctx.relay is not None
-            used = "http" if relayed and await relay_copy(ctx, plan, may_fall_back=transport == "auto") else "ws"
+            relayed = args.transport != "ws" and ctx.relay is not None
+            used = "http" if relayed and await relay_copy(ctx, plan, may_fall_back=args.transport == "auto") else "ws"
             result: JSON = {"transport": used}
             if used == "ws":
                 result["bytes"] = await ws_copy(plan)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from sdk.tools.base import JSON, ToolContext, ToolResult, tool_errors
+from sdk.tools.arguments import NoArguments, takes
+from sdk.tools.base import ToolContext, ToolResult
 
 
-@tool_errors
-async def list_environments(ctx: ToolContext, arguments: JSON) -> ToolResult:
+@takes(NoArguments)
+async def list_environments(ctx: ToolContext, args: NoArguments) -> ToolResult:
     try:
         environments = await ctx.resolver.llm_view()
     except Exception as error:

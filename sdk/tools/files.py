@@ -1,4 +1,5 @@
-"""``read_file`` and ``write_file``, and the block-wise file access ``copy_path`` shares.
+"""``read_file``, ``write_file`` and ``apply_patch`` (``sdk.tools.patch``), and the block-wise file
+access ``copy_path`` shares.
 
 Ranges are read with exec-server's streaming file API (``fs/open`` + ``fs/readBlock``, at most
 1 MiB a block), so a slice of a large file costs only that slice. Block reads and writes address
@@ -8,27 +9,18 @@ an offset, which makes them safe to retry after the executor reconnects.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import posixpath
 import uuid
 from types import TracebackType
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
 
 from bridge.client import BridgeClient, BridgeError, BridgeRPCError
-from sdk.tools.base import (
-    JSON,
-    ToolContext,
-    ToolError,
-    ToolResult,
-    arg_bool,
-    arg_int,
-    arg_path,
-    arg_str,
-    environment,
-    file_uri,
-    tool_errors,
-)
+from sdk.tools.arguments import AbsolutePath, Arguments, Base64, Count, Cwd, EnvironmentId, Text, at_most, takes
+from sdk.tools.base import JSON, ToolContext, ToolError, ToolResult, environment, file_uri
+from sdk.tools.patch import PatchParseError, apply_changes, parse_patch
 
 BLOCK = 1024 * 1024  # exec-server's largest fs/readBlock and fs/writeBlock
 MAX_READ_BYTES = 8 * 1024 * 1024
@@ -114,12 +106,22 @@ class RemoteFile:
                 await self.close()
 
 
-@tool_errors
-async def read_file(ctx: ToolContext, arguments: JSON) -> ToolResult:
-    path = arg_path(arguments, "path")
-    offset = arg_int(arguments, "offset", 0)
-    limit = arg_int(arguments, "limit", 0, maximum=MAX_READ_BYTES) or MAX_READ_BYTES
-    env = await environment(ctx, arguments)
+PathField = Annotated[AbsolutePath, Field(description="Absolute path.")]
+
+
+class ReadFileArguments(Arguments):
+    environment_id: EnvironmentId
+    path: PathField
+    offset: Annotated[Count, Field(description="First byte to read. Default 0.")] = 0
+    limit: Annotated[
+        Count, Field(description="Bytes to read; 0 = to the end (8 MiB max)."), at_most(MAX_READ_BYTES)
+    ] = 0
+
+
+@takes(ReadFileArguments)
+async def read_file(ctx: ToolContext, args: ReadFileArguments) -> ToolResult:
+    path, offset, limit = args.path, args.offset, args.limit or MAX_READ_BYTES
+    env = await environment(ctx, args.environment_id)
     meta = await stat(env.client, path)
     if meta.get("isDirectory"):
         raise ToolError(f"{path} is a directory")
@@ -144,26 +146,31 @@ async def read_file(ctx: ToolContext, arguments: JSON) -> ToolResult:
     return ToolResult.ok(text, structured)
 
 
-def _content(arguments: JSON) -> bytes:
-    if ("content" in arguments) == ("content_base64" in arguments):
-        raise ToolError("invalid arguments: give exactly one of content and content_base64")
-    if "content" in arguments:
-        return arg_str(arguments, "content", "").encode()
-    try:
-        return base64.b64decode(arg_str(arguments, "content_base64", ""), validate=True)
-    except binascii.Error:
-        raise ToolError("invalid arguments: content_base64 is not valid base64") from None
+class WriteFileArguments(Arguments):
+    environment_id: EnvironmentId
+    path: PathField
+    content: Annotated[str | None, Field(description="Text content (UTF-8).")] = None
+    content_base64: Annotated[Base64 | None, Field(description="Binary content, base64 (instead of content).")] = None
+    create_parents: Annotated[bool, Field(description="Create missing parent directories.")] = False
+
+    @model_validator(mode="after")
+    def _one_content(self) -> WriteFileArguments:
+        if (self.content is None) == (self.content_base64 is None):
+            raise ValueError("give exactly one of content and content_base64")
+        return self
+
+    @property
+    def data(self) -> bytes:
+        return self.content.encode() if self.content is not None else base64.b64decode(self.content_base64 or "")
 
 
-@tool_errors
-async def write_file(ctx: ToolContext, arguments: JSON) -> ToolResult:
-    path = arg_path(arguments, "path")
-    data = _content(arguments)
+@takes(WriteFileArguments)
+async def write_file(ctx: ToolContext, args: WriteFileArguments) -> ToolResult:
+    path, data = args.path, args.data
     if len(data) > MAX_WRITE_BYTES:
         raise ToolError(f"content is {len(data)} bytes; write_file takes at most {MAX_WRITE_BYTES} (use copy_path)")
-    create_parents = arg_bool(arguments, "create_parents")
-    env = await environment(ctx, arguments)
-    if create_parents:
+    env = await environment(ctx, args.environment_id)
+    if args.create_parents:
         parent = posixpath.dirname(path)
         try:
             await env.client.call(
@@ -175,6 +182,22 @@ async def write_file(ctx: ToolContext, arguments: JSON) -> ToolResult:
     try:
         await env.client.call("fs/writeFile", params, FS_TIMEOUT, idempotent=True)
     except BridgeRPCError as error:
-        hint = "" if create_parents else " (set create_parents to create missing directories)"
+        hint = "" if args.create_parents else " (set create_parents to create missing directories)"
         raise ToolError(f"{path}: {error.message}{hint if error.code == FS_NOT_FOUND else ''}") from None
     return ToolResult.ok(f"wrote {len(data)} bytes to {path}", {"path": path, "bytes": len(data)})
+
+
+class ApplyPatchArguments(Arguments):
+    environment_id: EnvironmentId
+    patch: Annotated[Text, Field(description="The patch text.")]
+    cwd: Annotated[Cwd, Field(description="Absolute directory that relative paths in the patch are in.")] = None
+
+
+@takes(ApplyPatchArguments)
+async def apply_patch(ctx: ToolContext, args: ApplyPatchArguments) -> ToolResult:
+    try:
+        changes = parse_patch(args.patch)
+    except PatchParseError as error:
+        return ToolResult.error(f"invalid patch: {error}")
+    env = await environment(ctx, args.environment_id)
+    return await apply_changes(env.client, changes, cwd=args.cwd)

@@ -5,8 +5,8 @@ Three layers, each usable on its own:
 
 * ``parse_patch(text) -> list[FileChange]``: pure; ``PatchParseError`` names the patch line.
 * ``apply_hunks(original, hunks, path) -> str``: pure; ``PatchApplyError`` when a hunk does not fit.
-* ``apply_patch(ctx, arguments) -> ToolResult`` (the tool) and ``run_patch(client, patch, cwd=None)``
-  (the same against an already resolved executor): every failure is a result, never an exception.
+* ``run_patch(client, patch, cwd=None)`` against a resolved executor (the tool, ``apply_patch`` in
+  ``sdk.tools.files``, resolves it first): every failure is a result, never an exception.
 
 The grammar::
 
@@ -71,7 +71,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 from bridge.client import BridgeRPCError
 from bridge.protocol import MAX_FRAME_BYTES
-from sdk.tools.base import ToolContext, ToolResult, arg_str, environment, file_uri, tool_errors
+from sdk.tools.base import ToolResult, file_uri
 
 JSON = dict[str, Any]
 
@@ -540,24 +540,6 @@ def resolve_path(path: str, cwd: str | None = None) -> str:
         path = posixpath.join(cwd, path)
     normalised = posixpath.normpath(path)
     return "/" + normalised.lstrip("/")
-
-
-# --- the tool ----------------------------------------------------------------------------------
-
-
-@tool_errors
-async def apply_patch(ctx: ToolContext, arguments: JSON) -> ToolResult:
-    """The ``apply_patch`` tool: ``{environment_id, patch, cwd?}``; see the module docstring."""
-    patch = arg_str(arguments, "patch")
-    cwd = arg_str(arguments, "cwd", "") or None
-    if cwd is not None and not posixpath.isabs(cwd):
-        return ToolResult.error(f"invalid arguments: cwd must be an absolute path, not {cwd!r}")
-    try:
-        changes = parse_patch(patch)
-    except PatchParseError as error:
-        return ToolResult.error(f"invalid patch: {error}")
-    env = await environment(ctx, arguments)
-    return await apply_changes(env.client, changes, cwd=cwd)
 
 
 async def run_patch(client: BridgeCaller, patch: str, *, cwd: str | None = None) -> ToolResult:

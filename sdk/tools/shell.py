@@ -2,40 +2,38 @@
 
 from __future__ import annotations
 
-from sdk.tools.base import (
-    JSON,
-    ToolContext,
-    ToolResult,
-    arg_argv,
-    arg_env,
-    arg_int,
-    arg_path,
-    environment,
-    home_dir,
-    process_env,
-    tool_errors,
-)
+from typing import Annotated
+
+from pydantic import Field
+
+from sdk.tools.arguments import INTEGRAL, Arguments, Argv, CwdField, EnvironmentId, EnvVars, TimeoutMs, takes
+from sdk.tools.base import JSON, ToolContext, ToolResult, environment, home_dir, process_env
 from sdk.tools.running import DEFAULT_MAX_OUTPUT, run_process
 
-DEFAULT_TIMEOUT_MS = 60_000
-MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+class ShellArguments(Arguments):
+    environment_id: EnvironmentId
+    command: Argv
+    cwd: CwdField = None
+    env: EnvVars = {}
+    timeout_ms: Annotated[TimeoutMs, Field(description="Default 60000.")] = 60_000
+    max_output_bytes: Annotated[
+        int,
+        Field(ge=1024, description="Per stream; the middle of longer output is omitted. Default 1048576."),
+        INTEGRAL,
+    ] = DEFAULT_MAX_OUTPUT
 
 
-@tool_errors
-async def shell(ctx: ToolContext, arguments: JSON) -> ToolResult:
-    argv = arg_argv(arguments)
-    timeout_ms = arg_int(arguments, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=1, maximum=MAX_TIMEOUT_MS)
-    max_output = arg_int(arguments, "max_output_bytes", DEFAULT_MAX_OUTPUT, minimum=1024)
-    extra_env = arg_env(arguments)
-    env = await environment(ctx, arguments)
-    cwd = arg_path(arguments, "cwd") if arguments.get("cwd") else home_dir(env.client)
+@takes(ShellArguments)
+async def shell(ctx: ToolContext, args: ShellArguments) -> ToolResult:
+    env = await environment(ctx, args.environment_id)
     completed = await run_process(
         env.client,
-        argv,
-        cwd=cwd,
-        env=process_env(env.client, extra_env),
-        timeout=timeout_ms / 1000,
-        max_output=max_output,
+        args.command,
+        cwd=args.cwd or home_dir(env.client),
+        env=process_env(env.client, args.env),
+        timeout=args.timeout_ms / 1000,
+        max_output=args.max_output_bytes,
     )
     stdout, stderr = completed.stdout.text(), completed.stderr.text()
     text = stdout

@@ -17,7 +17,7 @@ from executors import captoken, services
 from executors.presence import presence_store
 from sdk.resolver import NameResolver, bindings_fetcher
 from sdk.tools.base import ToolContext
-from sdk.tools.patch import apply_patch
+from sdk.tools.files import apply_patch
 from sdk.tools.sessions import InMemoryProcessSessions
 from tests.e2e.harness import wait_for
 

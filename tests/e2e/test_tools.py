@@ -150,17 +150,17 @@ async def test_shell_failures_are_error_results(ctx):
     assert sc(started)["exit_code"] is None
 
     assert error(await call(ctx, "shell", environment_id="alpha", command="ls")).startswith(
-        "invalid arguments: command must be a non-empty array"
+        "invalid arguments: command: Input should be a valid list"
     )
     assert error(await call(ctx, "shell", environment_id="alpha", command=["ls"], timeout_ms=0)) == (
-        "invalid arguments: timeout_ms must be between 1 and 86400000"
+        "invalid arguments: timeout_ms: Input should be greater than or equal to 1"
     )
     assert error(await call(ctx, "shell", environment_id="nope", command=["ls"])) == (
         "no environment named 'nope' (run list_environments to see what's available)"
     )
     assert "list_environments" in error(await call(ctx, "shell", command=["ls"]))
     assert error(await call(ctx, "shell", environment_id="alpha", command=["ls"], cwd="relative/dir")).startswith(
-        "invalid arguments: cwd must be an absolute path"
+        "invalid arguments: cwd: must be an absolute path"
     )
 
 
@@ -368,13 +368,13 @@ async def test_file_tool_failures(ctx, tmp_path):
         f"{missing}: no such file or directory"
     )
     assert error(await call(ctx, "read_file", environment_id="alpha", path="relative.txt")).startswith(
-        "invalid arguments: path must be an absolute path"
+        "invalid arguments: path: must be an absolute path"
     )
     both = await call(ctx, "write_file", environment_id="alpha", path=str(missing), content="a", content_base64="YQ==")
     assert error(both) == "invalid arguments: give exactly one of content and content_base64"
     assert error(
         await call(ctx, "write_file", environment_id="alpha", path=str(missing), content_base64="not base64!")
-    ) == ("invalid arguments: content_base64 is not valid base64")
+    ) == ("invalid arguments: content_base64: is not valid base64")
     too_big = await call(ctx, "write_file", environment_id="alpha", path=str(missing), content="x" * (8 * MiB + 1))
     assert "use copy_path" in error(too_big)
     assert not missing.exists()
@@ -512,7 +512,7 @@ async def test_copy_path_failures(ctx, tmp_path):
     )
     assert "not configured" in error(await call(ctx, "copy_path", **base, transport="http"))
     assert error(await call(ctx, "copy_path", **base, transport="carrier-pigeon")) == (
-        "invalid arguments: transport must be one of auto, http, ws"
+        "invalid arguments: transport: Input should be 'auto', 'http' or 'ws'"
     )
     assert "no environment named 'nope'" in error(
         await call(ctx, "copy_path", **{**base, "destination_environment_id": "nope"})

@@ -14,6 +14,7 @@ from bridge.client import BridgeClient, BridgeRPCError
 from sdk.resolver import NameResolver
 from sdk.tools import patch as patch_module
 from sdk.tools.base import ToolContext
+from sdk.tools.files import apply_patch
 from sdk.tools.patch import (
     AddFile,
     BridgeCaller,
@@ -24,7 +25,6 @@ from sdk.tools.patch import (
     PatchParseError,
     UpdateFile,
     apply_hunks,
-    apply_patch,
     parse_patch,
     resolve_path,
     run_patch,
@@ -624,5 +624,5 @@ async def test_the_tool_entry_point():
     assert bad.is_error
     assert bad.text.startswith("invalid patch: line 1: the patch must end with '*** End Patch'")
     relative_cwd = await apply_patch(ctx, {"environment_id": "box", "patch": patch("*** Delete File: a"), "cwd": "w"})
-    assert relative_cwd.text == "invalid arguments: cwd must be an absolute path, not 'w'"
+    assert relative_cwd.text == "invalid arguments: cwd: must be an absolute path, got 'w'"
     assert executor.files == {"/w/a": b"b\n"}

@@ -11,7 +11,9 @@ import pytest
 from bridge.client import BridgeClosed, Pool
 from sdk.resolver import NameResolver
 from sdk.tools import get_tool, tool_specs
-from sdk.tools.base import ToolContext, ToolError, ToolResult, arg_int, arg_path, tool_errors
+from sdk.tools.arguments import AbsolutePath, Arguments, Count, takes
+from sdk.tools.base import ToolContext, ToolError, ToolResult
+from sdk.tools.processes import ReadOutputArguments
 from sdk.tools.running import CappedOutput
 from sdk.tools.sessions import InMemoryProcessSessions, ProcessSession
 
@@ -64,10 +66,14 @@ async def test_in_memory_sessions_forget_idle_ones():
     assert await sessions.get(busy.session_id) is None
 
 
-async def test_tool_errors_turns_exceptions_into_error_results():
-    @tool_errors
-    async def broken(ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-        kind = arguments["kind"]
+class Kind(Arguments):
+    kind: str
+
+
+async def test_a_tool_turns_exceptions_into_error_results():
+    @takes(Kind)
+    async def broken(ctx: ToolContext, arguments: Kind) -> ToolResult:
+        kind = arguments.kind
         if kind == "tool":
             raise ToolError("a readable failure")
         if kind == "bridge":
@@ -88,29 +94,51 @@ async def test_tool_errors_turns_exceptions_into_error_results():
     }
 
 
-def test_argument_checks():
-    assert arg_int({"n": 5.0}, "n", 1) == 5
-    assert arg_int({}, "n", 7) == 7
-    for bad in (True, "5", 2.5, -1):
-        with pytest.raises(ToolError, match="invalid arguments: n must be"):
-            arg_int({"n": bad}, "n", 1)
-    assert arg_path({"p": "/a/b/../c"}, "p") == "/a/c"
-    assert arg_path({"p": "file:///a%20b/c"}, "p") == "/a b/c"
-    with pytest.raises(ToolError, match="must be an absolute path"):
-        arg_path({"p": "a/b"}, "p")
+class Probe(Arguments):
+    n: Count = 7
+    p: AbsolutePath = "/"
+
+
+def test_argument_models():
+    assert Probe.parse({"n": 5.0}).n == 5
+    assert Probe.parse({"n": None, "unknown": [1]}) == Probe(n=7, p="/")  # null is absent, extras ignored
+    for bad in (True, "5", 2.5, -1, float("inf")):
+        with pytest.raises(ToolError, match=r"^invalid arguments: n: Input should be"):
+            Probe.parse({"n": bad})
+    assert Probe.parse({"p": "/a/b/../c"}).p == "/a/c"
+    assert Probe.parse({"p": "file:///a%20b/c"}).p == "/a b/c"
+    with pytest.raises(ToolError, match=r"^invalid arguments: p: must be an absolute path, got 'a/b'$"):
+        Probe.parse({"p": "a/b"})
+
+
+def test_schemas_are_generated_as_they_were_written():
+    assert ReadOutputArguments.input_schema() == {
+        "type": "object",
+        "properties": {
+            "session_id": {"type": "string", "description": "The session_id exec_command returned."},
+            "since": {"type": "integer", "minimum": 0, "description": "Return chunks with seq > since."},
+            "yield_time_ms": {"type": "integer", "minimum": 0, "description": "Default 1000."},
+            "environment_id": {
+                "type": "string",
+                "description": "Optional: the session's environment name, checked if given.",
+            },
+        },
+        "required": ["session_id"],
+        "additionalProperties": False,
+    }
 
 
 @pytest.mark.parametrize(
     ("name", "arguments", "message"),
     [
-        ("shell", {"environment_id": "box", "command": []}, "invalid arguments: command must be a non-empty array"),
-        ("shell", {"environment_id": "box", "command": ["ls"], "env": {"A": 1}}, "invalid arguments: env must be"),
+        ("shell", {"environment_id": "box", "command": []}, "invalid arguments: command: List should have at least 1"),
+        ("shell", {"environment_id": "box", "command": ["ls"], "env": {"A": 1}}, "invalid arguments: env.A: Input"),
         ("shell", {"environment_id": "box", "command": ["ls"]}, "no environment named 'box'"),
         ("exec_command", {"command": ["cat"]}, "invalid arguments: environment_id is required"),
         ("write_stdin", {"session_id": "s", "chars": "x"}, "no such session: s"),
         ("read_output", {}, "invalid arguments: session_id is required"),
-        ("copy_path", {"source_path": "/a", "destination_path": "/b", "transport": "x"}, "transport must be one of"),
-        ("read_file", {"environment_id": "box", "path": "/x", "limit": -1}, "invalid arguments: limit must be"),
+        ("copy_path", {"source_path": "/a", "destination_path": "/b", "transport": "x"}, "transport: Input should be"),
+        ("read_file", {"environment_id": "box", "path": "/x", "limit": -1}, "invalid arguments: limit: Input should"),
     ],
 )
 async def test_tools_report_bad_input_as_error_results(name: str, arguments: dict[str, Any], message: str):
