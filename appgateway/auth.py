@@ -42,6 +42,8 @@ BODY_LOG_LIMIT = 1024
 class Identity:
     user_id: str
     workspace_id: str
+    token_id: str = ""  # the grant's loggable token name: built-in tokens are revoked by it
+    expires_at: float | None = None  # epoch seconds the token stops working, if it does
 
 
 class InvalidToken(Exception):
@@ -163,4 +165,5 @@ async def authenticate_tui(headers: dict[str, str]) -> Identity | Denial:
         # codex shows only the status: the reason is for whoever reads the gateway's log.
         logger.info("TUI token refused (%s): %s", exc.status, exc.reason, extra={"status": exc.status})
         return Denial(exc.status, exc.reason)
-    return Identity(user_id=grant.user_id, workspace_id=grant.workspace_id)
+    expires = grant.expires_at.timestamp() if grant.expires_at is not None else None
+    return Identity(user_id=grant.user_id, workspace_id=grant.workspace_id, token_id=grant.token_id, expires_at=expires)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 import weakref
 from typing import Any
@@ -27,10 +28,12 @@ from appgateway.rpc_filter import Frame
 from appgateway.thread_environments import ThreadsWithoutEnvironments
 from bridge.consumers import GatewayConsumer
 from bridge.protocol import CLOSE_SERVICE_RESTART
-from bridge.ws_auth import Denial
+from bridge.ws_auth import Denial, access_token_group
 from codexgw import logcontext
 
 logger = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008  # the TUI's token was revoked or expired
 
 
 class TuiProxyConsumer(GatewayConsumer):
@@ -41,6 +44,8 @@ class TuiProxyConsumer(GatewayConsumer):
     link: relay.RelayClient | None = None  # it is in another one
     _pump: asyncio.Task[None] | None = None
     _threads: ThreadsWithoutEnvironments
+    _token_group = ""  # the connections opened with this TUI's token, told when it is revoked
+    _expiry: asyncio.Task[None] | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         self._threads = ThreadsWithoutEnvironments()  # this connection's resumed or forked threads
@@ -56,6 +61,11 @@ class TuiProxyConsumer(GatewayConsumer):
         # Frames the TUI sends meanwhile wait in the consumer's queue, in order.
         await self.accept()
         _live.add(self)
+        if identity.token_id:
+            self._token_group = access_token_group(identity.token_id)
+            await self.channel_layer.group_add(self._token_group, self.channel_name)
+        if identity.expires_at is not None:
+            self._expiry = asyncio.create_task(self._close_at(identity.expires_at))
         try:
             self.leg = await relay.AppServerLeg.open(self.workspace_id)
         except supervisor.OwnedElsewhere as elsewhere:
@@ -107,6 +117,10 @@ class TuiProxyConsumer(GatewayConsumer):
 
     async def disconnect(self, code: int) -> None:
         _live.discard(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._token_group:
+            await self.channel_layer.group_discard(self._token_group, self.channel_name)
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -126,6 +140,14 @@ class TuiProxyConsumer(GatewayConsumer):
 
     async def close_tui(self, code: int, reason: str) -> None:
         await self.close(code=code, reason=reason)
+
+    async def _close_at(self, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        await self.close_tui(CLOSE_POLICY, "token expired")
+
+    async def bridge_revoke(self, event: dict[str, Any]) -> None:
+        # The token's group tells every connection opened with it, bridges and TUIs alike.
+        await self.close_tui(CLOSE_POLICY, "token revoked")
 
     # Messages from the owning process (relay.RelayedConnection).
 

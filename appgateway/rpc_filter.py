@@ -169,6 +169,27 @@ def _protected_keys(value: Any) -> set[str]:
     return found
 
 
+def _switches_off(key: str, value: Any) -> bool:
+    """A per-thread override that only turns a feature or an MCP server off (the TUI's thread-title
+    thread starts with ``features.<name>: false`` and ``mcp_servers: {<name>: {enabled: false}}``):
+    it can take the model's tools away, never add a command or send the credential elsewhere."""
+    root, _, rest = key.partition(".")
+    if root == "features":
+        return value is False if rest else isinstance(value, dict) and all(inner is False for inner in value.values())
+    if root != "mcp_servers":
+        return False
+    if rest.endswith(".enabled") and rest.count(".") == 1:
+        return value is False
+    servers = {rest: value} if rest and "." not in rest else value if not rest else None
+    return isinstance(servers, dict) and all(server == {"enabled": False} for server in servers.values())
+
+
+def _without_switch_offs(config: Any) -> Any:
+    if not isinstance(config, dict):
+        return config
+    return {key: value for key, value in config.items() if not (isinstance(key, str) and _switches_off(key, value))}
+
+
 def _config_override(message: Any) -> str | None:
     """Why a request may not change the configuration it tries to change, or None."""
     if not isinstance(message, _Pairs) or not isinstance(message.get("method"), str):
@@ -176,7 +197,7 @@ def _config_override(message: Any) -> str | None:
     method = message["method"]
     params = message.get("params")
     if method in _CONFIG_CARRIERS and isinstance(params, dict):
-        touched = _protected_keys(params.get("config"))
+        touched = _protected_keys(_without_switch_offs(params.get("config")))
     elif method.startswith("config/") and "write" in method.lower():
         touched = _protected_keys(params)
     elif method in _PROVIDER_SWITCHES:

@@ -42,7 +42,8 @@ class BridgeGrant:
 
 
 def access_token_group(prefix: str) -> str:
-    """The group of the live bridges opened with the built-in access token ``prefix``."""
+    """The group of the live connections (bridges, and the app gateway's TUIs) opened with the
+    built-in access token ``prefix``."""
     return turn_group(f"access-token:{prefix}")
 
 
@@ -59,7 +60,7 @@ def close_bridges_of_binding(workspace_id: str, exe_id: str) -> None:
 
 
 def close_bridges_of_access_tokens(prefixes: list[str]) -> None:
-    """Revoked built-in tokens: close the bridges open with them, on every process."""
+    """Revoked built-in tokens: close the connections open with them (bridges, TUIs), on every process."""
     layer = get_channel_layer()
     if layer is None:
         return

@@ -2,7 +2,8 @@
 
 A real HTTP server on its own thread: codex POSTs ``/v1/responses`` and gets a streamed
 ``text/event-stream`` answer. Each request takes the next scripted ``Reply``, ``FunctionCall`` or ``CustomToolCall``
-(``FakeModel.script``), or the default reply once the script is used up. Every request is
+(``FakeModel.script``), or the default reply once the script is used up; codex's thread-title
+requests get a title of their own and are kept apart (``title_requests``). Every other request is
 recorded (``requests``) with its path, headers, decoded JSON body and arrival time, so tests can
 assert what codex sent (model, the bearer key, tool outputs) and the bench can time tool calls.
 
@@ -72,11 +73,18 @@ class RecordedRequest:
         return texts
 
 
+# How codex 0.171.0 asks for a new thread's title (a side request the TUI makes with its first
+# message, in parallel with the turn): answered apart, so it takes no scripted step.
+TITLE_PROMPT = b"Generate a concise, single-line task title"
+TITLE = "A thread title"
+
+
 @dataclass
 class FakeModel:
     default_text: str = "Hello from the fake model"
     model: str = "fake-model"
     requests: list[RecordedRequest] = field(default_factory=list)
+    title_requests: list[RecordedRequest] = field(default_factory=list)
     _script: deque[Step] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -134,10 +142,14 @@ class FakeModel:
             handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()}, body, received_at
         )
         with self._lock:
-            self.requests.append(request)
             step: Step | None = None
-            if handler.command == "POST" and handler.path.endswith("/responses"):
-                step = self._script.popleft() if self._script else Reply(self.default_text)
+            if TITLE_PROMPT in raw:
+                self.title_requests.append(request)
+                step = Reply(TITLE)
+            else:
+                self.requests.append(request)
+                if handler.command == "POST" and handler.path.endswith("/responses"):
+                    step = self._script.popleft() if self._script else Reply(self.default_text)
         if step is None:
             payload = b'{"error":"not found"}'
             handler.send_response(404)

@@ -174,7 +174,9 @@ def test_tui_upgrade_headers_are_refused_with_401_or_403_never_503(settings):
     left = tokens.mint(workspace, leaver).token
     Membership.objects.filter(user=leaver).delete()
     authenticate = async_to_sync(auth.authenticate_tui)
-    assert authenticate({"authorization": f"Bearer {good}"}) == auth.Identity(str(owner.pk), "ws-fuzz")
+    assert authenticate({"authorization": f"Bearer {good}"}) == auth.Identity(
+        str(owner.pk), "ws-fuzz", token_id=good[: len("cxgt_") + 8]
+    )
 
     known = {
         "no-scope": (no_scope, Denial(403, "missing scope: tui")),

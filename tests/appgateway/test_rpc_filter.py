@@ -228,6 +228,17 @@ def test_approval_mode_names():
         {"id": 5, "method": "config/batchWrite", "params": {"edits": [{"keyPath": "notify", "value": ["sh"]}]}},
         {"id": 5, "method": "config/value/write", "params": {"keyPath": "", "value": {"hooks": {}}}},
         {"id": 5, "method": "modelProvider/default/set", "params": {"providerId": "ollama"}},
+        # Turning things off passes only as such: not mixed with turning on, nor a server's other keys.
+        {"id": 5, "method": "thread/start", "params": {"config": {"features": {"a": False, "b": True}}}},
+        {"id": 5, "method": "thread/start", "params": {"config": {"features.a": 0}}},
+        {
+            "id": 5,
+            "method": "thread/start",
+            "params": {"config": {"mcp_servers": {"x": {"enabled": False, "url": "u"}}}},
+        },
+        {"id": 5, "method": "thread/start", "params": {"config": {"mcp_servers.x.command": "sh"}}},
+        {"id": 5, "method": "thread/start", "params": {"config": {"mcp_servers.x.enabled": True}}},
+        {"id": 5, "method": "config/value/write", "params": {"keyPath": "features.shell_tool", "value": False}},
     ],
 )
 def test_config_overrides_that_would_reopen_the_gateway_are_refused(message):
@@ -248,6 +259,22 @@ def test_config_overrides_that_would_reopen_the_gateway_are_refused(message):
         {"id": 1, "method": "thread/start", "params": {"cwd": "/tmp"}},
         {"id": 1, "method": "config/value/write", "params": {"keyPath": "model", "value": "gpt-x"}},
         {"id": 1, "method": "config/read", "params": {"keyPath": "features"}},
+        # The TUI's thread-title thread (codex 0.171.0) only turns features and MCP servers off.
+        {
+            "id": 1,
+            "method": "thread/start",
+            "params": {
+                "config": {
+                    "features.shell_tool": False,
+                    "features": {"apps": False},
+                    "mcp_servers": {"agentserver": {"enabled": False}},
+                    "mcp_servers.other.enabled": False,
+                    "mcp_servers.third": {"enabled": False},
+                    "web_search": "disabled",
+                },
+                "threadSource": "thread_title",
+            },
+        },
     ],
 )
 def test_harmless_config_passes(message):

@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from codexgw import redis as gwredis
@@ -550,6 +550,49 @@ def test_wrong_tokens_are_refused_with_401_or_403(quickstart: QuickStart, codex_
     # No app-server was started for any of them, and no model call made.
     assert "app-server started" not in gateway.log(), gateway.log()
     assert quickstart.model.requests == []
+
+
+def closing_frame(connection: Any, seconds: float) -> Any:
+    """The close frame the server sends within ``seconds`` (notifications before it are skipped)."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            connection.recv(timeout=max(0.1, deadline - time.monotonic()))
+    except ConnectionClosed as closed:
+        return closed.rcvd  # None when the connection ended without a close frame
+    raise AssertionError(f"still open after {seconds}s")
+
+
+def test_revoking_a_token_closes_the_tuis_open_with_it(quickstart: QuickStart):
+    """A revoked token stops at once on every surface, a TUI already attached included."""
+    gateway = quickstart.gateway
+    token = quickstart.createtoken(WORKSPACE)
+    other = quickstart.createtoken(WORKSPACE)
+    headers = {"Authorization": f"Bearer {token}"}
+    hello = {"id": 1, "method": "initialize", "params": {"clientInfo": {"name": "t", "version": "1"}}}
+    with (
+        ws_connect(gateway.ws_base_url + "/", additional_headers=headers, open_timeout=15) as tui,
+        ws_connect(
+            gateway.ws_base_url + "/", additional_headers={"Authorization": f"Bearer {other}"}, open_timeout=15
+        ) as bystander,
+    ):
+        for connection in (tui, bystander):
+            connection.send(json.dumps(hello))
+            assert json.loads(connection.recv(timeout=60))["id"] == 1
+        record = AccessToken.objects.get(prefix=token[: len("cxgt_") + 8])
+        browser = logged_in_admin(quickstart)
+        status, _, page = browser.open(
+            "/admin/workspaces/accesstoken/", {"action": "revoke", "_selected_action": str(record.pk), "index": "0"}
+        )
+        assert status == 200, page
+        close = closing_frame(tui, 10)
+        assert close is not None
+        assert (close.code, close.reason) == (1008, "token revoked"), close
+        # The other token's TUI is left alone: it is answered.
+        bystander.send(json.dumps({"id": 2, "method": "thread/list", "params": {}}))
+        while (answer := json.loads(bystander.recv(timeout=30))).get("id") != 2:
+            assert "method" in answer, answer  # notifications meanwhile
+        assert "result" in answer, answer
 
 
 # --- no model key -----------------------------------------------------------------------------

@@ -62,7 +62,9 @@ BAD = {
 async def test_tui_accepts_a_token_with_the_tui_scope(workspace: Workspace, owner: Any, settings: Any) -> None:
     settings.CXG_AGENTSERVER_INTERNAL_URL = "http://127.0.0.1:1"  # ignored in built-in mode
     token = await _async(token_for, workspace, owner, ["tui"])
-    assert await auth.authenticate_tui({"authorization": f"Bearer {token}"}) == Identity(str(owner.pk), "ws-a")
+    identity = await auth.authenticate_tui({"authorization": f"Bearer {token}"})
+    # The token's visible prefix names it: its revocation closes this TUI (the token's group).
+    assert identity == Identity(str(owner.pk), "ws-a", token_id=token[: len("cxgt_") + 8], expires_at=None)
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
