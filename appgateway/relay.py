@@ -41,6 +41,7 @@ from appgateway.rpc_filter import Frame
 from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
 from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
 from codexgw import drain
+from codexgw.tasks import cancel_and_wait
 from codexgw.websocket import SENDABLE_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
@@ -80,18 +81,6 @@ async def off_loop_if_large(check: Callable[[Frame], T], frame: Frame) -> T:
     if len(frame) > INLINE_INSPECT_LIMIT:
         return await asyncio.to_thread(check, frame)
     return check(frame)
-
-
-async def _cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks and wait for them to end. On Python 3.11 redis-py runs each command under
-    ``asyncio.wait_for``, which can swallow a cancellation landing as the command completes (a
-    pump blocked in a channel-layer send then runs on): cancel again until each one has ended."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _layer() -> BaseChannelLayer:
@@ -228,7 +217,7 @@ class RelayedConnection:
         try:
             done, _ = await asyncio.wait({from_tui, to_tui}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await _cancel_all({from_tui, to_tui})
+            await cancel_and_wait({from_tui, to_tui})
         if from_tui in done:
             from_tui.result()  # re-raises its failure, if any
             return None

@@ -1,4 +1,5 @@
-"""Async client for the gateway's ``/bridge/{exe_id}`` WebSocket (a virtual exec-server session).
+"""Async client for the gateway's bridge (a virtual exec-server session): its ``/bridge/{exe_id}``
+WebSocket, or the same endpoint in process (``bridge.inproc``) for tools that run in the gateway.
 
 Used by env-mcp and the SDK tools. Wire (docs/protocol.md, codex-wire §A): one JSON object per
 text frame, no ``jsonrpc`` field, integer request ids. One reader task per connection routes
@@ -19,8 +20,8 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -33,6 +34,28 @@ JSON = dict[str, Any]
 NotificationCallback = Callable[[str, JSON], None]
 CloseCallback = Callable[["BridgeClosed"], None]
 TokenProvider = Callable[[], Awaitable[str]]
+
+
+class Transport(Protocol):
+    """What a client talks over (a websockets ``ClientConnection`` is one): text frames both ways;
+    iterating ends (or raises ``ConnectionClosed``) when the connection closes, after which
+    ``send`` raises ``ConnectionClosed`` or ``ConnectionError`` and ``close_code`` says why."""
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str | None: ...
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, message: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+# (exe_id, token, open_timeout) -> an open transport to the bridge; raises ``BridgeDialError``.
+Connector = Callable[[str, str, float], Awaitable[Transport]]
 
 DEFAULT_CALL_TIMEOUT = 30.0
 # Keepalive: a dead gateway is noticed within a minute, and idle middleboxes see traffic.
@@ -126,9 +149,9 @@ class Subscription:
 
 
 class BridgeClient:
-    """One bridge WebSocket. Create with ``BridgeClient.connect``; ``Pool`` also initializes it."""
+    """One bridge connection, opened by a ``Connector``; ``Pool`` dials and initializes them."""
 
-    def __init__(self, ws: ClientConnection, exe_id: str = "") -> None:
+    def __init__(self, ws: Transport, exe_id: str = "") -> None:
         self.exe_id = exe_id
         self.session_id: str | None = None
         self.environment_info: JSON = {}
@@ -139,26 +162,6 @@ class BridgeClient:
         self._everything: list[Subscription] = []
         self._closed: BridgeClosed | None = None
         self._reader = asyncio.create_task(self._read(), name=f"bridge reader {exe_id}")
-
-    @classmethod
-    async def connect(cls, url: str, token: str, *, exe_id: str = "", open_timeout: float = 10.0) -> BridgeClient:
-        """Open the WebSocket. Never offers permessage-deflate: exec-server drops connections that
-        negotiate it, and the gateway relays frames verbatim."""
-        try:
-            ws = await connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                compression=None,
-                max_size=MAX_MESSAGE_BYTES,
-                open_timeout=open_timeout,
-                ping_interval=PING_INTERVAL,
-                ping_timeout=PING_TIMEOUT,
-            )
-        except InvalidStatus as refused:
-            raise BridgeDialError(_refusal_message(refused), refused.response.status_code) from None
-        except (OSError, TimeoutError, InvalidHandshake) as error:
-            raise BridgeDialError(f"cannot connect to the gateway: {error or type(error).__name__}") from None
-        return cls(ws, exe_id)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -215,7 +218,7 @@ class BridgeClient:
             raise self._closed
         try:
             await self._ws.send(json.dumps(message, separators=(",", ":")))
-        except ConnectionClosed:
+        except (ConnectionClosed, ConnectionError):
             raise self._close_error() from None
 
     async def initialize(self, client_name: str, resume_session_id: str | None = None) -> JSON:
@@ -355,27 +358,53 @@ class BridgeClient:
             await asyncio.shield(self._reader)
 
 
+def websocket_connector(ws_base_url: str) -> Connector:
+    """Dials ``<ws_base_url>/bridge/<exe_id>``. Never offers permessage-deflate: exec-server drops
+    connections that negotiate it, and the gateway relays frames verbatim."""
+    base = ws_base_url.rstrip("/")
+
+    async def connect_bridge(exe_id: str, token: str, open_timeout: float) -> ClientConnection:
+        try:
+            return await connect(
+                f"{base}/bridge/{exe_id}",
+                additional_headers={"Authorization": f"Bearer {token}"},
+                compression=None,
+                max_size=MAX_MESSAGE_BYTES,
+                open_timeout=open_timeout,
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+            )
+        except InvalidStatus as refused:
+            raise BridgeDialError(_refusal_message(refused), refused.response.status_code) from None
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            raise BridgeDialError(f"cannot connect to the gateway: {error or type(error).__name__}") from None
+
+    return connect_bridge
+
+
 class Pool:
     """One initialized ``BridgeClient`` per executor, dialled on first use.
 
-    ``ws_base_url`` is the gateway's WebSocket origin (``ws://host:port``); clients connect to
-    ``<base>/bridge/<exe_id>`` with a token from ``token_provider`` (awaited per dial, so the
-    caller can renew tokens). A closed client is replaced on the next ``get``; the new connection
-    resumes the old virtual session when the gateway still has it, so its processes live on.
+    ``gateway`` is the gateway's WebSocket origin (``ws://host:port``: clients connect to
+    ``<base>/bridge/<exe_id>``) or a ``Connector`` (``bridge.inproc.connect``: the bridge of this
+    process without a socket). Each dial takes a token from ``token_provider`` (awaited per dial,
+    so the caller can renew tokens). A closed client is replaced on the next ``get``; the new
+    connection resumes the old virtual session when the gateway still has it, so its processes
+    live on.
     ``unavailable_grace``: for how long a dial refused with 503 (the executor is between gateway
     processes after a failover or drain, or the gateway is draining) is retried.
     """
 
     def __init__(
         self,
-        ws_base_url: str,
+        gateway: str | Connector,
         token_provider: TokenProvider,
         *,
         client_name: str = "codexgw",
         open_timeout: float = 10.0,
         unavailable_grace: float = 0.0,
     ) -> None:
-        self.ws_base_url = ws_base_url.rstrip("/")
+        self._connect = websocket_connector(gateway) if isinstance(gateway, str) else gateway
         self._unavailable_grace = unavailable_grace
         self._token_provider = token_provider
         self._client_name = client_name
@@ -421,9 +450,7 @@ class Pool:
 
     async def _dial_once(self, exe_id: str) -> BridgeClient:
         token = await self._token_provider()
-        client = await BridgeClient.connect(
-            f"{self.ws_base_url}/bridge/{exe_id}", token, exe_id=exe_id, open_timeout=self._open_timeout
-        )
+        client = BridgeClient(await self._connect(exe_id, token, self._open_timeout), exe_id)
         try:
             async with asyncio.timeout(self._open_timeout):
                 await self._handshake(client, self._sessions.get(exe_id))

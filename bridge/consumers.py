@@ -1,14 +1,14 @@
 """The executor's WebSocket (``/codex-exec/{exe_id}``) and the clients' (``/bridge/{exe_id}``).
 
 Both consumers stay thin: authorisation is ``bridge.ws_auth``, the protocol work is the
-multiplexer in ``bridge.session``. Refusals happen before the upgrade, with the HTTP status
-the caller acts on (ASGI WebSocket denial response; see ``codexgw/server.py``).
+multiplexer in ``bridge.session``, a client's side of it ``bridge.endpoint``. Refusals happen
+before the upgrade, with the HTTP status the caller acts on (ASGI WebSocket denial response; see
+``codexgw/server.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -22,16 +22,10 @@ from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from bridge import session as sessions
-from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
-from bridge.outbox import BridgeOutbox
-from bridge.protocol import (
-    CLOSE_EXECUTOR_LOST,
-    CLOSE_EXECUTOR_REPLACED,
-    CLOSE_EXECUTOR_UNBOUND,
-    CLOSE_TRY_AGAIN,
-    CLOSE_TURN_REVOKED,
-)
-from bridge.ws_auth import Denial, authenticate_executor, authorize_bridge, header_map
+from bridge.endpoint import BridgeEndpoint, authorize
+from bridge.layer_frames import ReceiverStuck, send_with_backpressure
+from bridge.protocol import CLOSE_EXECUTOR_REPLACED
+from bridge.ws_auth import Denial, authenticate_executor, header_map
 from codexgw import logcontext, metrics
 from executors import services
 from executors.presence import Holder, presence_store
@@ -206,154 +200,43 @@ class ExecutorConsumer(GatewayConsumer):
 
 
 class BridgeConsumer(GatewayConsumer):
-    """A client's virtual exec-server session on one executor, through any gateway process."""
+    """A client's virtual exec-server session on one executor, through any gateway process: a
+    ``BridgeEndpoint`` whose frames are this WebSocket's and whose channel is this consumer's."""
 
     role = "bridge"
-    conn_id = ""
-    local: sessions.ExecutorSession | None = None
-    inbox = ""
-    group = ""
-    binding_group = ""
-    target = ""  # the inbox of the executor session this bridge talks to
-    link: LayerLink | None = None
-    outbox: BridgeOutbox | None = None
-    _expiry: asyncio.Task[None] | None = None
+    endpoint: BridgeEndpoint | None = None
 
     async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
         logcontext.bind(exe_id=self.exe_id)
-        grant = await database_sync_to_async(authorize_bridge)(self.exe_id, self.headers())
+        grant = await authorize(self.exe_id, self.headers())
         if isinstance(grant, Denial):
             await self.deny(grant)
             return
-        self.conn_id = uuid.uuid4().hex
-        logcontext.bind(connection_id=self.conn_id)
-        self._parts = Reassembler()
-        # Everything for the client goes through it: paced by the client's reading, bounded.
-        self.outbox = BridgeOutbox(self._send_text, context={"exe_id": self.exe_id, "connection_id": self.conn_id})
+        self.endpoint = BridgeEndpoint(self.exe_id, self.channel_layer, self.channel_name, self._send_text, self._close)
+        logcontext.bind(connection_id=self.endpoint.conn_id)
         await self.accept()
-        self.group = grant.revocation_group
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        self.binding_group = grant.binding_group
-        await self.channel_layer.group_add(self.binding_group, self.channel_name)
-        if grant.expires_at is not None:
-            # An access token that expires while its bridge is open ends the bridge then.
-            self._expiry = asyncio.create_task(self._close_at(grant.expires_at))
-        self.target = grant.holder.channel_name
-        await self.channel_layer.group_add(sessions.executor_group(self.exe_id), self.channel_name)
-        if not await self._holder_unchanged():
+        await self.endpoint.attach(grant)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channel-layer messages to this bridge (the session's frames, notices) are the endpoint's.
+        if message["type"].startswith("bridge."):
+            if self.endpoint is not None:
+                await self.endpoint.on_layer_message(message)
             return
-        self.local = sessions.local_session(grant.holder.channel_name)
-        if self.local is not None:
-            await self.local.put(sessions.BridgeOpen(self.conn_id, None, local=self))
-        else:
-            self.inbox = grant.holder.channel_name
-            await send_with_backpressure(
-                self.channel_layer,
-                self.inbox,
-                {"type": "mux.bridge_open", "conn": self.conn_id, "reply_to": self.channel_name},
-            )
-            # Frames to the session: ordered, batched while a send is in flight.
-            self.link = LayerLink(
-                self.channel_layer,
-                self.inbox,
-                "mux.bridge_frame",
-                extra={"conn": self.conn_id},
-                on_stuck=self._session_stuck,
-            )
-
-    async def _holder_unchanged(self) -> bool:
-        """The executor may have moved to another process between the presence lookup and
-        joining its group (whose move notice this bridge would then have missed)."""
-        try:
-            holder = await sync_to_async(presence_store().get, thread_sensitive=False)(self.exe_id)
-        except Exception:
-            holder = None
-        if holder is not None and holder.channel_name == self.target:
-            return True
-        await self.close(code=CLOSE_EXECUTOR_LOST, reason="executor moved; reconnect")
-        return False
-
-    async def _session_stuck(self) -> None:
-        sessions.drop("executor_session_channel_full", exe_id=self.exe_id, connection_id=self.conn_id)
-        await self.close(code=CLOSE_TRY_AGAIN)
+        await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # exec-server accepts JSON in binary frames too; the multiplexer sees text either way.
         text = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-        if self.local is not None:
-            await self.local.put(sessions.BridgeFrame(self.conn_id, text))
-        elif self.link is not None:
-            with contextlib.suppress(ReceiverStuck):  # the link's on_stuck closes this bridge with 1013
-                await self.link.send(text)
+        if self.endpoint is not None:
+            await self.endpoint.receive(text)
 
     async def disconnect(self, code: int) -> None:
-        if not self.conn_id:
-            return
-        if self.outbox is not None:
-            self.outbox.close()
-        if self._expiry is not None:
-            self._expiry.cancel()
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            await self.channel_layer.group_discard(self.binding_group, self.channel_name)
-            await self.channel_layer.group_discard(sessions.executor_group(self.exe_id), self.channel_name)
-        if self.local is not None:
-            await self.local.put(sessions.BridgeClosed(self.conn_id))
-        elif self.link is not None:
-            # After this bridge's queued frames, in order; the link's pump sends it.
-            exe_id = self.exe_id
-            self.link.finish(
-                {"type": "mux.bridge_closed", "conn": self.conn_id},
-                on_final_lost=lambda: sessions.drop("bridge_close_not_delivered", exe_id=exe_id),
-            )
-
-    # Messages from the multiplexer in another process.
-    async def bridge_frame(self, event: dict[str, Any]) -> None:
-        # One text, a part of a split one, or a batch (``texts``), delivered in order.
-        for text in self._parts.add_all("mux", event):
-            await self.deliver(text)
-
-    async def bridge_close(self, event: dict[str, Any]) -> None:
-        self._close_after_output(int(event["code"]), str(event.get("reason", "")))
-
-    async def bridge_moved(self, event: dict[str, Any]) -> None:
-        # Another process took the executor's sessions over: reconnect there and resume.
-        if event.get("inbox") != self.target:
-            await self.close(code=CLOSE_EXECUTOR_LOST, reason="executor moved to another gateway process; reconnect")
-
-    async def bridge_revoke(self, event: dict[str, Any]) -> None:
-        await self.close(code=CLOSE_TURN_REVOKED, reason="turn revoked")
-
-    async def bridge_unbound(self, event: dict[str, Any]) -> None:
-        await self.close(code=CLOSE_EXECUTOR_UNBOUND, reason="executor unbound from the workspace")
-
-    async def _close_at(self, expires_at: float) -> None:
-        await asyncio.sleep(max(0.0, expires_at - time.time()))
-        await self.close(code=CLOSE_TURN_REVOKED, reason="token expired")
-
-    # LocalBridge (the multiplexer lives in this process).
-    async def deliver(self, text: str) -> None:
-        # Waits only while the client's outbox is full, and at most STALL_PATIENCE (bridge/outbox.py).
-        assert self.outbox is not None
-        if not await self.outbox.put(text):
-            # Closing or gone: the session owes its events again (bridge/session.py).
-            raise ConnectionError("the bridge connection is closing")
-
-    @property
-    def sending(self) -> BridgeOutbox | None:
-        return self.outbox
+        if self.endpoint is not None:
+            await self.endpoint.detach()
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
 
-    async def close_from_gateway(self, code: int, reason: str) -> None:
-        self._close_after_output(code, reason)
-
-    def _close_after_output(self, code: int, reason: str) -> None:
-        """The session's close comes after the frames it sent before it (still in the outbox)."""
-        assert self.outbox is not None
-
-        async def close() -> None:
-            await self.close(code=code, reason=reason)
-
-        self.outbox.finish(close)
+    async def _close(self, code: int, reason: str) -> None:
+        await self.close(code=code, reason=reason)

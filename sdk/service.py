@@ -5,6 +5,9 @@ A process session (``exec_command``) lives in the gateway process whose bridge s
 output is collected there from the executor's pushed events. Its record in Redis names that
 process's channel, so a request that lands on another process is forwarded there
 (``bridge.process_rpc``) and answered as if it were local.
+
+The tools reach executors through this process's own bridge without a socket (``bridge.inproc``),
+with a capability token the SDK mints per workspace and the bridge checks as for ``/bridge``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from bridge import process_rpc
+from bridge import inproc, process_rpc
 from bridge.client import FAILOVER_GRACE, Pool
 from bridge.relay_client import RelayClient
 from codexgw import redis as gwredis
@@ -152,8 +155,9 @@ async def context_for(workspace_id: str) -> ToolContext:
 
         context = ToolContext(
             workspace_id=workspace_id,
+            # The bridge of this process, without a socket: tokens are checked as for /bridge.
             pool=Pool(
-                runtime.self_ws_base_url(),
+                inproc.connect,
                 token_provider,
                 client_name="codexgw-sdk",
                 unavailable_grace=FAILOVER_GRACE,

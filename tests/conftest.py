@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from channels.layers import channel_layers
 from django.conf import settings
 from django.db import connections
 from rest_framework.test import APIClient
@@ -31,6 +32,15 @@ def _clean_redis() -> Iterator[None]:
     wipe()
     yield
     wipe()
+
+
+@pytest.fixture
+def fresh_channel_layer() -> Iterator[None]:
+    """This test's own channel layer: channels_redis keeps receive state (locks) bound to the
+    event loop it first ran on, and every test runs on an event loop of its own."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture(params=["redis", "embedded"])

@@ -1,4 +1,6 @@
-"""BridgeClient and Pool against the real gateway (two processes) and a real executor."""
+"""BridgeClient and Pool against the real gateway (two processes) and a real executor, over the
+``/bridge`` WebSocket of the process that does not hold the executor and over the in-process
+bridge of this test process (which holds no executor either: frames cross the channel layer)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,17 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from bridge.client import BridgeClient, BridgeClosed, BridgeDialError, BridgeError, BridgeRPCError, BridgeTimeout, Pool
+from bridge import inproc
+from bridge.client import (
+    BridgeClient,
+    BridgeClosed,
+    BridgeDialError,
+    BridgeError,
+    BridgeRPCError,
+    BridgeTimeout,
+    Connector,
+    Pool,
+)
 from executors import captoken, services
 from tests.e2e import conftest as e2e
 from tests.e2e.harness import GatewayCluster, GatewayProcess, http_json, shared_secret_headers
@@ -83,10 +95,18 @@ def executor(bound_executors: Callable[..., e2e.BoundExecutor]) -> e2e.BoundExec
     return bound_executors(WORKSPACE, "box", 0)
 
 
+@pytest.fixture(params=["websocket", "in-process"])
+def gateway(request: pytest.FixtureRequest, gateway_cluster: GatewayCluster) -> str | Connector:
+    if request.param == "websocket":
+        return gateway_cluster[1].ws_base_url
+    request.getfixturevalue("fresh_channel_layer")
+    return inproc.connect
+
+
 @pytest.fixture
-async def pool(executor: e2e.BoundExecutor, gateway_cluster: GatewayCluster):
+async def pool(executor: e2e.BoundExecutor, gateway: str | Connector):
     tokens = Tokens()
-    pool = Pool(gateway_cluster[1].ws_base_url, tokens, client_name="test-client")
+    pool = Pool(gateway, tokens, client_name="test-client")
     pool.tokens = tokens  # type: ignore[attr-defined]
     try:
         yield pool
@@ -214,9 +234,8 @@ async def test_an_idempotent_call_rides_out_an_executor_reconnect(pool, executor
     assert b"".join(base64.b64decode(chunk["chunk"]) for chunk in result["chunks"]) == b"done\n"
 
 
-async def test_refused_dials_say_why(executor: e2e.BoundExecutor, gateway_cluster, make_executor_credentials):
-    base = gateway_cluster[0].ws_base_url
-    stranger = Pool(base, Tokens(workspace="someone-else"))
+async def test_refused_dials_say_why(executor: e2e.BoundExecutor, gateway, make_executor_credentials):
+    stranger = Pool(gateway, Tokens(workspace="someone-else"))
     with pytest.raises(BridgeDialError) as refused:
         await stranger.get(executor.exe_id)
     assert (refused.value.status, str(refused.value)) == (403, "exe_id not in workspace (HTTP 403)")
@@ -224,7 +243,7 @@ async def test_refused_dials_say_why(executor: e2e.BoundExecutor, gateway_cluste
     offline = await database_sync_to_async(make_executor_credentials)()
     await database_sync_to_async(services.bind_executor)(WORKSPACE, offline.exe_id, "offline", "", False)
     with pytest.raises(BridgeDialError) as unavailable:
-        await Pool(base, Tokens()).get(offline.exe_id)
+        await Pool(gateway, Tokens()).get(offline.exe_id)
     assert (unavailable.value.status, str(unavailable.value)) == (503, "executor not connected (HTTP 503)")
 
     with pytest.raises(BridgeDialError, match="cannot connect"):
@@ -242,19 +261,17 @@ async def test_a_closed_pool_closes_its_clients_and_refuses_more(pool, executor:
 
 
 async def test_a_pool_with_a_grace_waits_for_an_executor_that_is_between_processes(
-    gateway_cluster, make_executor_credentials, exec_servers
+    gateway, gateway_cluster, make_executor_credentials, exec_servers
 ):
     """After a failover or drain the executor is offline for about a second: a dial refused with
     503 is retried within ``unavailable_grace``, and only then reported."""
     credentials = await database_sync_to_async(make_executor_credentials)()
     await database_sync_to_async(services.bind_executor)(WORKSPACE, credentials.exe_id, "late", "", False)
-    base = gateway_cluster[1].ws_base_url
-
     with pytest.raises(BridgeDialError) as refused:
-        await Pool(base, Tokens(), unavailable_grace=0.5).get(credentials.exe_id)
+        await Pool(gateway, Tokens(), unavailable_grace=0.5).get(credentials.exe_id)
     assert refused.value.status == 503
 
-    pool = Pool(base, Tokens(), unavailable_grace=30)
+    pool = Pool(gateway, Tokens(), unavailable_grace=30)
     dial = asyncio.ensure_future(pool.get(credentials.exe_id))
     await asyncio.sleep(1.0)
     assert not dial.done()  # still retrying the 503s
