@@ -31,6 +31,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
 
 from appgateway.envmcp_auth import Caller
+from bridge import inproc
 from bridge.client import FAILOVER_GRACE, Pool
 from codexgw import runtime
 from sdk.resolver import Binding, Fetch, NameResolver
@@ -96,15 +97,16 @@ def connected_fetcher(ws_base_url: str, workspace_id: str, token: str) -> Fetch:
 
 
 def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolContext:
-    """A spawn's context: bridges and names through the exec gateway with the spawn's token (so
-    revoking the turn cuts them), and the byte relay for ``copy_path`` when it is on."""
+    """A spawn's context: bridges (in process, ``bridge.inproc``) and names (the exec gateway's
+    ``connected``) with the spawn's token, so revoking the turn cuts them, and the byte relay for
+    ``copy_path`` when it is on."""
 
     async def token_provider() -> str:
         return token
 
     return ToolContext(
         workspace_id=workspace_id,
-        pool=Pool(exec_gateway_url, token_provider, client_name="codexgw-env-mcp", unavailable_grace=FAILOVER_GRACE),
+        pool=Pool(inproc.connect, token_provider, client_name="codexgw-env-mcp", unavailable_grace=FAILOVER_GRACE),
         resolver=NameResolver(connected_fetcher(exec_gateway_url, workspace_id, token)),
         # None of the offered tools keeps process sessions; the context needs a store all the same.
         sessions=InMemoryProcessSessions(),
