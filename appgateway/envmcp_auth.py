@@ -73,6 +73,26 @@ def set_turn_lifetime(lifetime: TurnLifetime) -> None:
     _turn_lifetime = lifetime
 
 
+# An expired spawn token → the fresh token of its live turn that stands in for it, and when that one
+# ends: one per live spawn past its first lifetime, so the tools' contexts (keyed by token) are
+# made once per renewal, not once per call.
+_stand_ins: dict[str, tuple[str, float]] = {}
+STAND_IN_MARGIN = 60.0  # seconds: a stand-in this close to its end is replaced
+
+
+def _stand_in(expired: str, payload: captoken.CapPayload, secret: str, ends: float) -> str:
+    now = time.time()
+    current = _stand_ins.get(expired)
+    if current is not None and now + STAND_IN_MARGIN < current[1] <= ends:
+        return current[0]
+    for key in [key for key, (_, until) in _stand_ins.items() if until <= now]:
+        del _stand_ins[key]
+    ttl = max(1.0, ends - now)
+    fresh = captoken.mint(secret, turn_id=payload.turn_id, workspace_id=payload.workspace_id, ttl=ttl, now=now)
+    _stand_ins[expired] = (fresh, now + ttl)
+    return fresh
+
+
 def _revoked(turn_id: str) -> bool:
     return revoked_set().contains(turn_id)
 
@@ -94,9 +114,7 @@ async def authorize(workspace_id: str, authorization: str | None) -> Caller | De
         ends = _turn_lifetime(payload.workspace_id, payload.turn_id)
         if ends is None or time.time() > ends:
             return Denial(401, f"invalid token: {error}")
-        token = captoken.mint(
-            secret, turn_id=payload.turn_id, workspace_id=payload.workspace_id, ttl=max(1.0, ends - time.time())
-        )
+        token = _stand_in(token, payload, secret, ends)
     except captoken.CapTokenError as error:
         return Denial(401, f"invalid token: {error}")
     try:

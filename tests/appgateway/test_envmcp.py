@@ -119,6 +119,9 @@ async def test_an_expired_token_passes_while_its_spawn_turn_lives_on_renewed(mon
     fresh = captoken.verify(caller.token, settings.CXG_CAPTOKEN_HMAC_SECRET)  # what the tools present
     assert (fresh.turn_id, fresh.workspace_id, fresh.exe_ids) == (turn_id, WORKSPACE, None)
     assert later - 2 <= fresh.exp <= later
+    again = await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}")
+    assert isinstance(again, Caller)
+    assert again.token == caller.token  # one stand-in per renewal: the tools' context is reused
     refused = envmcp_auth.Denial(401, "invalid token: token expired")
     # Its turn ended, or another turn is the workspace's live one: expired.
     monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn(turn_id, int(time.time()) - 1))
