@@ -138,23 +138,14 @@ async def test_redis_restarted_mid_stream_loses_no_output_silently(private_redis
 
 
 async def test_frames_inside_redis_when_it_restarts_are_not_lost_silently(
-    private_redis: RedisServer,
-    start_gateway_cluster: Callable[..., GatewayCluster],
-    make_executor_credentials: Callable[..., ExecutorCredentials],
-    exec_servers: ExecServers,
+    private_redis: RedisServer, fleet: Fleet
 ) -> None:
     """The bridge's process is stopped (SIGSTOP) so frames for it pile up inside Redis; Redis is
     killed with them and restarted; the process resumes. Those frames are gone (the session
     counted them delivered): the bridge's process sees seqs skipped and tells the client exactly
     which (gateway/outputLost, bridge/outbox.py), never a silent gap."""
-    cluster = await asyncio.to_thread(start_gateway_cluster, 2, GATEWAY_ENV)
-    credentials = await database_sync_to_async(make_executor_credentials)()
-    exe_id = credentials.exe_id
-    await database_sync_to_async(services.bind_executor)(WORKSPACE, exe_id, "box", "redis restart", True)
-    server = exec_servers.remote(cluster[0].base_url, credentials)
-    assert await asyncio.to_thread(wait_for, lambda: presence_store().get(exe_id) is not None, 20), server.log()
-
-    url = f"{cluster[1].ws_base_url}/bridge/{exe_id}"
+    cluster = fleet.cluster
+    url = f"{cluster[1].ws_base_url}/bridge/{fleet.exe_id}"
     client = await RpcClient.connect(url, bearer())
     await client.initialize("in-redis")
     await client.call_result("process/start", ticker_params("tick", LINES, PAUSE))
