@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from codexgw.raw_asgi import ASGIApp, Receive, Scope, Send
+from codexgw.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -184,15 +185,8 @@ class InFlight:
         left = dict(self._live)
         if not left:
             return None
-        pending = set(left)
         try:
-            while pending:
-                # Cancel again until each has ended: redis-py under Python 3.11 can swallow one.
-                for task in pending:
-                    task.cancel()
-                if loop.time() >= deadline:
-                    break
-                _, pending = await asyncio.wait(pending, timeout=min(0.2, deadline - loop.time()))
+            await cancel_and_wait(left, deadline)
         finally:
             # Even if this step is cut off: a connection left open would look like a stall.
             for abort in left.values():
