@@ -30,7 +30,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from appgateway import supervisor
-from appgateway.rpc_filter import Frame
+from appgateway.rpc_filter import Frame, request_named
 from appgateway.thread_environments import ThreadsWithoutEnvironments
 from bridge import exec_session_store
 from codexgw import redis as gwredis
@@ -107,15 +107,8 @@ def selection(
 def thread_start_environments(frame: Frame) -> tuple[dict[str, Any], str | None] | None:
     """For a ``thread/start`` request that names no environments: the decoded request and the
     ``cwd`` the client named (or None). Anything else: None (the frame passes unchanged)."""
-    if isinstance(frame, bytes):
-        return None
-    if _THREAD_START not in frame:
-        return None
-    try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(message, dict) or message.get("method") != _THREAD_START or message.get("id") is None:
+    message = request_named(frame, _THREAD_START)
+    if message is None:
         return None
     params = message.get("params")
     if params is None:
@@ -129,16 +122,9 @@ def thread_start_environments(frame: Frame) -> tuple[dict[str, Any], str | None]
 def initialize_without_experimental_api(frame: Frame) -> dict[str, Any] | None:
     """An ``initialize`` request that does not declare ``capabilities.experimentalApi: true``
     (decoded), else None. codex refuses ``thread/start.environments`` on such a connection."""
-    if isinstance(frame, bytes) or '"initialize"' not in frame:
-        return None
-    try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(message, dict) or message.get("method") != "initialize" or message.get("id") is None:
-        return None
-    params = message.get("params")
-    if not isinstance(params, dict):
+    message = request_named(frame, "initialize")
+    params = message.get("params") if message is not None else None
+    if message is None or not isinstance(params, dict):
         return None
     capabilities = params.get("capabilities")
     if isinstance(capabilities, dict) and capabilities.get("experimentalApi") is True:
@@ -164,16 +150,9 @@ _TURN_PLACEMENT: Final = ("cwd", "runtimeWorkspaceRoots")
 def turn_start_without_environments(frame: Frame) -> dict[str, Any] | None:
     """A ``turn/start`` request that names a ``cwd`` or ``runtimeWorkspaceRoots`` but no
     environments (decoded), else None."""
-    if isinstance(frame, bytes) or '"turn/start"' not in frame:
-        return None
-    try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(message, dict) or message.get("method") != "turn/start" or message.get("id") is None:
-        return None
-    params = message.get("params")
-    if not isinstance(params, dict) or params.get("environments") is not None:
+    message = request_named(frame, "turn/start")
+    params = message.get("params") if message is not None else None
+    if message is None or not isinstance(params, dict) or params.get("environments") is not None:
         return None
     if all(params.get(key) is None for key in _TURN_PLACEMENT):
         return None

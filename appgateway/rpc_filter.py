@@ -135,6 +135,26 @@ def _decode(frame: Frame) -> Any:
         return None
 
 
+def decode_object(frame: Frame, needle: str) -> dict[str, Any] | None:
+    """A text frame that contains ``needle``, decoded when it is a JSON object (a cheap look
+    before the parse: most frames are not the one wanted); else None."""
+    if isinstance(frame, bytes) or needle not in frame:
+        return None
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def request_named(frame: Frame, method: str) -> dict[str, Any] | None:
+    """The frame decoded when it is a ``method`` request (one with an id), else None."""
+    message = decode_object(frame, method)
+    if message is None or message.get("method") != method or message.get("id") is None:
+        return None
+    return message
+
+
 def _blocked_method(message: Any) -> str | None:
     """The blocked method a request names; every value of a duplicated ``method`` key counts,
     whichever one the server would read."""

@@ -21,7 +21,7 @@ import json
 from collections import OrderedDict
 from typing import Any, Final
 
-from appgateway.rpc_filter import Frame
+from appgateway.rpc_filter import Frame, decode_object, request_named
 
 WATCHED: Final = ("thread/resume", "thread/fork")
 LIMIT: Final = 256
@@ -35,16 +35,6 @@ def has_no_environments(result: Any) -> str | None:
     return thread["id"] if not thread.get("environments") else None
 
 
-def _decode(frame: Frame, needle: str) -> dict[str, Any] | None:
-    if isinstance(frame, bytes) or needle not in frame:
-        return None
-    try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
-    return message if isinstance(message, dict) else None
-
-
 class ThreadsWithoutEnvironments:
     """One client connection's threads that came back from codex with no environment."""
 
@@ -54,7 +44,7 @@ class ThreadsWithoutEnvironments:
 
     def client_frame(self, frame: Frame) -> None:
         """Note a ``thread/resume`` or ``thread/fork`` request on its way to codex."""
-        message = _decode(frame, '"thread/')
+        message = decode_object(frame, '"thread/')
         if message is None or message.get("method") not in WATCHED or message.get("id") is None:
             return
         self._remember(self._asked, json.dumps(message["id"]))
@@ -63,7 +53,7 @@ class ThreadsWithoutEnvironments:
         """Read codex's answer to a noted request (any other frame passes at the cost of a check)."""
         if not self._asked:
             return
-        message = _decode(frame, '"thread"')
+        message = decode_object(frame, '"thread"')
         if message is None or "method" in message or "id" not in message:
             return
         request_id = json.dumps(message["id"])
@@ -79,8 +69,8 @@ class ThreadsWithoutEnvironments:
         none itself. Any ``turn/start`` on such a thread gives it environments: it is then forgotten."""
         if not self._without:
             return None
-        message = _decode(frame, '"turn/start"')
-        if message is None or message.get("method") != "turn/start" or message.get("id") is None:
+        message = request_named(frame, "turn/start")
+        if message is None:
             return None
         params = message.get("params")
         thread_id = params.get("threadId") if isinstance(params, dict) else None
