@@ -12,7 +12,7 @@ registered with ``on_message`` (the TUI proxy's relays).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
@@ -80,19 +80,3 @@ def tell_owner(owner: LeaseInfo | None, message: dict[str, Any], owner_loop: asy
         return True
     async_to_sync(layer.send)(owner.channel_name, message)
     return True
-
-
-def ask_owners_to_checkpoint(leases: Iterable[LeaseInfo]) -> int:
-    """Send ``appserver.checkpoint`` to each lease owner's channel, once per process (blocking:
-    the Celery task). Returns how many processes were asked."""
-    channels = sorted({lease.channel_name for lease in leases if lease.channel_name})
-
-    async def send_all() -> None:
-        layer = get_channel_layer()
-        assert layer is not None
-        for channel in channels:
-            await layer.send(channel, {"type": CHECKPOINT})
-
-    if channels:
-        async_to_sync(send_all)()
-    return len(channels)

@@ -36,7 +36,6 @@ from appgateway.app_server_process import START_TIMEOUT, AppServerHandle, AppSer
 from appgateway.codexhome import McpServer
 from appgateway.leases import HeldLeases, LeaseInfo, LiveSession
 from bridge import process_rpc
-from codexgw import redis as gwredis
 
 logger = logging.getLogger(__name__)
 
@@ -247,14 +246,9 @@ class Supervisor:
     def request_checkpoints(self) -> int:
         """Ask every gateway process that owns app-servers to checkpoint them (blocking; the Celery
         task). Returns how many processes were asked."""
-        if gwredis.embedded():
-            # Embedded default: one process, and the in-memory channel layer is bound to its loop.
-            state = self._state
-            if state is None or not state.loop.is_running():
-                return 0
-            asyncio.run_coroutine_threadsafe(self.checkpoint_all(), state.loop)
-            return 1
-        return process_messages.ask_owners_to_checkpoint(leases.all_leases().values())
+        owners = {lease.channel_name: lease for lease in leases.all_leases().values()}
+        message = {"type": process_messages.CHECKPOINT}
+        return sum(process_messages.tell_owner(owner, message, self._serving_loop()) for owner in owners.values())
 
     async def shutdown_all(self, reason: str) -> None:
         """Stop every app-server of this process (persisting each) and the supervisor's tasks: for
@@ -277,9 +271,12 @@ class Supervisor:
     def tell_owner(self, workspace_id: str, message: dict[str, Any]) -> bool:
         """Send ``message`` to the channel of the process whose app-server serves the workspace
         (blocking; from sync code such as a signal handler). False when none runs."""
+        return process_messages.tell_owner(leases.lease_of(workspace_id), message, self._serving_loop())
+
+    def _serving_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The running loop this supervisor serves its children on, if any (for sync callers)."""
         state = self._state
-        loop = state.loop if state is not None and state.loop.is_running() else None
-        return process_messages.tell_owner(leases.lease_of(workspace_id), message, loop)
+        return state.loop if state is not None and state.loop.is_running() else None
 
     async def lease_owner(self, workspace_id: str) -> LeaseInfo | None:
         return await self._running().leases.store.get(workspace_id)
