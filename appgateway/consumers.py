@@ -143,11 +143,15 @@ class TuiProxyConsumer(GatewayConsumer):
 
     async def _close_at(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
-        await self.close_tui(CLOSE_POLICY, "token expired")
+        await self._close_for_token("token expired")
 
     async def bridge_revoke(self, event: dict[str, Any]) -> None:
         # The token's group tells every connection opened with it, bridges and TUIs alike.
-        await self.close_tui(CLOSE_POLICY, "token revoked")
+        await self._close_for_token("token revoked")
+
+    async def _close_for_token(self, reason: str) -> None:
+        logger.info("TUI closed: %s", reason, extra={"workspace_id": self.workspace_id})
+        await self.close_tui(CLOSE_POLICY, reason)
 
     # Messages from the owning process (relay.RelayedConnection).
 
