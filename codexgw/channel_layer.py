@@ -1,49 +1,285 @@
-"""The Redis channel layer, made to outlive a Redis outage or restart.
+"""The channel layer: one Redis inbox per process, one Redis command per hop.
 
-``channels_redis`` raises the client's connection error out of ``receive``, ``send`` and the
-group calls. Out of ``receive`` that ends whoever reads: a consumer's application (its WebSocket
-is closed with 1011) or an executor session's inbox reader (no bridge in another process is
-heard again). Out of ``send`` it ends a ``LayerLink``'s pump with its batch of frames unsent. And
-a restarted Redis has forgotten every group membership, so revocations and move notices would
-reach nobody. Here:
+Consumers keep Channels' layer API (``new_channel``, ``send``, ``receive``, groups, ``flush``).
+Underneath, instead of channels_redis (four Redis round trips to send a message and four to
+receive one, and a receive buffer that drops the oldest message when full):
 
-* ``receive`` waits the outage out (retrying with backoff) instead of raising;
-* ``send`` and ``group_send`` retry for ``outage_patience`` seconds, then raise ``ChannelFull``,
-  which every sender already treats as "wait, then give up on the receiver" (close 1013);
-* memberships added in this process are remembered and added again once Redis answers after an
-  error.
+* Every channel is process-specific: ``new_channel`` names it ``<prefix>.<inbox>!<id>``, where
+  ``<inbox>`` is the process's inbox, a Redis list. ``send`` is one script call that pushes onto
+  the receiver's inbox; sends issued while others are on the wire go together in one pipeline.
+* While a ``receive`` waits, a reader task pops the inbox in batches (``BLMPOP``; ``BLPOP`` on
+  Redis before 7.0) and hands each message to its channel's local queue (codexgw/layer_inbox.py).
+  One event loop receives at a time (as with channels_redis); what one loop had queued and not
+  handed out when it ends goes back to the inbox for the next.
+* Capacity is per channel: a counter in Redis of messages (and bytes) sent and not yet handed out by
+  ``receive``. The send script refuses past ``capacity`` (``ChannelFull``: the sender waits and
+  retries); the reader gives the credit back in batches, a little after ``receive`` took the
+  messages. A slow consumer slows its senders; nothing is dropped to make room.
+* Messages for a channel nobody has received from for ``expiry`` seconds (its consumer is gone)
+  are dropped and counted (``codexgw_channel_layer_expired_total``). An inbox nobody pops (its
+  process died) expires ``expiry`` seconds after its last message.
+* A Redis outage: the reader waits it out; ``send`` and ``group_send`` retry for
+  ``outage_patience`` seconds, then raise ``ChannelFull``, which every sender already treats as
+  "wait, then give up on the receiver"; group memberships of this process are added again once
+  Redis answers. A message inside Redis when it restarted is gone with it (docs/reliability.md).
 
-A message that was in Redis when it restarted is gone with it; nothing here can bring it back
-(see docs/reliability.md, *Redis restarted*).
+Only process-specific channels exist here: a channel name without ``!`` is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+import types
+import weakref
 from typing import Any
 
+import msgpack
+import redis.asyncio
 import redis.exceptions
 from channels.exceptions import ChannelFull
-from channels_redis.core import RedisChannelLayer
+from channels.layers import BaseChannelLayer
+
+from codexgw.layer_inbox import OUTAGE_ERRORS, RETRY_FIRST, RETRY_MAX, Inbox
 
 logger = logging.getLogger(__name__)
 
-OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
-RETRY_FIRST = 0.05
-RETRY_MAX = 1.0
+BYTE_CAPACITY = 4 << 20  # bytes a channel may hold (sent, not yet received)
+
+# KEYS: inbox, the channel's credit (a hash: n messages, b bytes). ARGV: payload, capacity in
+# messages, in bytes, expiry (ms). A message alone in its channel goes in whatever its size.
+_SEND = """
+local size = string.len(ARGV[1])
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+local b = redis.call('HINCRBY', KEYS[2], 'b', size)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if n > 1 and (n > tonumber(ARGV[2]) or b > tonumber(ARGV[3])) then
+  redis.call('HINCRBY', KEYS[2], 'n', -1)
+  redis.call('HINCRBY', KEYS[2], 'b', -size)
+  return 0
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+SendCall = tuple[list[Any], "asyncio.Future[Any] | None"]
 
 
-class ResilientRedisChannelLayer(RedisChannelLayer):  # type: ignore[misc]  # channels_redis is untyped
-    def __init__(self, *args: Any, outage_patience: float = 30.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class _SendPipe:
+    """One event loop's sends: the send script runs at once when nothing else is on the wire,
+    else in one pipeline with everything that queued up meanwhile (in order either way)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._sha = ""
+        self._busy = False
+        self._queued: list[SendCall] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def call(self, send_args: list[Any]) -> Any:
+        if self._busy:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queued.append((send_args, future))
+            return await future
+        self._busy = True
+        try:
+            return (await self._run([(send_args, None)]))[0]
+        finally:
+            if self._queued:
+                self.flusher = asyncio.create_task(self._flush(), name="channel layer send")
+            else:
+                self._busy = False
+
+    async def _flush(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    results = await self._run(batch)
+                except Exception as error:
+                    results = [error] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future is None or future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._busy = False
+            for _, future in self._queued:  # only if cancelled (the loop is closing)
+                if future is not None and not future.done():
+                    future.cancel()
+            self._queued.clear()
+
+    async def _run(self, batch: list[SendCall]) -> list[Any]:
+        if not self._sha:
+            self._sha = await self.client.script_load(_SEND)
+        if len(batch) == 1:
+            try:
+                results: list[Any] = [await self.client.evalsha(self._sha, 2, *batch[0][0])]
+            except redis.exceptions.NoScriptError as error:
+                results = [error]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for send_args, _ in batch:
+                pipe.evalsha(self._sha, 2, *send_args)
+            results = await pipe.execute(raise_on_error=False)
+        again = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+        if again:
+            # Redis restarted or its scripts were flushed: load again and send what was refused.
+            self._sha = await self.client.script_load(_SEND)
+            retried = await self._run([batch[i] for i in again])
+            for i, result in zip(again, retried, strict=True):
+                results[i] = result
+        return results
+
+
+class RedisInboxChannelLayer(BaseChannelLayer):
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "layer:",
+        expiry: int = 60,
+        group_expiry: int = 86400,
+        capacity: int = 5000,
+        byte_capacity: int = BYTE_CAPACITY,
+        outage_patience: float = 30.0,
+        socket_timeout: float = 30.0,
+        socket_connect_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity)
+        self.url = url
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.byte_capacity = byte_capacity
         self.outage_patience = outage_patience
+        self._socket_timeouts = (socket_timeout, socket_connect_timeout)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Inbox, _SendPipe]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._memberships: dict[str, set[str]] = {}  # group -> this process's channels in it
         self._restoring: asyncio.Task[None] | None = None
         self.outages = 0
+        # The process's inbox; every event loop that receives reads it, one at a time.
+        self.inbox_name = secrets.token_hex(8)
 
-    # --- the outage ----------------------------------------------------------------------------
+    # --- names and state ---------------------------------------------------------------------
+
+    def _state(self) -> tuple[Inbox, _SendPipe]:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            timeout, connect_timeout = self._socket_timeouts
+            client = redis.asyncio.Redis.from_url(
+                self.url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=connect_timeout
+            )
+            inbox = Inbox(self.inbox_name, client, self._key, self.expiry, self._lost)
+            state = self._loops[loop] = (inbox, _SendPipe(client))
+            self._close_with(loop)
+        return state
+
+    def _close_with(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the loop's Redis client and tasks when the loop closes (a loop made for one
+        ``async_to_sync`` call, a test's loop), as their connections belong to it."""
+        original = loop.close
+
+        def close(this: asyncio.AbstractEventLoop) -> None:
+            state = self._loops.pop(this, None)
+            if state is not None and not this.is_closed():
+                this.run_until_complete(self._shut(*state))
+            this.close = original  # type: ignore[method-assign]
+            original()
+
+        loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _inbox_key_of(self, channel: str) -> str:
+        self.require_valid_channel_name(channel)
+        head, bang, _ = channel.partition("!")
+        if not bang:
+            raise TypeError(f"only process-specific channels (from new_channel) are supported: {channel!r}")
+        return self._key("inbox", head.rpartition(".")[2])
+
+    def _client(self) -> redis.asyncio.Redis:
+        return self._state()[1].client
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        return f"{prefix}.{self.inbox_name}!{secrets.token_hex(12)}"
+
+    # --- sending and receiving ---------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "message is not a dict"
+        if not await self._retrying("send", lambda: self._push(channel, message)):
+            raise ChannelFull(channel)
+
+    async def _push(self, channel: str, message: dict[str, Any]) -> bool:
+        payload = channel.encode() + b"\n" + msgpack.packb(message, use_bin_type=True)
+        keys = [self._inbox_key_of(channel), self._key("credit", channel)]
+        limits = [self.get_capacity(channel), self.byte_capacity, int(self.expiry * 1000)]
+        return bool(await self._state()[1].call([*keys, payload, *limits]))
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        inbox = self._state()[0]
+        if self._inbox_key_of(channel) != inbox.list_key:
+            raise RuntimeError(f"{channel!r} is not a channel of this process's inbox")
+        loop = asyncio.get_running_loop()
+        if any(other.receiving for other_loop, (other, _) in self._loops.items() if other_loop is not loop):
+            raise RuntimeError("two event loops are trying to receive() on one channel layer at once")
+        return await inbox.receive(channel)
+
+    # --- groups ------------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._memberships.setdefault(group, set()).add(channel)
+        await self._retrying("group_add", lambda: self._add_member(group, channel))
+
+    async def _add_member(self, group: str, channel: str) -> None:
+        pipe = self._client().pipeline(transaction=False)
+        pipe.zadd(self._key("group", group), {channel: time.time()})
+        pipe.expire(self._key("group", group), self.group_expiry)
+        await pipe.execute()
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        channels = self._memberships.get(group)
+        if channels is not None:
+            channels.discard(channel)
+            if not channels:
+                del self._memberships[group]
+        await self._retrying("group_discard", lambda: self._client().zrem(self._key("group", group), channel))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.require_valid_group_name(group)
+        members = await self._retrying("group_send", lambda: self._members(group))
+        results = await asyncio.gather(*(self.send(member, message) for member in members), return_exceptions=True)
+        full = sum(isinstance(result, ChannelFull) for result in results)
+        if full:
+            logger.warning("channel layer: %d of %d channels full in group %s", full, len(members), group)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ChannelFull):
+                raise result
+
+    async def _members(self, group: str) -> list[str]:
+        key = self._key("group", group)
+        pipe = self._client().pipeline(transaction=False)
+        pipe.zremrangebyscore(key, 0, time.time() - self.group_expiry)
+        pipe.zrange(key, 0, -1)
+        _, members = await pipe.execute()
+        return [member.decode() for member in members]
+
+    # --- outages -----------------------------------------------------------------------------
 
     def _lost(self, operation: str, error: BaseException) -> None:
         """An operation failed for want of Redis: note it once and restore groups when it is back."""
@@ -60,10 +296,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):  # type: ignore[misc]  # ch
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
             try:
-                await self.connection(0).ping()
+                await self._client().ping()
                 for group, channels in list(self._memberships.items()):
                     for channel in list(channels):
-                        await super().group_add(group, channel)
+                        await self._add_member(group, channel)
             except OUTAGE_ERRORS:
                 continue
             logger.info("channel layer: Redis is back; group memberships restored")
@@ -82,35 +318,20 @@ class ResilientRedisChannelLayer(RedisChannelLayer):  # type: ignore[misc]  # ch
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 
-    # --- the layer's operations ----------------------------------------------------------------
+    # --- flush -------------------------------------------------------------------------------
 
-    async def receive(self, channel: str) -> dict[str, Any]:
-        delay = RETRY_FIRST
-        while True:
-            try:
-                message: dict[str, Any] = await super().receive(channel)
-                return message
-            except OUTAGE_ERRORS as error:
-                self._lost("receive", error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+    async def flush(self) -> None:
+        """Delete every key under the prefix and end this loop's inbox (tests)."""
+        client = self._client()
+        async for key in client.scan_iter(match=self.prefix + "*", count=1000):
+            await client.delete(key)
+        self._memberships.clear()
+        await self._shut(*self._loops.pop(asyncio.get_running_loop()))
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        await self._retrying("send", lambda: super(ResilientRedisChannelLayer, self).send(channel, message))
-
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        await self._retrying("group_send", lambda: super(ResilientRedisChannelLayer, self).group_send(group, message))
-
-    async def group_add(self, group: str, channel: str) -> None:
-        self._memberships.setdefault(group, set()).add(channel)
-        await self._retrying("group_add", lambda: super(ResilientRedisChannelLayer, self).group_add(group, channel))
-
-    async def group_discard(self, group: str, channel: str) -> None:
-        channels = self._memberships.get(group)
-        if channels is not None:
-            channels.discard(channel)
-            if not channels:
-                del self._memberships[group]
-        await self._retrying(
-            "group_discard", lambda: super(ResilientRedisChannelLayer, self).group_discard(group, channel)
-        )
+    @staticmethod
+    async def _shut(inbox: Inbox, pipe: _SendPipe) -> None:
+        await inbox.shut()
+        if pipe.flusher is not None:
+            pipe.flusher.cancel()
+            await asyncio.gather(pipe.flusher, return_exceptions=True)
+        await inbox.client.aclose()

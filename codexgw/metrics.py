@@ -76,6 +76,11 @@ LAYER_FULL = Counter(
     "Channel-layer sends refused because the receiving channel was full (retried with backoff).",
     registry=REGISTRY,
 )
+LAYER_EXPIRED = Counter(
+    "codexgw_channel_layer_expired_total",
+    "Channel-layer messages dropped because nobody received from their channel for the expiry (60 s).",
+    registry=REGISTRY,
+)
 RELAY_BYTES = Counter(
     "codexgw_relay_bytes_total",
     "Bytes moved by the HTTP byte relay, by direction (upload: read from the PUT, download: written to the GET).",

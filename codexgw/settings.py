@@ -255,12 +255,10 @@ CHANNEL_LAYERS: dict[str, Any]
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            # channels_redis, made to wait out a Redis outage or restart (codexgw/channel_layer.py).
-            "BACKEND": "codexgw.channel_layer.ResilientRedisChannelLayer",
+            # One Redis inbox per process, one command per hop (codexgw/channel_layer.py).
+            "BACKEND": "codexgw.channel_layer.RedisInboxChannelLayer",
             "CONFIG": {
-                # redis-py 8 reads with a 5 s socket timeout by default, which races the
-                # layer's own 5 s blocking pop and kills idle consumers: allow longer reads.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "url": REDIS_URL,
                 "prefix": f"{CODEXGW_REDIS_PREFIX}layer:",
                 "capacity": env_int("CODEXGW_CHANNEL_CAPACITY", 5000, minimum=100),
                 "expiry": 60,

@@ -36,8 +36,8 @@ def _clean_redis() -> Iterator[None]:
 
 @pytest.fixture
 def fresh_channel_layer() -> Iterator[None]:
-    """This test's own channel layer: channels_redis keeps receive state (locks) bound to the
-    event loop it first ran on, and every test runs on an event loop of its own."""
+    """This test's own channel layer: the layer keeps an inbox (a reader task, a Redis client) per
+    event loop, and every test runs on an event loop of its own."""
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()

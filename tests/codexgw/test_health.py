@@ -20,7 +20,7 @@ def test_readyz_ready_when_everything_answers(client):
     assert response.json() == {
         "ready": True,
         "checks": {"database": "ok", "redis": "ok", "channel_layer": "ok"},
-        "backends": {"database": "postgresql", "channel_layer": "ResilientRedisChannelLayer", "stores": "redis"},
+        "backends": {"database": "postgresql", "channel_layer": "RedisInboxChannelLayer", "stores": "redis"},
         "warnings": [],
     }
 
@@ -75,8 +75,8 @@ def test_readyz_503_when_database_is_down(client, database_down):
 def test_readyz_503_when_channel_layer_is_unreachable(client, settings):
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "codexgw.channel_layer.ResilientRedisChannelLayer",
-            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+            "BACKEND": "codexgw.channel_layer.RedisInboxChannelLayer",
+            "CONFIG": {"url": "redis://127.0.0.1:1/0"},
         }
     }
     settings.CODEXGW_READYZ_TIMEOUT = 1.0

@@ -1,0 +1,125 @@
+"""The Redis inbox channel layer on the real Redis: one inbox per layer (process), capacity per
+channel in messages and bytes, credit given back after receive, expiry of abandoned channels,
+groups across processes, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.exceptions import ChannelFull
+from django.conf import settings
+
+from codexgw import metrics
+from codexgw.channel_layer import RedisInboxChannelLayer
+
+
+def layer(**config) -> RedisInboxChannelLayer:
+    return RedisInboxChannelLayer(settings.REDIS_URL, prefix=f"{settings.CODEXGW_REDIS_PREFIX}cltest:", **config)
+
+
+async def test_messages_cross_between_two_processes_in_order():
+    sender, receiver = layer(), layer()
+    channel = await receiver.new_channel()
+    assert channel.split("!")[0].rsplit(".", 1)[1] != (await sender.new_channel()).split("!")[0].rsplit(".", 1)[1]
+    # Sent all at once: those queued behind the first share pipelines, in order.
+    await asyncio.gather(*(sender.send(channel, {"type": "t", "n": n, "blob": b"\x00\xff"}) for n in range(500)))
+    received = [await asyncio.wait_for(receiver.receive(channel), 5) for _ in range(500)]
+    assert [message["n"] for message in received] == list(range(500))
+    assert received[0] == {"type": "t", "n": 0, "blob": b"\x00\xff"}
+    await sender.flush()
+    await receiver.flush()
+
+
+async def test_a_full_channel_refuses_while_its_neighbour_on_the_same_inbox_flows():
+    sender, receiver = layer(capacity=2), layer(capacity=2)
+    full, neighbour = await receiver.new_channel(), await receiver.new_channel()
+    await sender.send(full, {"type": "t", "n": 0})
+    await sender.send(full, {"type": "t", "n": 1})
+    with pytest.raises(ChannelFull):
+        await sender.send(full, {"type": "t", "n": 2})
+    await sender.send(neighbour, {"type": "t", "n": 9})
+    assert (await asyncio.wait_for(receiver.receive(neighbour), 5))["n"] == 9
+    # Receiving gives the credit back (after a short delay): the full channel takes more again.
+    assert (await asyncio.wait_for(receiver.receive(full), 5))["n"] == 0
+    await asyncio.wait_for(_send_when_room(sender, full, {"type": "t", "n": 2}), 5)
+    assert [(await receiver.receive(full))["n"] for _ in range(2)] == [1, 2]
+    await sender.flush()
+    await receiver.flush()
+
+
+async def test_byte_capacity_bounds_a_channel_but_a_lone_message_of_any_size_goes():
+    sender, receiver = layer(byte_capacity=100_000), layer()
+    channel = await receiver.new_channel()
+    await sender.send(channel, {"type": "t", "text": "x" * 300_000})  # alone: goes
+    with pytest.raises(ChannelFull):
+        await sender.send(channel, {"type": "t", "text": "y"})
+    assert len((await asyncio.wait_for(receiver.receive(channel), 5))["text"]) == 300_000
+    await asyncio.wait_for(_send_when_room(sender, channel, {"type": "t", "text": "y" * 40_000}), 5)
+    await sender.send(channel, {"type": "t", "text": "z" * 40_000})
+    with pytest.raises(ChannelFull):
+        await sender.send(channel, {"type": "t", "text": "w" * 40_000})
+    await sender.flush()
+    await receiver.flush()
+
+
+async def test_messages_nobody_receives_expire_counted_and_give_their_credit_back():
+    sender, receiver = layer(capacity=3, expiry=1), layer(expiry=1)
+    abandoned, alive = await receiver.new_channel(), await receiver.new_channel()
+    for n in range(3):
+        await sender.send(abandoned, {"type": "t", "n": n})
+    before = metrics.LAYER_EXPIRED._value.get()
+    # A consumer that keeps receiving its own channel is not affected by the sweep.
+    for n in range(4):
+        await asyncio.sleep(0.5)
+        await sender.send(alive, {"type": "t", "n": n})
+        assert (await asyncio.wait_for(receiver.receive(alive), 6))["n"] == n
+    await asyncio.sleep(0.6)
+    await sender.send(alive, {"type": "t", "n": 99})  # wakes the reader, which sweeps
+    assert (await asyncio.wait_for(receiver.receive(alive), 6))["n"] == 99
+    assert metrics.LAYER_EXPIRED._value.get() - before == 3
+    await asyncio.wait_for(_send_when_room(sender, abandoned, {"type": "t", "n": 3}), 5)
+    await sender.flush()
+    await receiver.flush()
+
+
+async def test_group_send_reaches_members_on_every_process_and_skips_full_ones():
+    one, two = layer(capacity=1), layer(capacity=1)
+    a, b, c = await one.new_channel(), await two.new_channel(), await two.new_channel()
+    for channel in (a, b, c):
+        await one.group_add("revoke.x", channel)
+    await one.send(c, {"type": "filler"})  # c is full
+    await two.group_send("revoke.x", {"type": "bridge.revoke"})
+    assert await asyncio.wait_for(one.receive(a), 5) == {"type": "bridge.revoke"}
+    assert await asyncio.wait_for(two.receive(b), 5) == {"type": "bridge.revoke"}
+    assert await asyncio.wait_for(two.receive(c), 5) == {"type": "filler"}
+    await one.group_discard("revoke.x", a)
+    await asyncio.sleep(0.3)  # the credit of what b received comes back
+    await two.group_send("revoke.x", {"type": "again"})
+    assert await asyncio.wait_for(two.receive(b), 5) == {"type": "again"}
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(one.receive(a), 0.3)
+    await one.flush()
+    await two.flush()
+
+
+async def test_refusals_general_channels_foreign_receive_and_no_redis():
+    own, other = layer(), layer()
+    with pytest.raises(TypeError, match="process-specific"):
+        await own.send("general-channel", {"type": "t"})
+    with pytest.raises(RuntimeError, match="not a channel of this process"):
+        await own.receive(await other.new_channel())
+    gone = RedisInboxChannelLayer("redis://127.0.0.1:1/0", outage_patience=0.3, socket_connect_timeout=0.2)
+    with pytest.raises(ChannelFull, match="Redis unavailable"):
+        await gone.send(await own.new_channel(), {"type": "t"})
+    await own.flush()
+    await other.flush()
+
+
+async def _send_when_room(sender: RedisInboxChannelLayer, channel: str, message: dict[str, object]) -> None:
+    while True:
+        try:
+            await sender.send(channel, message)
+            return
+        except ChannelFull:
+            await asyncio.sleep(0.01)
