@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from bridge import exec_session_store, vsession_store
+from bridge import exec_session_store, frame_json, vsession_store
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, links_drained
 from bridge.multiplexer import (
     Action,
@@ -350,9 +348,9 @@ class ExecutorSession:
         if isinstance(event, ExecFrame):
             if event.link is not self.executor:
                 return [Dropped("frame_from_replaced_executor")]
-            return self.mux.executor_message(_parse(event.text))
+            return self.mux.executor_message(frame_json.decode_executor_frame(event.text))
         if isinstance(event, BridgeFrame):
-            return self.mux.bridge_message(event.conn_id, _parse(event.text))
+            return self.mux.bridge_message(event.conn_id, frame_json.decode(event.text))
         if isinstance(event, ExecOpen):
             actions: list[Action] = []
             if self.executor is not None and self.executor is not event.link:
@@ -410,7 +408,7 @@ class ExecutorSession:
                 if text is not None:
                     await self._to_bridge(action.conn_id, text)
             elif isinstance(action, ToExecutor):
-                text = _encode(action.message)
+                text = frame_json.encode(action.message)
                 if size := _oversize(text):
                     # Grown past the limit by the rewriting (id, handles): exec-server would drop the
                     # connection every client shares. Refused instead, as if by the executor.
@@ -440,12 +438,12 @@ class ExecutorSession:
     def _fitting(self, message: JSON) -> str | None:
         """``message`` as a frame codex accepts. Only a response can outgrow the executor's frame
         it came from (the client chose its id): one too large becomes an error."""
-        text = _encode(message)
+        text = frame_json.encode(message)
         size = _oversize(text)
         if not size:
             return text
         if "id" in message and "method" not in message:
-            text = _encode(_too_large(message["id"], "response", size))
+            text = frame_json.encode(_too_large(message["id"], "response", size))
             if not _oversize(text):
                 return text
         drop("frame_too_large", exe_id=self.exe_id, detail=f"{size} bytes")
@@ -506,7 +504,7 @@ class ExecutorSession:
     def _owe_again(self, conn_id: str, texts: list[str]) -> None:
         """Frames for ``conn_id`` that never left this process: the events among them are read
         again when its session resumes, so a bridge that leaves or falls behind loses nothing."""
-        if texts and (owed := self.mux.not_delivered(conn_id, map(_parse, texts))):
+        if texts and (owed := self.mux.not_delivered(conn_id, map(frame_json.decode, texts))):
             logger.info("events owed again", extra={"exe_id": self.exe_id, "connection_id": conn_id, "events": owed})
 
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
@@ -554,19 +552,6 @@ class ExecutorSession:
         _by_inbox.pop(self.inbox, None)
 
 
-# Every frame through the multiplexer is decoded and re-encoded (ids and handles are rewritten).
-# Measured on an 8 MiB fs/readFile result: the standard library decodes as fast as orjson (and
-# keeps integers beyond 64 bits exact), but orjson encodes 3x faster; integers it cannot encode
-# fall back to the standard library.
-
-
-def _parse(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
 def _oversize(text: str) -> int:
     """The UTF-8 size of ``text`` if it is over the WebSocket frame limit, else 0. codex and
     exec-server drop the connection on a larger frame (codex-wire A.9)."""
@@ -582,10 +567,3 @@ def _too_large(request_id: Any, what: str, size: int) -> JSON:
         INVALID_REQUEST,
         f"{what} too large: {size} bytes, over the {MAX_FRAME_BYTES}-byte WebSocket frame limit",
     )
-
-
-def _encode(message: Any) -> str:
-    try:
-        return orjson.dumps(message).decode()
-    except TypeError:
-        return json.dumps(message, separators=(",", ":"))

@@ -19,9 +19,9 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from bridge import frame_json
 from bridge.multiplexer import CloseBridge, CloseExecutor, Dropped, ToBridge, ToExecutor
 from bridge.protocol import HANDLE_KEYS, INVALID_REQUEST
-from bridge.session import _parse
 from tests.bridge.test_multiplexer import Rig, ready_rig, to_bridge, to_executor
 from tests.fuzzing import count, fuzz, run
 
@@ -124,7 +124,7 @@ def frames() -> st.SearchStrategy[str | bytes]:
 
 def decode(frame: str | bytes) -> Any:
     """What the session driver hands the multiplexer for one WebSocket frame."""
-    return _parse(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
+    return frame_json.decode(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
 
 
 class TwoBridges:

@@ -1,0 +1,101 @@
+"""Frames decoded for the multiplexer and encoded again: exact round trips, bulk strings of an
+executor's large frame passed through as their text, malformed frames refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge import frame_json
+from bridge.frame_json import RAW_STRING_CHARS, RawJSON
+from bridge.multiplexer import ToBridge
+from tests.bridge.test_multiplexer import ready_rig
+
+
+def test_frames_orjson_cannot_handle_still_round_trip():
+    huge = '{"id":1,"result":{"size":123456789012345678901234567890}}'
+    assert frame_json.decode(huge) == {"id": 1, "result": {"size": 123456789012345678901234567890}}
+    assert frame_json.decode(frame_json.encode(frame_json.decode(huge))) == frame_json.decode(huge)
+    assert frame_json.decode("{not json") is None
+    assert frame_json.decode(frame_json.encode({"text": "é€😀", "n": 1})) == {"text": "é€😀", "n": 1}
+
+
+def read_file_response(request_id: int, size: int) -> tuple[str, str]:
+    data = base64.b64encode(os.urandom(size)).decode()
+    return json.dumps({"id": request_id, "result": {"dataBase64": data}}, separators=(",", ":")), data
+
+
+def test_a_large_executor_response_keeps_its_bulk_string_as_text():
+    text, data = read_file_response(7, 1 << 20)
+    decoded = frame_json.decode_executor_frame(text)
+    assert decoded["id"] == 7
+    assert decoded["result"]["dataBase64"] == RawJSON(json.dumps(data))
+    # Encoded again with another id: exactly the same bytes for the data, nothing else changed.
+    decoded["id"] = 123
+    assert frame_json.encode(decoded) == text.replace('{"id":7,', '{"id":123,', 1)
+    # A 64-bit-overflowing integer elsewhere takes the standard library's path, which still works.
+    decoded["result"]["big"] = 1 << 70
+    assert json.loads(frame_json.encode(decoded)) == {"id": 123, "result": {"dataBase64": data, "big": 1 << 70}}
+
+
+def test_the_multiplexer_rewrites_the_id_of_a_large_read_without_touching_the_data():
+    rig = ready_rig()
+    rig.attach("a")
+    sent = rig.forward("a", {"id": "client-9", "method": "fs/readFile", "params": {"path": "/x"}})
+    text, data = read_file_response(sent["id"], 1 << 20)
+    [reply] = rig.mux.executor_message(frame_json.decode_executor_frame(text))
+    assert isinstance(reply, ToBridge)
+    assert reply.conn_id == "a"
+    assert frame_json.encode(reply.message) == '{"id":"client-9","result":{"dataBase64":' + json.dumps(data) + "}}"
+
+
+def test_escaped_quotes_whitespace_and_short_strings_decode_exactly():
+    bulk = 'a\\"b\\\\' * (RAW_STRING_CHARS // 4)  # escaped quotes and backslashes inside
+    text = '{ "id" : 1 ,\n "result" : { "text" : "' + bulk + '" , "n": [1, {"k": "v"}], "s": "é" } }'
+    text += " " * frame_json.LAZY_FRAME_CHARS
+    decoded = frame_json.decode_executor_frame(text)
+    assert decoded["result"]["n"] == [1, {"k": "v"}]
+    assert decoded["result"]["s"] == "é"
+    assert isinstance(decoded["result"]["text"], RawJSON)
+    assert json.loads(frame_json.encode(decoded)) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '{"id":1,"result":{"dataBase64":"' + "A" * RAW_STRING_CHARS,  # unterminated
+        '{"id":1,"result":{"dataBase64":"' + "A" * RAW_STRING_CHARS + '"}}}',  # trailing
+        '{"id":1 "result":{"dataBase64":"' + "A" * RAW_STRING_CHARS + '"}}',  # no comma
+        '{"id":1,"result":{dataBase64:"' + "A" * RAW_STRING_CHARS + '"}}',  # unquoted key
+        '["' + "A" * RAW_STRING_CHARS + '"]',  # not an object
+    ],
+)
+def test_malformed_large_executor_frames_are_refused(broken):
+    broken += " " * frame_json.LAZY_FRAME_CHARS
+    expected = None if not broken.startswith("[") else ["A" * RAW_STRING_CHARS]
+    decoded = frame_json.decode_executor_frame(broken)
+    if expected is None:
+        assert decoded is None
+    else:  # not an object: decoded in full, the multiplexer refuses it as it does any array
+        assert decoded == expected
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )
+)
+def test_decoding_two_levels_deep_gives_what_full_decoding_gives(value):
+    frame = {"id": 1, "result": {"value": value, "pad": "x" * frame_json.LAZY_FRAME_CHARS}}
+    text = json.dumps(frame, ensure_ascii=False)
+    decoded = frame_json.decode_executor_frame(text)
+    assert json.loads(frame_json.encode(decoded)) == frame
+    assert isinstance(decoded["result"]["pad"], RawJSON)
