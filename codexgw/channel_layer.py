@@ -47,6 +47,10 @@ from codexgw.layer_inbox import OUTAGE_ERRORS, RETRY_FIRST, RETRY_MAX, Inbox
 logger = logging.getLogger(__name__)
 
 BYTE_CAPACITY = 4 << 20  # bytes a channel may hold (sent, not yet received)
+# How long a send watches a full channel for room before raising ChannelFull, and how often.
+FULL_WAIT = 0.1
+FULL_POLL_FIRST = 0.001
+FULL_POLL_MAX = 0.01
 
 # KEYS: inbox, the channel's credit (a hash: n messages, b bytes). ARGV: payload, capacity in
 # messages, in bytes, expiry (ms). A message alone in its channel goes in whatever its size.
@@ -217,15 +221,32 @@ class RedisInboxChannelLayer(BaseChannelLayer):
     # --- sending and receiving ---------------------------------------------------------------
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Push ``message`` onto its receiver's inbox. A full channel is watched for room a little
+        while (a cheap read, not the message again) before ``ChannelFull`` is raised."""
         assert isinstance(message, dict), "message is not a dict"
-        if not await self._retrying("send", lambda: self._push(channel, message)):
-            raise ChannelFull(channel)
-
-    async def _push(self, channel: str, message: dict[str, Any]) -> bool:
         payload = channel.encode() + b"\n" + msgpack.packb(message, use_bin_type=True)
+        if await self._retrying("send", lambda: self._push(channel, payload)):
+            return
+        deadline = time.monotonic() + FULL_WAIT
+        delay = FULL_POLL_FIRST
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FULL_POLL_MAX)
+            if await self._retrying("send", lambda: self._has_room(channel, len(payload))) and await self._retrying(
+                "send", lambda: self._push(channel, payload)
+            ):
+                return
+        raise ChannelFull(channel)
+
+    async def _push(self, channel: str, payload: bytes) -> bool:
         keys = [self._inbox_key_of(channel), self._key("credit", channel)]
         limits = [self.get_capacity(channel), self.byte_capacity, int(self.expiry * 1000)]
         return bool(await self._state()[1].call([*keys, payload, *limits]))
+
+    async def _has_room(self, channel: str, size: int) -> bool:
+        held, held_bytes = await self._client().hmget(self._key("credit", channel), ["n", "b"])
+        messages, size_held = int(held or 0), int(held_bytes or 0)
+        return messages == 0 or (messages < self.get_capacity(channel) and size_held + size <= self.byte_capacity)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         inbox = self._state()[0]
