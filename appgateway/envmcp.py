@@ -4,11 +4,11 @@ streamable HTTP (``appgateway.envmcp_http``).
 
 It offers the model what codex's own tools lack (``OFFERED``, from the shared tool set
 ``sdk.tools``) and runs each call against the workspace's
-executors through the exec gateway's ``/bridge/{exe_id}``, with the capability token the caller
-presented (the spawn's token, ``appgateway.envmcp_auth``). Environment names are resolved from
-``GET /api/exec-gateway/connected`` with the same token, so a tool sees exactly what that token
-may reach. Tool contexts (the bridges) are kept per spawn turn in this process and closed when
-the turn is revoked (``close_turn``).
+executors through the bridge in process (``bridge.inproc``, as ``/bridge/{exe_id}`` would), with
+the capability token the caller presented (the spawn's token, ``appgateway.envmcp_auth``).
+Environment names are the workspace's online executors that the same token may reach, checked as
+``GET /api/exec-gateway/connected`` checks it. Tool contexts (the bridges) are kept per spawn
+turn in this process and closed when the turn is revoked (``close_turn``).
 
 Each ``tools/call`` runs in its own task (the SDK's dispatcher), so a long ``copy_path`` never
 holds up ``list_environments``; ``notifications/cancelled`` cancels the call's task, and the
@@ -19,13 +19,11 @@ processes the call started on executors (``copy_path``'s curl and tar) are termi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 import mcp_types as types
+from channels.db import database_sync_to_async
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
@@ -33,7 +31,7 @@ from mcp.shared.exceptions import MCPError
 from appgateway.envmcp_auth import Caller
 from bridge import inproc
 from bridge.client import FAILOVER_GRACE, Pool
-from codexgw import runtime
+from executors import captoken, services
 from sdk.resolver import Binding, Fetch, NameResolver
 from sdk.service import relay_client
 from sdk.tools import get_tool, tool_specs
@@ -51,8 +49,6 @@ SERVER_VERSION = "0.3"
 # keeps all of sdk.tools.
 OFFERED = ("list_environments", "copy_path")
 CALLER = "codexgw.envmcp.caller"  # the ASGI scope key of the authenticated Caller
-CONNECTED_TIMEOUT = 3.0
-CONNECTED_MAX_BYTES = 1024 * 1024
 
 INSTRUCTIONS = (
     "List this workspace's executors (the remote machines your own tools run on) and copy files between them.\n"
@@ -63,42 +59,25 @@ INSTRUCTIONS = (
 # --- the tool context ---------------------------------------------------------------------------
 
 
-def http_base(ws_base_url: str) -> str:
-    """``ws://host:port`` → ``http://host:port`` (``wss`` → ``https``)."""
-    parts = urlsplit(ws_base_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return f"{scheme}://{parts.netloc}"
+def connected_fetcher(workspace_id: str, token: str) -> Fetch:
+    """The workspace's bound, online executors that the capability token may reach, checked as
+    ``GET /api/exec-gateway/connected`` checks it (revoked turn, other workspace: refused)."""
+
+    def connected() -> list[Binding]:
+        try:
+            payload = services.verified_capability(token)
+        except captoken.CapTokenError as error:
+            raise RuntimeError(f"token refused: {error}") from None
+        if payload.workspace_id != workspace_id:
+            raise RuntimeError("token is for another workspace")
+        return services.reachable_bindings(workspace_id, payload)
+
+    return database_sync_to_async(connected)
 
 
-def connected_fetcher(ws_base_url: str, workspace_id: str, token: str) -> Fetch:
-    """The workspace's bound, online executors from the exec gateway, authorised by the
-    capability token (the gateway takes the workspace from the token)."""
-    url = http_base(ws_base_url) + "/api/exec-gateway/connected"
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-
-    async def fetch() -> list[Binding]:
-        async with (
-            httpx.AsyncClient(timeout=CONNECTED_TIMEOUT) as client,
-            client.stream("GET", url, params={"workspace_id": workspace_id}, headers=headers) as response,
-        ):
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > CONNECTED_MAX_BYTES:
-                    raise RuntimeError("connected list over 1 MiB")
-        if response.status_code != httpx.codes.OK:
-            raise RuntimeError(f"HTTP {response.status_code}: {body[:1024].decode(errors='replace')}")
-        bindings = json.loads(body)
-        if not isinstance(bindings, list) or not all(isinstance(item, dict) for item in bindings):
-            raise RuntimeError("connected list is not an array of objects")
-        return bindings
-
-    return fetch
-
-
-def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolContext:
-    """A spawn's context: bridges (in process, ``bridge.inproc``) and names (the exec gateway's
-    ``connected``) with the spawn's token, so revoking the turn cuts them, and the byte relay for
+def tool_context(workspace_id: str, token: str) -> ToolContext:
+    """A spawn's context: bridges and names, both in process (``bridge.inproc``,
+    ``connected_fetcher``) with the spawn's token, so revoking the turn cuts them, and the byte relay for
     ``copy_path`` when it is on."""
 
     async def token_provider() -> str:
@@ -107,7 +86,7 @@ def tool_context(workspace_id: str, exec_gateway_url: str, token: str) -> ToolCo
     return ToolContext(
         workspace_id=workspace_id,
         pool=Pool(inproc.connect, token_provider, client_name="codexgw-env-mcp", unavailable_grace=FAILOVER_GRACE),
-        resolver=NameResolver(connected_fetcher(exec_gateway_url, workspace_id, token)),
+        resolver=NameResolver(connected_fetcher(workspace_id, token)),
         # None of the offered tools keeps process sessions; the context needs a store all the same.
         sessions=InMemoryProcessSessions(),
         relay=relay_client(),
@@ -124,7 +103,7 @@ def context_for(caller: Caller) -> ToolContext:
     contexts = _contexts.setdefault(caller.turn_id, {})
     context = contexts.get(caller.token)
     if context is None:
-        context = contexts[caller.token] = tool_context(caller.workspace_id, runtime.self_ws_base_url(), caller.token)
+        context = contexts[caller.token] = tool_context(caller.workspace_id, caller.token)
     return context
 
 

@@ -13,9 +13,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from executors import secretbox
+from executors import captoken, secretbox
 from executors.models import Executor, WorkspaceExecutor
 from executors.presence import presence_store
+from executors.revocation import revoked_set
 
 # Compared against when the executor does not exist, so an unknown id costs the same bcrypt
 # time as a wrong token and the two cannot be told apart.
@@ -111,6 +112,23 @@ def list_bindings(workspace_id: str, *, online_only: bool = False) -> list[dict[
     bindings = list(WorkspaceExecutor.objects.filter(workspace_id=workspace_id).select_related("executor"))
     online = presence_store().online(b.executor_id for b in bindings)
     return [binding_json(b, online) for b in bindings if not online_only or b.executor_id in online]
+
+
+def reachable_bindings(workspace_id: str, token: captoken.CapPayload | None = None) -> list[dict[str, Any]]:
+    """The workspace's bound executors that are online now, limited to what ``token`` (when
+    given: a verified capability token of that workspace) may reach."""
+    return [
+        b for b in list_bindings(workspace_id, online_only=True) if token is None or token.allows_exe_id(b["exe_id"])
+    ]
+
+
+def verified_capability(presented: str) -> captoken.CapPayload:
+    """A capability token checked as every route checks one: signature and expiry, and its turn
+    not revoked. Raises ``captoken.CapTokenError`` (with the reason) otherwise."""
+    token = captoken.verify(presented, settings.CXG_CAPTOKEN_HMAC_SECRET)
+    if revoked_set().contains(token.turn_id):
+        raise captoken.CapTokenError("turn revoked")
+    return token
 
 
 BCRYPT_MAX_BYTES = 72

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from codexgw.api_errors import error_response
 from executors import captoken, serializers, services
 from executors.api_auth import AgentserverSecret, SharedSecretBearer, Unauthorized, bearer_token
-from executors.revocation import revoke_turn, revoked_set
+from executors.revocation import revoke_turn
 
 REVOKE_DEFAULT_TTL = 3600
 ERRORS = {400: serializers.ErrorResponse, 401: serializers.ErrorResponse, 503: serializers.ErrorResponse}
@@ -107,12 +107,9 @@ class SharedSecretOrCapToken(SharedSecretBearer):
         if presented.count(".") != 2 or not settings.CXG_CAPTOKEN_HMAC_SECRET:
             return super().has_permission(request, view)
         try:
-            token = captoken.verify(presented, settings.CXG_CAPTOKEN_HMAC_SECRET)
+            request.auth = services.verified_capability(presented)
         except captoken.CapTokenError as error:
             raise Unauthorized(str(error)) from None
-        if revoked_set().contains(token.turn_id):
-            raise Unauthorized("turn revoked")
-        request.auth = token
         return True
 
 
@@ -133,8 +130,7 @@ class ConnectedView(APIView):
             workspace_id = token.workspace_id
         if not workspace_id:
             return error_response("workspace_id required", status.HTTP_400_BAD_REQUEST)
-        bindings = services.list_bindings(workspace_id, online_only=True)
-        return Response([b for b in bindings if token is None or token.allows_exe_id(b["exe_id"])])
+        return Response(services.reachable_bindings(workspace_id, token))
 
 
 class RevokeTurnView(APIView):

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from appgateway import envmcp, envmcp_auth, spawn_builder
@@ -252,6 +253,22 @@ def test_connected_refuses_bad_expired_and_revoked_tokens(api, online):
     assert connected(api, revoked) == (401, {"error": "turn revoked"})
     assert connected(api, forged) == (401, {"error": "unauthorized"})
     assert connected(api, "not-the-secret") == (401, {"error": "unauthorized"})
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_env_mcp_names_come_in_process_with_the_routes_checks(online):
+    """The names env-mcp's tools resolve are what ``connected`` would answer for the same token,
+    read in this process (an app-only process serves no exec-gateway routes)."""
+    await database_sync_to_async(online)(WORKSPACE, "box")
+    allowed = await database_sync_to_async(online)(WORKSPACE, "other-box")
+    _, token = mint(exe_ids=[allowed])
+    assert [b["exe_id"] for b in await envmcp.connected_fetcher(WORKSPACE, token)()] == [allowed]
+    with pytest.raises(RuntimeError, match="another workspace"):
+        await envmcp.connected_fetcher("ws-other", token)()
+    turn_id, revoked = mint()
+    await database_sync_to_async(revoke_turn)(turn_id, int(time.time()) + 600)
+    with pytest.raises(RuntimeError, match="token refused: turn revoked"):
+        await envmcp.connected_fetcher(WORKSPACE, revoked)()
 
 
 # --- MCP over real HTTP to a real gateway, tools on a real executor ---------------------------
