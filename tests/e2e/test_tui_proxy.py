@@ -375,11 +375,14 @@ async def test_a_relayed_tui_closing_closes_the_owners_loopback(app_cluster):
 def _loopback_connections(pid: int, port: int) -> int:
     """Established TCP connections accepted by the app-server (pid) on its listening ``port``
     (not its own outgoing ones, e.g. to the model)."""
-    inodes = {
-        os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:[") : -1]
-        for fd in os.listdir(f"/proc/{pid}/fd")
-        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
-    }
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed since the listing (the very closes this counts)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
     count = 0
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
