@@ -87,8 +87,10 @@ class Inbox:
             payload = await queue.get()
         finally:
             self._waiting[channel] -= 1
+            if not self._waiting[channel]:
+                del self._waiting[channel]  # so an empty Counter means nobody waits
             self._last_receive[channel] = time.monotonic()
-            if queue.empty() and not self._waiting[channel]:
+            if queue.empty() and channel not in self._waiting:
                 self._forget(channel)
         self._owe_credit(channel, 1, len(payload))
         message: dict[str, Any] = msgpack.unpackb(memoryview(payload)[payload.index(b"\n") + 1 :], raw=False)

@@ -128,3 +128,21 @@ async def _send_when_room(sender: RedisInboxChannelLayer, channel: str, message:
             return
         except ChannelFull:
             await asyncio.sleep(0.01)
+
+
+async def test_another_event_loop_receives_once_the_first_stops_and_gets_what_it_left():
+    """As with a sync caller's ``async_to_sync``: each call runs on an event loop of its own, which
+    ends; what one loop had taken from the inbox and not handed out goes back for the next."""
+    sender, receiver = layer(), layer()
+    channel = await receiver.new_channel()
+    for n in range(3):
+        await sender.send(channel, {"type": "t", "n": n})
+
+    def receive_one() -> dict[str, object]:
+        return asyncio.run(asyncio.wait_for(receiver.receive(channel), 5))
+
+    # Each asyncio.run is a loop of its own, closed afterwards (the layer's inbox goes with it).
+    got = [await asyncio.to_thread(receive_one) for _ in range(3)]
+    assert [message["n"] for message in got] == [0, 1, 2]
+    await sender.flush()
+    await receiver.flush()
