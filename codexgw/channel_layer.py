@@ -78,7 +78,7 @@ class _SendPipe:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        self._sha = ""
+        self._script = client.register_script(_SEND)  # reloads itself after NOSCRIPT
         self._busy = False
         self._queued: list[SendCall] = []
         self.flusher: asyncio.Task[None] | None = None
@@ -120,22 +120,18 @@ class _SendPipe:
             self._queued.clear()
 
     async def _run(self, batch: list[SendCall]) -> list[Any]:
-        if not self._sha:
-            self._sha = await self.client.script_load(_SEND)
         if len(batch) == 1:
-            try:
-                results: list[Any] = [await self.client.evalsha(self._sha, 2, *batch[0][0])]
-            except redis.exceptions.NoScriptError as error:
-                results = [error]
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for send_args, _ in batch:
-                pipe.evalsha(self._sha, 2, *send_args)
-            results = await pipe.execute(raise_on_error=False)
+            keys, args = batch[0][0][:2], batch[0][0][2:]
+            return [await self._script(keys, args)]
+        # Not the script object in the pipeline: redis-py would ask SCRIPT EXISTS before each one.
+        pipe = self.client.pipeline(transaction=False)
+        for send_args, _ in batch:
+            pipe.evalsha(self._script.sha, 2, *send_args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
         again = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
         if again:
             # Redis restarted or its scripts were flushed: load again and send what was refused.
-            self._sha = await self.client.script_load(_SEND)
+            await self.client.script_load(_SEND)
             retried = await self._run([batch[i] for i in again])
             for i, result in zip(again, retried, strict=True):
                 results[i] = result

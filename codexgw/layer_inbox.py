@@ -68,7 +68,7 @@ class Inbox:
         self._owed_messages: Counter[str] = Counter()
         self._owed_bytes: Counter[str] = Counter()
         self._credit_now = asyncio.Event()
-        self._release_sha = ""
+        self._release_script = client.register_script(_RELEASE)  # reloads itself after NOSCRIPT
         self._use_blmpop = True
         self._next_sweep = 0.0
         self.reader: asyncio.Task[None] | None = None
@@ -196,14 +196,7 @@ class Inbox:
     async def _release(self, owed: Counter[str], owed_bytes: Counter[str]) -> None:
         keys = [self._key("credit", channel) for channel in owed]
         amounts = [amount for channel in owed for amount in (owed[channel], owed_bytes[channel])]
-        for _ in range(2):
-            if not self._release_sha:
-                self._release_sha = await self.client.script_load(_RELEASE)
-            try:
-                await self.client.evalsha(self._release_sha, len(keys), *keys, *amounts)
-                return
-            except redis.exceptions.NoScriptError:
-                self._release_sha = ""  # Redis restarted or its scripts were flushed
+        await self._release_script(keys, amounts)
 
     async def shut(self) -> None:
         """End the loop's part: stop reading, give back credit owed, and put what is still

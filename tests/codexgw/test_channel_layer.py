@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+import msgpack
 import pytest
+import redis.asyncio
 from channels.exceptions import ChannelFull
 from django.conf import settings
 
@@ -144,5 +146,33 @@ async def test_another_event_loop_receives_once_the_first_stops_and_gets_what_it
     # Each asyncio.run is a loop of its own, closed afterwards (the layer's inbox goes with it).
     got = [await asyncio.to_thread(receive_one) for _ in range(3)]
     assert [message["n"] for message in got] == [0, 1, 2]
+    await sender.flush()
+    await receiver.flush()
+
+
+async def test_sends_and_credit_survive_redis_forgetting_its_scripts():
+    """A restarted Redis has no scripts loaded: a lone send, a pipelined batch and the credit given
+    back after receive all load theirs again."""
+    sender, receiver = layer(capacity=5), layer()
+    channel = await receiver.new_channel()
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    await client.script_flush()
+    await sender.send(channel, {"type": "t", "n": 0})
+    await asyncio.gather(*(sender.send(channel, {"type": "t", "n": n}) for n in (1, 2)))
+    # A pipelined batch that meets a flushed Redis, as the layer's send pipe runs one (in use, the
+    # lone send before a batch would mostly have reloaded the script already).
+    await client.script_flush()
+    keys = [receiver._key("inbox", receiver.inbox_name), sender._key("credit", channel)]
+    batch = [
+        ([*keys, channel.encode() + b"\n" + msgpack.packb({"type": "t", "n": n}), 5, 1 << 20, 60_000], None)
+        for n in (3, 4)
+    ]
+    assert await sender._state()[1]._run(batch) == [1, 1]
+    await client.script_flush()
+    assert [(await asyncio.wait_for(receiver.receive(channel), 5))["n"] for _ in range(5)] == [0, 1, 2, 3, 4]
+    # Full until the credit of those five comes back through a reloaded release script.
+    await asyncio.wait_for(_send_when_room(sender, channel, {"type": "t", "n": 5}), 5)
+    assert (await asyncio.wait_for(receiver.receive(channel), 5))["n"] == 5
+    await client.aclose()
     await sender.flush()
     await receiver.flush()
