@@ -13,7 +13,7 @@ from channels.exceptions import ChannelFull
 from django.conf import settings
 
 from codexgw import channel_layer, metrics
-from codexgw.channel_layer import RedisInboxChannelLayer
+from codexgw.channel_layer import RedisInboxChannelLayer, SendCall
 
 
 def layer(**config) -> RedisInboxChannelLayer:
@@ -163,7 +163,7 @@ async def test_sends_and_credit_survive_redis_forgetting_its_scripts():
     # lone send before a batch would mostly have reloaded the script already).
     await client.script_flush()
     keys = [receiver._key("inbox", receiver.inbox_name), sender._key("credit", channel)]
-    batch = [
+    batch: list[SendCall] = [
         ([*keys, channel.encode() + b"\n" + msgpack.packb({"type": "t", "n": n}), 5, 1 << 20, 60_000], None)
         for n in (3, 4)
     ]
