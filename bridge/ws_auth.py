@@ -20,7 +20,7 @@ from codexgw.api_errors import OUTAGES
 from executors import captoken, services, sigv4, wsticket
 from executors.models import WorkspaceExecutor
 from executors.presence import Holder, presence_store
-from executors.revocation import revoked_set, turn_group
+from executors.revocation import turn_group
 from workspaces import identity, tokens
 from workspaces.grants import ENVIRONMENTS, IdentityError
 
@@ -123,22 +123,18 @@ def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Deni
         return Denial(401, "missing Bearer")
     if authorization.startswith("Bearer " + tokens.TOKEN_PREFIX):
         return _authorize_access_token(exe_id, authorization[len("Bearer ") :])
-    secret = settings.CXG_CAPTOKEN_HMAC_SECRET
-    if not secret:
+    if not settings.CXG_CAPTOKEN_HMAC_SECRET:
         logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every bridge")
         return Denial(503, "bridge disabled: capability token secret not configured")
     try:
-        token = captoken.verify(authorization[len("Bearer ") :], secret)
-    except captoken.CapTokenError as exc:
-        return Denial(401, str(exc))
-    try:
-        if revoked_set().contains(token.turn_id):
-            return Denial(401, "turn revoked")
+        token = services.verified_capability(authorization[len("Bearer ") :])
         if not token.allows_exe_id(exe_id):
             return Denial(403, "exe_id not in token allow set")
         if not WorkspaceExecutor.objects.filter(workspace_id=token.workspace_id, executor_id=exe_id).exists():
             return Denial(403, "exe_id not in workspace")
         holder = presence_store().get(exe_id)
+    except captoken.CapTokenError as exc:
+        return Denial(401, str(exc))  # bad, expired or turn revoked
     except OUTAGES as exc:
         logger.warning("bridge: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
         return Denial(503, "service unavailable, retry later")
