@@ -8,15 +8,10 @@ import string
 from typing import Any
 
 import pytest
-from django.conf import settings
 
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_text, send_with_backpressure
 from bridge.protocol import LAYER_CHUNK_CHARS
-from codexgw.channel_layer import RedisInboxChannelLayer
-
-
-def redis_layer(**config) -> RedisInboxChannelLayer:
-    return RedisInboxChannelLayer(settings.REDIS_URL, prefix=f"{settings.CODEXGW_REDIS_PREFIX}layertest:", **config)
+from tests.codexgw.test_channel_layer import layer as redis_layer
 
 
 async def test_large_text_is_split_and_reassembled_exactly():
