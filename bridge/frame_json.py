@@ -54,7 +54,7 @@ def decode(text: str) -> Any:
     """A frame as the multiplexer takes it; ``None`` if it is not JSON."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's recursion limit: not ours to parse
         return None
 
 
@@ -66,7 +66,7 @@ def decode_executor_frame(text: str) -> Any:
         value, end = _object(text, _skip(text, 0), depth=2)
         if _skip(text, end) != len(text):
             return None
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return None
     return value
 

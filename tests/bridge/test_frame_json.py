@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bridge import frame_json
 from bridge.frame_json import RAW_STRING_CHARS, RawJSON
 from bridge.multiplexer import ToBridge
+from bridge.protocol import INVALID_REQUEST
 from tests.bridge.test_multiplexer import ready_rig
 
 
@@ -23,6 +24,19 @@ def test_frames_orjson_cannot_handle_still_round_trip():
     assert frame_json.decode(frame_json.encode(frame_json.decode(huge))) == frame_json.decode(huge)
     assert frame_json.decode("{not json") is None
     assert frame_json.decode(frame_json.encode({"text": "é€😀", "n": 1})) == {"text": "é€😀", "n": 1}
+
+
+def test_a_frame_nested_past_the_recursion_limit_is_refused_not_raised():
+    """A client's ``[[[[…`` (100 KB, well inside a frame) once raised RecursionError out of the
+    decoder and ended the executor session every client of that executor shares."""
+    assert frame_json.decode("[" * 100_000) is None
+    nested = '{"id":1,"result":{"deep":' + "[" * 100_000 + "]" * 100_000 + "}}"
+    assert frame_json.decode_executor_frame(nested) is None
+    rig = ready_rig()
+    rig.attach("a")
+    [reply] = rig.mux.bridge_message("a", frame_json.decode("[" * 100_000))
+    assert isinstance(reply, ToBridge)
+    assert reply.message["error"]["code"] == INVALID_REQUEST
 
 
 def read_file_response(request_id: int, size: int) -> tuple[str, str]:
