@@ -240,6 +240,8 @@ class RedisInboxChannelLayer(BaseChannelLayer):
         return bool(await self._state()[1].call([*keys, payload, *limits]))
 
     async def _has_room(self, channel: str, size: int) -> bool:
+        """``_SEND``'s rule (empty, or under both capacities with this message), read without
+        sending the message: keep the two alike."""
         held, held_bytes = await self._client().hmget(self._key("credit", channel), ["n", "b"])
         messages, size_held = int(held or 0), int(held_bytes or 0)
         return messages == 0 or (messages < self.get_capacity(channel) and size_held + size <= self.byte_capacity)
