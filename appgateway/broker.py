@@ -14,9 +14,10 @@ are answered by the leg in ``accept`` mode (``relay.AppServerLeg``); in ``forwar
 reach us, and a broker has nobody to forward them to, so it declines them. Anything else gets
 -32601.
 
-The connection is a ``relay.AppServerLeg`` when this process owns the workspace's app-server
-(the leg touches the supervisor's activity clock on every frame), or a ``relay.RelayClient``
-through the owner's process otherwise (whose leg touches it there).
+The connection's link (``appgateway.broker_links``) is a ``relay.AppServerLeg`` when this process
+owns the workspace's app-server (the leg touches the supervisor's activity clock on every frame),
+or a ``relay.RelayClient`` through the owner's process otherwise (whose leg touches it there).
+Request ids, awaited answers and the server's requests are ``codexgw.jsonrpc.Peer``'s.
 
 A turn that outlives its timeout is interrupted (best effort) and its connection closed: the
 app-server may still be busy with it, and later turns on that connection would wait behind it.
@@ -27,20 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from appgateway import environments, relay, supervisor
+from appgateway import broker_links, environments, relay, supervisor
 from appgateway.rpc_filter import METHOD_DISABLED, Frame
 from appgateway.thread_environments import has_no_environments
+from codexgw.jsonrpc import Peer, RPCError
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +73,14 @@ class BrokerTimeout(TransportError):
 
 
 class CodexRPCError(TransportError):
+    """An error answer from the app-server (``rpc_error`` of ``codexgw.jsonrpc.Peer``)."""
+
     code = "codexRPCError"
 
-    def __init__(self, method: str, error: Any) -> None:
-        error = error if isinstance(error, dict) else {"message": str(error)}
-        super().__init__(f"{method}: {error.get('message', '')} (code {error.get('code')})")
-        self.error = error
+    def __init__(self, method: str, rpc_code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{method}: {message} (code {rpc_code})")
+        self.rpc_code = rpc_code
+        self.data = data
 
 
 class SubprocessCrash(TransportError):
@@ -88,103 +89,6 @@ class SubprocessCrash(TransportError):
 
 class WsDisconnect(TransportError):
     code = "wsDisconnect"
-
-
-# --- links: how frames reach the app-server ----------------------------------------------------
-
-
-class Link(Protocol):
-    async def send(self, frame: str) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class LocalLink:
-    """This process owns the app-server: a loopback leg, read by a task of its own."""
-
-    def __init__(self, leg: relay.AppServerLeg, conn: Conn) -> None:
-        self.leg = leg
-        self._reader = asyncio.create_task(self._read(conn), name=f"broker leg {leg.workspace_id}")
-
-    async def _read(self, conn: Conn) -> None:
-        end = await self._pump(conn)
-        conn.lost(end)
-
-    async def _pump(self, conn: Conn) -> str:
-        try:
-            end = await self.leg.pump(conn.on_frame)
-        except Exception as exc:
-            logger.exception("broker leg failed", extra={"workspace_id": self.leg.workspace_id})
-            return f"broker leg failed: {exc}"
-        return f"app-server connection closed ({end.code} {end.reason})"
-
-    async def send(self, frame: str) -> None:
-        await self.leg.send(frame)
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        await self.leg.close()
-
-
-class RelayedLink:
-    """Another process owns the app-server: its leg, relayed over the channel layer
-    (``relay.RelayClient``; we are its ``TuiSink`` and read our reply channel ourselves)."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-        self.client: relay.RelayClient | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def open(self, workspace_id: str, owner_channel: str) -> None:
-        layer = get_channel_layer()
-        assert layer is not None, "the app gateway needs a channel layer"
-        self.client = relay.RelayClient(
-            conn=uuid.uuid4().hex,
-            reply_to=await layer.new_channel(),
-            workspace_id=workspace_id,
-            owner_channel=owner_channel,
-            tui=self,
-        )
-        self._reader = asyncio.create_task(self._read(self.client), name=f"broker relay {workspace_id}")
-        await self.client.open()
-
-    async def _read(self, client: relay.RelayClient) -> None:
-        try:
-            while True:
-                event = await client.layer.receive(client.reply_to)
-                kind = event.get("type")
-                if kind == relay.OPENED:
-                    await client.on_opened(event)
-                elif kind == relay.SERVER_FRAME:
-                    await client.on_frame(event)
-                elif kind == relay.ALIVE:
-                    client.heard()
-                elif kind == relay.CLOSE:
-                    self.conn.lost(f"app-server connection closed ({event.get('code')} {event.get('reason', '')})")
-                    return
-        except Exception as exc:
-            logger.exception("broker relay failed", extra={"workspace_id": client.workspace_id})
-            self.conn.lost(f"relay failed: {exc}")
-
-    async def send(self, frame: str) -> None:
-        assert self.client is not None
-        await self.client.send(frame)
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        if self.client is not None:
-            await self.client.stop()
-
-    # relay.TuiSink
-
-    async def deliver(self, frame: Frame) -> None:
-        await self.conn.on_frame(frame)
-
-    async def close_tui(self, code: int, reason: str) -> None:
-        self.conn.lost(f"relay closed ({code} {reason})")
-        if self._reader is not None:
-            self._reader.cancel()
 
 
 # --- one connection --------------------------------------------------------------------------
@@ -209,11 +113,16 @@ class Conn:
 
     def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id
-        self.link: Link | None = None
+        self.link: broker_links.Link | None = None
         self.last_active = time.monotonic()
         self.closed_reason: str | None = None
-        self._ids = itertools.count(1)
-        self._responses: dict[int, asyncio.Future[Any]] = {}
+        self.peer = Peer(
+            self._send,
+            on_notification=self._notified,
+            on_request=self._server_request,
+            rpc_error=CodexRPCError,
+            timeout_error=lambda method, seconds: BrokerTimeout(f"no answer to {method} within {seconds} s"),
+        )
         self._turns: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._unclaimed: dict[str, _Completed] = {}
         self._items: dict[str, list[Any]] = {}
@@ -230,19 +139,19 @@ class Conn:
         conn = cls(workspace_id)
         try:
             leg = await relay.AppServerLeg.open(workspace_id)
-            conn.link = LocalLink(leg, conn)
+            conn.link = broker_links.LocalLink(leg, conn)
         except supervisor.OwnedElsewhere as elsewhere:
-            relayed = RelayedLink(conn)
+            relayed = broker_links.RelayedLink(conn)
             conn.link = relayed
             await relayed.open(workspace_id, elsewhere.lease.channel_name)
         except relay.AppServerUnavailable as exc:
             raise SubprocessCrash(str(exc)) from exc
         try:
             # experimentalApi: codex accepts thread/start.environments only then.
-            await conn.request(
+            await conn.peer.request(
                 "initialize", {"clientInfo": CLIENT_INFO, "capabilities": {"experimentalApi": True}}, HANDSHAKE_TIMEOUT
             )
-            await conn.notify("initialized", {})
+            await conn.peer.notify("initialized", {})
         except TransportError as exc:
             await conn.close()
             raise SubprocessCrash(f"app-server dial failed: {exc}") from exc
@@ -261,36 +170,15 @@ class Conn:
 
     @property
     def busy(self) -> bool:
-        return bool(self._responses or self._turns or self._mcp_unsettled)
+        return bool(self.peer.awaiting or self._turns or self._mcp_unsettled)
 
     # sending
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, text: str) -> None:
         if self.link is None or not self.alive:
             raise WsDisconnect(f"connection closed: {self.closed_reason}")
         self.last_active = time.monotonic()
-        await self.link.send(json.dumps(message, separators=(",", ":")))
-
-    async def notify(self, method: str, params: Any) -> None:
-        await self._send({"method": method, "params": params})
-
-    async def request(self, method: str, params: Any, limit: float | None = None) -> Any:
-        """The result of a request (waiting at most ``limit`` seconds); ``CodexRPCError`` for an
-        error answer."""
-        request_id = next(self._ids)
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._responses[request_id] = answer
-        try:
-            await self._send({"id": request_id, "method": method, "params": params})
-            async with asyncio.timeout(limit):
-                message = await answer
-        except TimeoutError as exc:
-            raise BrokerTimeout(f"no answer to {method} within {limit} s") from exc
-        finally:
-            self._responses.pop(request_id, None)
-        if "error" in message:
-            raise CodexRPCError(method, message["error"])
-        return message.get("result")
+        await self.link.send(text)
 
     # the turn
 
@@ -300,7 +188,7 @@ class Conn:
                 # The workspace's default executor first, in its own working directory, then the
                 # others (never codex's local environment, the gateway host).
                 selected = await environments.default_selection(self.workspace_id)
-                result = await self.request("thread/start", {"environments": selected})
+                result = await self.peer.request("thread/start", {"environments": selected})
         except TimeoutError as exc:
             await self.close("thread/start timed out")
             raise BrokerTimeout("thread/start timed out") from exc
@@ -316,7 +204,7 @@ class Conn:
         thread's events (and loads it after an app-server restart)."""
         async with self._attaching.setdefault(thread_id, asyncio.Lock()):
             if thread_id not in self._attached:
-                result = await self.request("thread/resume", {"threadId": thread_id})
+                result = await self.peer.request("thread/resume", {"threadId": thread_id})
                 if has_no_environments(result) == thread_id:
                     self._without_environments.add(thread_id)
                 self._attached.add(thread_id)
@@ -333,7 +221,7 @@ class Conn:
                     # The turn gives the thread its environments (thread_environments).
                     params = {**params, "environments": await environments.default_selection(self.workspace_id)}
                 self._without_environments.discard(thread_id)
-                result = await self.request("turn/start", {**params, "threadId": thread_id})
+                result = await self.peer.request("turn/start", {**params, "threadId": thread_id})
                 turn_id = result.get("turn", {}).get("id") if isinstance(result, dict) else None
                 if not isinstance(turn_id, str) or not turn_id:
                     raise WsDisconnect(f"turn/start answered without a turn id: {result!r}")
@@ -378,7 +266,7 @@ class Conn:
         if turn_id is None or not self.alive:
             return
         try:
-            await self.request("turn/interrupt", {"threadId": thread_id, "turnId": turn_id}, INTERRUPT_TIMEOUT)
+            await self.peer.request("turn/interrupt", {"threadId": thread_id, "turnId": turn_id}, INTERRUPT_TIMEOUT)
         except TransportError as exc:
             logger.info("turn/interrupt failed", extra={"workspace_id": self.workspace_id, "error": str(exc)})
 
@@ -386,26 +274,16 @@ class Conn:
 
     async def on_frame(self, frame: Frame) -> None:
         self.last_active = time.monotonic()
-        message = await relay.off_loop_if_large(_decode, frame)
-        if not isinstance(message, dict):
-            return
-        method = message.get("method")
-        if method is None:
-            answer = self._responses.get(message.get("id"))  # type: ignore[arg-type]
-            if answer is not None and not answer.done():
-                answer.set_result(message)
-        elif message.get("id") is not None:
-            await self._answer_server_request(message["id"], method)
-        elif isinstance(params := message.get("params"), dict):
-            if method == "item/completed":
-                self._items.setdefault(str(params.get("turnId")), []).append(params.get("item"))
-            elif method == "turn/completed":
-                self._turn_completed(params.get("turn"))
-            elif method == "mcpServer/startupStatus/updated":
-                self._mcp.setdefault(str(params.get("threadId")), {})[str(params.get("name"))] = str(
-                    params.get("status")
-                )
-                self._mcp_changed.set()
+        await self.peer.receive(await relay.off_loop_if_large(_decode, frame))
+
+    def _notified(self, method: str, params: dict[str, Any]) -> None:
+        if method == "item/completed":
+            self._items.setdefault(str(params.get("turnId")), []).append(params.get("item"))
+        elif method == "turn/completed":
+            self._turn_completed(params.get("turn"))
+        elif method == "mcpServer/startupStatus/updated":
+            self._mcp.setdefault(str(params.get("threadId")), {})[str(params.get("name"))] = str(params.get("status"))
+            self._mcp_changed.set()
 
     def _turn_completed(self, turn: Any) -> None:
         if not isinstance(turn, dict):
@@ -421,18 +299,13 @@ class Conn:
             self._items.pop(stale, None)
         self._unclaimed[turn_id] = _Completed(turn, now)
 
-    async def _answer_server_request(self, request_id: Any, method: Any) -> None:
-        decline = DECLINES.get(method) if isinstance(method, str) else None
-        reply: dict[str, Any]
-        if decline is not None:
-            # Only in forward mode: in accept mode the leg has answered it already.
-            logger.info("broker declined %s: nobody to forward it to", method, extra=self._log_extra)
-            reply = {"id": request_id, "result": decline}
-        else:
-            message = f"method not implemented by agentserver broker: {method}"
-            reply = {"id": request_id, "error": {"code": METHOD_DISABLED, "message": message}}
-        with contextlib.suppress(TransportError):
-            await self._send(reply)
+    async def _server_request(self, method: str, params: dict[str, Any]) -> Any:
+        decline = DECLINES.get(method)
+        if decline is None:
+            raise RPCError(method, METHOD_DISABLED, f"method not implemented by agentserver broker: {method}")
+        # Only in forward mode: in accept mode the leg has answered it already.
+        logger.info("broker declined %s: nobody to forward it to", method, extra=self._log_extra)
+        return decline
 
     # ending
 
@@ -440,7 +313,8 @@ class Conn:
         """The link ended: fail every waiter."""
         if self.closed_reason is None:
             self.closed_reason = reason
-        for future in [*self._responses.values(), *self._turns.values()]:
+        self.peer.close(WsDisconnect(f"connection closed: {reason}"))
+        for future in self._turns.values():
             if not future.done():
                 future.set_exception(WsDisconnect(f"connection closed: {reason}"))
 

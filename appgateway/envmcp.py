@@ -30,7 +30,7 @@ from mcp.shared.exceptions import MCPError
 
 from appgateway.envmcp_auth import Caller
 from bridge import inproc
-from bridge.client import FAILOVER_GRACE, Pool
+from bridge.client_pool import FAILOVER_GRACE, Pool
 from executors import captoken, services
 from sdk.resolver import Binding, Fetch, NameResolver
 from sdk.service import relay_client

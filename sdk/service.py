@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from bridge import inproc, process_rpc
-from bridge.client import FAILOVER_GRACE, Pool
+from bridge.client_pool import FAILOVER_GRACE, Pool
 from bridge.relay_client import RelayClient
 from codexgw import redis as gwredis
 from codexgw import runtime

@@ -15,7 +15,8 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from bridge.client import BridgeClient, BridgeError, Pool
+from bridge.client import BridgeClient, BridgeError
+from bridge.client_pool import Pool
 from sdk.resolver import NameResolver
 from sdk.tools.sessions import ProcessSession
 

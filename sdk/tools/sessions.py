@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.client import BridgeClient, BridgeClosed, BridgeRPCError, Pool, Subscription
+from bridge.client import BridgeClient, BridgeClosed, BridgeRPCError, Subscription
+from bridge.client_pool import Pool
 
 JSON = dict[str, Any]
 DEFAULT_MAX_BUFFER = 1024 * 1024

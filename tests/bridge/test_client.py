@@ -24,8 +24,8 @@ from bridge.client import (
     BridgeRPCError,
     BridgeTimeout,
     Connector,
-    Pool,
 )
+from bridge.client_pool import Pool
 from executors import captoken, services
 from tests.e2e import conftest as e2e
 from tests.e2e.harness import GatewayCluster, GatewayProcess, http_json, shared_secret_headers

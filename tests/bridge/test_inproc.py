@@ -20,7 +20,8 @@ from django.conf import settings
 
 from bridge import inproc
 from bridge import session as sessions
-from bridge.client import BridgeClosed, BridgeDialError, Pool
+from bridge.client import BridgeClosed, BridgeDialError
+from bridge.client_pool import Pool
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_SERVICE_RESTART, CLOSE_TURN_REVOKED
 from executors import captoken, services
 from executors.models import WorkspaceExecutor

@@ -12,7 +12,7 @@ import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from django.conf import settings
 
-from bridge.client import Pool
+from bridge.client_pool import Pool
 from executors import captoken, services
 from executors.presence import presence_store
 from sdk.resolver import NameResolver, bindings_fetcher

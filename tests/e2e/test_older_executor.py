@@ -17,7 +17,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from bridge.client import BridgeClient, Pool
+from bridge.client import BridgeClient
+from bridge.client_pool import Pool
 from executors import captoken
 from executors.models import Executor
 from tests.e2e.conftest import BoundExecutor

@@ -22,7 +22,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from bridge.client import Pool
+from bridge.client_pool import Pool
 from bridge.relay_client import RelayClient
 from executors import captoken, services
 from sdk.resolver import NameResolver, bindings_fetcher

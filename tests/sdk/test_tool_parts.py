@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bridge.client import BridgeClosed, Pool
+from bridge.client import BridgeClosed
+from bridge.client_pool import Pool
 from sdk.resolver import NameResolver
 from sdk.tools import get_tool, tool_specs
 from sdk.tools.arguments import AbsolutePath, Arguments, Count, takes
