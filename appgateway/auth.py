@@ -27,6 +27,7 @@ import httpx
 from django.conf import settings
 
 from bridge.ws_auth import Denial
+from codexgw.bearer import bearer_token
 from workspaces import identity
 
 logger = logging.getLogger(__name__)
@@ -126,13 +127,6 @@ async def verify_token(token: str) -> Identity:
     return identity
 
 
-def bearer(headers: dict[str, str]) -> str | None:
-    authorization = headers.get("authorization", "")
-    if not authorization.startswith("Bearer "):
-        return None
-    return authorization[len("Bearer ") :] or None
-
-
 @contextlib.contextmanager
 def agentserver_answers() -> Iterator[None]:
     """The agentserver's refusal and outage as the identity interface's 401 and 503."""
@@ -153,7 +147,7 @@ async def verify_for_identity(token: str) -> identity.Grant:
 
 async def authenticate_tui(headers: dict[str, str]) -> Identity | Denial:
     """The upgrade's identity, or the HTTP status to refuse it with (401, 403 or 503)."""
-    token = bearer(headers)
+    token = bearer_token(headers.get("authorization"))
     if token is None:
         return Denial(401, "missing Bearer")
     try:

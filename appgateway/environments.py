@@ -34,6 +34,7 @@ from appgateway.rpc_filter import Frame, request_named
 from appgateway.thread_environments import ThreadsWithoutEnvironments
 from bridge import exec_session_store
 from codexgw import redis as gwredis
+from executors.environment_block import bridge_url
 from executors.models import WorkspaceExecutor
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,6 @@ class Binding:
     exe_id: str
     is_default: bool
     bound_at: float  # epoch seconds
-
-
-def bridge_url(ws_base_url: str, exe_id: str) -> str:
-    return f"{ws_base_url.rstrip('/')}/bridge/{exe_id}"
 
 
 def environment_add_params(binding: Binding, ws_base_url: str, token: str) -> dict[str, Any]:
@@ -274,7 +271,6 @@ async def rewrite_client_frame(
 
 __all__ = [
     "Binding",
-    "bridge_url",
     "default_selection",
     "environment_add_params",
     "initialize_without_experimental_api",

@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from bridge.ws_auth import Denial
 from codexgw.api_errors import OUTAGES
+from codexgw.bearer import bearer_token
 from executors import captoken
 from executors.revocation import revoked_set
 
 logger = logging.getLogger(__name__)
 
 PATH_PREFIX = "/mcp/env/"
-BEARER = "Bearer "
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,6 @@ class Caller:
     workspace_id: str
     turn_id: str
     token: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Denial:
-    status: int
-    error: str
 
 
 def workspace_of(path: str) -> str | None:
@@ -100,13 +95,13 @@ def _revoked(turn_id: str) -> bool:
 async def authorize(workspace_id: str, authorization: str | None) -> Caller | Denial:
     """The caller behind ``authorization`` (the raw header) if it may use ``workspace_id``'s
     env-mcp: 401 without a valid, unrevoked capability token, 403 for another workspace's."""
-    if not authorization or not authorization.startswith(BEARER) or not authorization[len(BEARER) :]:
+    token = bearer_token(authorization)
+    if token is None:
         return Denial(401, "missing Bearer token (the spawn's capability token)")
     secret = settings.CXG_CAPTOKEN_HMAC_SECRET
     if not secret:
         logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every env-mcp request")
         return Denial(503, "env-mcp disabled: capability token secret not configured")
-    token = authorization[len(BEARER) :]
     try:
         payload = captoken.verify(token, secret)
     except captoken.Expired as error:

@@ -31,7 +31,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive as StarletteReceive
 
 from appgateway import envmcp, supervisor
-from appgateway.envmcp_auth import Caller, Denial, authorize, workspace_of
+from appgateway.envmcp_auth import Caller, authorize, workspace_of
+from bridge.ws_auth import Denial
 from codexgw.raw_asgi import Receive, Scope, Send, header, send_json
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def env_mcp_app(scope: Scope, receive: Receive, send: Send) -> None:
     if isinstance(verdict, Denial):
         logger.info("env-mcp request refused", extra={"workspace_id": workspace_id, "status": verdict.status})
         headers = [(b"www-authenticate", b'Bearer realm="env-mcp"')] if verdict.status == 401 else []
-        await send_json(send, verdict.status, {"error": verdict.error}, headers)
+        await send_json(send, verdict.status, {"error": verdict.message}, headers)
         return
     await serve(verdict, scope, receive, send)
 

@@ -23,6 +23,7 @@ import httpx
 from django.conf import settings
 
 from appgateway import model_credentials
+from codexgw.bearer import bearer_token
 from codexgw.model_key import model_key_problem
 from codexgw.raw_asgi import Receive, Scope, Send, header, send_json
 
@@ -75,8 +76,7 @@ async def model_proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
     if not (path == prefix or path.startswith(prefix + "/")) or {".", ".."} & set(path.split("/")):
         await send_json(send, 404, {"error": "not found"})
         return
-    authorization = header(scope, b"authorization") or ""
-    credential = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
+    credential = bearer_token(header(scope, b"authorization"))
     workspace_id = model_credentials.workspace_for_credential(credential) if credential else None
     if workspace_id is None:
         await send_json(send, 401, {"error": "unauthorized"})

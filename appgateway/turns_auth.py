@@ -21,7 +21,8 @@ from rest_framework.request import Request
 
 from appgateway.auth import BODY_LOG_LIMIT, VerifierUnavailable, agentserver_answers, ask_agentserver
 from codexgw.api_errors import ServiceUnavailable
-from executors.api_auth import Unauthorized, bearer_token, secret_matches
+from codexgw.bearer import bearer_token, secret_matches
+from executors.api_auth import Unauthorized
 from workspaces import identity
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ async def authenticate(request: Request) -> ApiKey | None:
     expected = settings.CXG_AGENTSERVER_INTERNAL_SECRET
     if expected and secret_matches(request.headers.get("X-Internal-Secret"), expected):
         return None
-    token = bearer_token(request)
+    token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         if not expected and not identity.builtin():
             logger.error("CXG_AGENTSERVER_INTERNAL_SECRET is not set: refusing %s", request.path)

@@ -43,8 +43,8 @@ def bridge(label: str, ws_base_url: str, workspace_id: str, exe_id: str, codex_h
     environment (``appgateway.spawn_builder.environment_token``): limited to that one executor."""
     from django.conf import settings
 
-    from appgateway.environments import bridge_url
     from executors import captoken
+    from executors.environment_block import bridge_url
 
     secret = settings.CXG_CAPTOKEN_HMAC_SECRET
     token = captoken.mint(secret, turn_id="trn_bench_native", workspace_id=workspace_id, ttl=7200, exe_ids=[exe_id])

@@ -271,10 +271,6 @@ class BridgeClient:
     def closed(self) -> bool:
         return self._closed is not None
 
-    @property
-    def close_error(self) -> BridgeClosed | None:
-        return self._closed
-
     async def wait_closed(self) -> BridgeClosed:
         await asyncio.shield(self._reader)
         assert self._closed is not None

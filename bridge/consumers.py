@@ -20,6 +20,7 @@ from asgiref.typing import WebSocketConnectEvent, WebSocketDisconnectEvent, WebS
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from bridge import session as sessions
 from bridge.endpoint import BridgeEndpoint, authorize
@@ -148,7 +149,7 @@ class ExecutorConsumer(GatewayConsumer):
 
     async def _keep_presence(self) -> None:
         store = presence_store()
-        interval = max(1.0, self._presence_ttl() / 3)
+        interval = max(1.0, float(settings.CXG_PRESENCE_TTL) / 3)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -163,12 +164,6 @@ class ExecutorConsumer(GatewayConsumer):
                 logger.info("executor connection superseded", extra={"exe_id": self.exe_id})
                 await self.close(code=CLOSE_EXECUTOR_REPLACED)
                 return
-
-    @staticmethod
-    def _presence_ttl() -> float:
-        from django.conf import settings
-
-        return float(settings.CXG_PRESENCE_TTL)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is not None:

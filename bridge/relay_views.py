@@ -13,7 +13,6 @@ fail rather than a short body that looks complete.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from rest_framework.views import APIView
 from bridge import relay
 from codexgw import drain
 from codexgw.api_errors import error_response
+from codexgw.bearer import bearer_token, secret_matches
 from codexgw.http_abort import abort_connection
 from codexgw.raw_asgi import Receive, Scope, Send, header, send_json
 from executors.api_auth import SharedSecretBearer
@@ -124,9 +124,7 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
         allow = [(b"allow", b"GET, PUT")]
         await send_json(send, status.HTTP_405_METHOD_NOT_ALLOWED, {"error": "method not allowed"}, allow)
         return
-    authorization = header(scope, b"authorization") or ""
-    presented = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
-    if not presented or not hmac.compare_digest(presented.encode(), ticket.encode()):
+    if not secret_matches(bearer_token(header(scope, b"authorization")), ticket):
         await send_json(send, status.HTTP_401_UNAUTHORIZED, {"error": "unauthorized"})
         return
     if drain.is_draining():

@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from codexgw.api_errors import OUTAGES
+from codexgw.bearer import bearer_token
 from executors import captoken, services, sigv4, wsticket
 from executors.models import WorkspaceExecutor
 from executors.presence import Holder, presence_store
@@ -118,16 +119,16 @@ def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Deni
     caller cannot probe which executors are online). A built-in access token with the
     ``environments`` scope (a user's own codex, ``~/.codex/environments.toml``) reaches every
     executor bound to its workspace."""
-    authorization = headers.get("authorization", "")
-    if not authorization.startswith("Bearer ") or not authorization[len("Bearer ") :] or not exe_id:
+    presented = bearer_token(headers.get("authorization"))
+    if presented is None or not exe_id:
         return Denial(401, "missing Bearer")
-    if authorization.startswith("Bearer " + tokens.TOKEN_PREFIX):
-        return _authorize_access_token(exe_id, authorization[len("Bearer ") :])
+    if presented.startswith(tokens.TOKEN_PREFIX):
+        return _authorize_access_token(exe_id, presented)
     if not settings.CXG_CAPTOKEN_HMAC_SECRET:
         logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every bridge")
         return Denial(503, "bridge disabled: capability token secret not configured")
     try:
-        token = services.verified_capability(authorization[len("Bearer ") :])
+        token = services.verified_capability(presented)
         if not token.allows_exe_id(exe_id):
             return Denial(403, "exe_id not in token allow set")
         if not WorkspaceExecutor.objects.filter(workspace_id=token.workspace_id, executor_id=exe_id).exists():

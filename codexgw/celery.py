@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -17,27 +18,19 @@ app.autodiscover_tasks()
 
 # Task outcomes for codexgw_celery_tasks_total (codexgw/metrics.py), counted wherever tasks run:
 # workers, and the gateway process itself on the embedded default (codexgw/periodic.py).
-def _record(sender: Any, outcome: str) -> None:
-    from codexgw import metrics
+def _counter(outcome: str) -> Callable[..., None]:
+    def record(sender: Any = None, **kwargs: Any) -> None:
+        from codexgw import metrics
 
-    metrics.record_task(str(getattr(sender, "name", sender)), outcome)
+        metrics.record_task(str(getattr(sender, "name", sender)), outcome)
 
-
-@task_prerun.connect
-def _task_started(sender: Any = None, **kwargs: Any) -> None:
-    _record(sender, "started")
+    return record
 
 
-@task_success.connect
-def _task_succeeded(sender: Any = None, **kwargs: Any) -> None:
-    _record(sender, "succeeded")
-
-
-@task_failure.connect
-def _task_failed(sender: Any = None, **kwargs: Any) -> None:
-    _record(sender, "failed")
-
-
-@task_retry.connect
-def _task_retried(sender: Any = None, **kwargs: Any) -> None:
-    _record(sender, "retried")
+for _signal, _outcome in (
+    (task_prerun, "started"),
+    (task_success, "succeeded"),
+    (task_failure, "failed"),
+    (task_retry, "retried"),
+):
+    _signal.connect(_counter(_outcome), weak=False)  # weak=False: nothing else holds the handler

@@ -9,7 +9,6 @@ the same fleet-wide value (aggregate it with ``max``, not ``sum``). The list wit
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Iterable
 
@@ -31,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from codexgw import redis as gwredis
+from codexgw.bearer import bearer_token, secret_matches
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,6 @@ def ws_frame(role: str, direction: str, text: str | None, data: bytes | None) ->
 
 # --- Celery task outcomes --------------------------------------------------------------------
 
-TASK_OUTCOMES = ("started", "succeeded", "failed", "retried")
-
 
 def _tasks_key() -> str:
     return gwredis.key("metrics", "celery_tasks")
@@ -177,18 +175,12 @@ REGISTRY.register(CeleryTasksCollector())
 # --- the endpoint ----------------------------------------------------------------------------
 
 
-def _authorized(request: HttpRequest, expected: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    presented = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
-    return hmac.compare_digest(presented.encode(), expected.encode())
-
-
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     """``GET /metrics``: the Prometheus text exposition of this process."""
     expected: str = settings.CXG_METRICS_TOKEN
     if not expected:
         return JsonResponse({"error": "metrics not configured: set CXG_METRICS_TOKEN"}, status=503)
-    if not _authorized(request, expected):
+    if not secret_matches(bearer_token(request.headers.get("Authorization")), expected):
         response = JsonResponse({"error": "unauthorized"}, status=401)
         response["WWW-Authenticate"] = 'Bearer realm="codexgw metrics"'
         return response

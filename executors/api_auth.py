@@ -3,7 +3,6 @@ secret is not configured: an unset secret never leaves a route open."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from django.conf import settings
@@ -11,6 +10,8 @@ from rest_framework import exceptions, status
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
+
+from codexgw.bearer import bearer_token, secret_matches
 
 logger = logging.getLogger(__name__)
 
@@ -25,18 +26,6 @@ class Unauthorized(exceptions.APIException):
 class NotConfigured(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "this route is disabled: its secret is not configured on the gateway"
-
-
-def secret_matches(presented: str | None, expected: str) -> bool:
-    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
-
-
-def bearer_token(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header (exact, case-sensitive prefix)."""
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return None
-    return header[len("Bearer ") :] or None
 
 
 class _SharedSecretPermission(BasePermission):
@@ -72,4 +61,4 @@ class SharedSecretBearer(_SharedSecretPermission):
     setting = "CXG_INTERNAL_SHARED_SECRET"
 
     def presented(self, request: Request) -> str | None:
-        return bearer_token(request)
+        return bearer_token(request.headers.get("Authorization"))

@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from codexgw.api_errors import error_response
+from codexgw.bearer import bearer_token
 from executors import registration, serializers, services, sigv4
-from executors.api_auth import bearer_token
 
 logger = logging.getLogger(__name__)
 ERRORS = {400: serializers.ErrorResponse, 401: serializers.ErrorResponse, 503: serializers.ErrorResponse}
@@ -61,7 +61,7 @@ class BearerRegisterView(APIView):
         "carries a short-lived ticket, never the token.",
     )
     def post(self, request: Request, exe_id: str) -> Response:
-        token = bearer_token(request)
+        token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             return error_response("missing bearer", status.HTTP_401_UNAUTHORIZED)
         if not services.check_registration_token(exe_id, token):

@@ -14,8 +14,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from codexgw.api_errors import error_response
+from codexgw.bearer import bearer_token
 from executors import captoken, serializers, services
-from executors.api_auth import AgentserverSecret, SharedSecretBearer, Unauthorized, bearer_token
+from executors.api_auth import AgentserverSecret, SharedSecretBearer, Unauthorized
 from executors.revocation import revoke_turn
 
 REVOKE_DEFAULT_TTL = 3600
@@ -103,7 +104,7 @@ class SharedSecretOrCapToken(SharedSecretBearer):
     left in ``request.auth``: it pins the request to its own workspace."""
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        presented = bearer_token(request) or ""
+        presented = bearer_token(request.headers.get("Authorization")) or ""
         if presented.count(".") != 2 or not settings.CXG_CAPTOKEN_HMAC_SECRET:
             return super().has_permission(request, view)
         try:

@@ -25,6 +25,7 @@ from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from codexgw.bearer import bearer_token
 from workspaces import identity
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,6 @@ class _InFlight:
 class ProxyTokenVerifier:
     def __init__(self, base_url: str, secret: str) -> None:
         self.config = (base_url.rstrip("/"), secret)
-        self._base_url = base_url.rstrip("/")
-        self._secret = secret
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._in_flight: dict[str, _InFlight] = {}
         self._lock = threading.Lock()
@@ -124,11 +123,12 @@ class ProxyTokenVerifier:
             flight.done.set()
 
     def _ask(self, key: str, token: str) -> ProxyIdentity:
+        base_url, secret = self.config
         try:
             response = self._client.post(
-                f"{self._base_url}/internal/validate-proxy-token",
+                f"{base_url}/internal/validate-proxy-token",
                 json={"token": token},
-                headers={"X-Internal-Secret": self._secret},
+                headers={"X-Internal-Secret": secret},
             )
         except httpx.HTTPError as exc:
             logger.warning("proxy token check: agentserver unreachable", extra={"error": str(exc)})
@@ -189,11 +189,11 @@ class ProxyTokenAuthentication(BaseAuthentication):
     Runs in a worker thread (``AsyncAPIView``), so it may wait for the identity interface."""
 
     def authenticate(self, request: Request) -> tuple[None, ProxyIdentity]:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or not header[len("Bearer ") :]:
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
             raise MissingBearer()
         try:
-            grant = async_to_sync(identity.authenticate)(header[len("Bearer ") :], identity.SDK)
+            grant = async_to_sync(identity.authenticate)(token, identity.SDK)
         except identity.Unavailable:
             raise AgentserverUnavailable() from None
         except identity.Forbidden as exc:

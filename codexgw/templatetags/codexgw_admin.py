@@ -7,9 +7,5 @@ from django import template
 from codexgw import model_key
 
 register = template.Library()
-
-
-@register.simple_tag
-def model_key_problem() -> str | None:
-    """``codexgw.model_key.model_key_problem()``: why model calls cannot work, or None."""
-    return model_key.model_key_problem()
+# {% model_key_problem %}: why model calls cannot work, or None.
+register.simple_tag(model_key.model_key_problem)

@@ -22,6 +22,7 @@ from django.conf import settings
 from appgateway import envmcp, envmcp_auth, spawn_builder
 from appgateway.envmcp_auth import Caller
 from appgateway.envmcp_http import env_mcp_app
+from bridge.ws_auth import Denial
 from executors import captoken, services
 from executors.presence import Holder, presence_store
 from executors.revocation import revoke_turn, revoked_set
@@ -123,7 +124,7 @@ async def test_an_expired_token_passes_while_its_spawn_turn_lives_on_renewed(mon
     again = await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}")
     assert isinstance(again, Caller)
     assert again.token == caller.token  # one stand-in per renewal: the tools' context is reused
-    refused = envmcp_auth.Denial(401, "invalid token: token expired")
+    refused = Denial(401, "invalid token: token expired")
     # Its turn ended, or another turn is the workspace's live one: expired.
     monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn(turn_id, int(time.time()) - 1))
     assert await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}") == refused
@@ -132,9 +133,7 @@ async def test_an_expired_token_passes_while_its_spawn_turn_lives_on_renewed(mon
     # Revocation still wins.
     monkeypatch.setitem(spawn_builder._turns, WORKSPACE, spawn_builder.SpawnTurn(turn_id, later))
     await asyncio.to_thread(revoke_turn, turn_id, later)
-    assert await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}") == envmcp_auth.Denial(
-        401, "invalid token: turn revoked"
-    )
+    assert await envmcp_auth.authorize(WORKSPACE, f"Bearer {expired}") == Denial(401, "invalid token: turn revoked")
 
 
 async def test_tool_contexts_follow_the_token_and_close_with_the_turn(settings):
