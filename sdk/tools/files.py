@@ -20,7 +20,8 @@ from pydantic import Field, model_validator
 from bridge.client import BridgeClient, BridgeError, BridgeRPCError
 from sdk.tools.arguments import AbsolutePath, Arguments, Base64, Count, Cwd, EnvironmentId, Text, at_most, takes
 from sdk.tools.base import JSON, ToolContext, ToolError, ToolResult, environment, file_uri
-from sdk.tools.patch import PatchParseError, apply_changes, parse_patch
+from sdk.tools.patch import apply_changes
+from sdk.tools.patch_text import PatchParseError, parse_patch
 
 BLOCK = 1024 * 1024  # exec-server's largest fs/readBlock and fs/writeBlock
 MAX_READ_BYTES = 8 * 1024 * 1024

@@ -15,19 +15,17 @@ from sdk.resolver import NameResolver
 from sdk.tools import patch as patch_module
 from sdk.tools.base import ToolContext
 from sdk.tools.files import apply_patch
-from sdk.tools.patch import (
+from sdk.tools.patch import BridgeCaller, resolve_path, run_patch
+from sdk.tools.patch_hunks import apply_hunks
+from sdk.tools.patch_text import (
     AddFile,
-    BridgeCaller,
     DeleteFile,
     Hunk,
     HunkLine,
     PatchApplyError,
     PatchParseError,
     UpdateFile,
-    apply_hunks,
     parse_patch,
-    resolve_path,
-    run_patch,
 )
 from sdk.tools.sessions import InMemoryProcessSessions
 
