@@ -1,4 +1,5 @@
-"""The HTTPS byte relay (reference §5): tickets, their state machine and the byte stream.
+"""The HTTPS byte relay (reference §5): a ticket's state machine and the byte stream (tickets are
+minted by ``bridge.relay_tickets``).
 
 ``copy_path`` mints a ticket, then the source executor PUTs the bytes and the destination
 executor GETs them. The two requests may reach different gateway processes, so everything
@@ -30,31 +31,23 @@ share the deadline and the first to hit it finishes the relay for both.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import redis
 import redis.asyncio
 from django.conf import settings
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bridge.relay_tickets import KEY_GRACE_MS, key
 from codexgw import metrics
-from codexgw import redis as gwredis
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TICKET_PREFIX = "rly_"
-MAX_TTL_SECONDS = 24 * 3600
-# Keys outlive the ticket by this much, so a side that hits the deadline still finds them.
-KEY_GRACE_MS = 30_000
 FINISHED_TOMBSTONE_MS = 60_000
 # Longest single blocking pop: between pops a side notices its own client going away.
 POP_SLICE = 1.0
@@ -92,94 +85,6 @@ class Refused(Exception):
     def __init__(self, reason: Refusal) -> None:
         super().__init__(reason.value)
         self.reason = reason
-
-
-class CapReached(Exception):
-    pass
-
-
-def enabled() -> bool:
-    """The relay needs a public base URL for its tickets and Redis for their state."""
-    return bool(settings.CXG_PUBLIC_HTTPS_BASE_URL and settings.REDIS_URL)
-
-
-def relay_url(ticket: str) -> str:
-    return settings.CXG_PUBLIC_HTTPS_BASE_URL.rstrip("/") + "/relay/" + ticket
-
-
-def is_ticket(value: str) -> bool:
-    body = value.removeprefix(TICKET_PREFIX)
-    return (
-        value.startswith(TICKET_PREFIX)
-        and len(body) == 43
-        and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in body)
-    )
-
-
-def _key(kind: str, name: str) -> str:
-    return gwredis.key("relay", kind, name)
-
-
-# --- tickets ---------------------------------------------------------------------------------
-
-# KEYS: workspace set, ticket hash. ARGV: ticket, cap, ttl ms, grace ms, workspace, source,
-# dest, max_bytes. Returns the expiry (ms) or 0 when the workspace is at its cap.
-_CREATE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-local expires = now + tonumber(ARGV[3])
-local keep = expires + tonumber(ARGV[4])
-redis.call('ZADD', KEYS[1], expires, ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 or now + ttl < keep then redis.call('PEXPIREAT', KEYS[1], keep) end
-redis.call('HSET', KEYS[2], 'workspace', ARGV[5], 'source', ARGV[6], 'dest', ARGV[7], 'max_bytes', ARGV[8],
-  'expires', expires, 'state', 'open', 'put', '0', 'get', '0')
-redis.call('PEXPIREAT', KEYS[2], keep)
-return expires
-"""
-
-
-@dataclass(frozen=True)
-class Ticket:
-    ticket: str
-    expires_at: datetime
-
-    @property
-    def url(self) -> str:
-        return relay_url(self.ticket)
-
-
-@cache
-def _create_script(client: redis.Redis) -> Any:
-    return client.register_script(_CREATE)
-
-
-def create_ticket(workspace_id: str, source_exe_id: str, dest_exe_id: str, ttl_seconds: int, max_bytes: int) -> Ticket:
-    """A new ticket; ``CapReached`` when the workspace has ``CXG_RELAY_MAX_PER_WORKSPACE``
-    pending or running relays. ``ttl_seconds`` ≤ 0 means ``CXG_RELAY_DEFAULT_TTL``."""
-    client = gwredis.sync_client()
-    ttl = ttl_seconds if ttl_seconds > 0 else settings.CXG_RELAY_DEFAULT_TTL
-    ticket = TICKET_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-    expires = int(
-        _create_script(client)(
-            keys=[_key("w", workspace_id), _key("t", ticket)],
-            args=[
-                ticket,
-                settings.CXG_RELAY_MAX_PER_WORKSPACE,
-                int(ttl * 1000),
-                KEY_GRACE_MS,
-                workspace_id,
-                source_exe_id,
-                dest_exe_id,
-                max_bytes,
-            ],
-        )
-    )
-    if not expires:
-        raise CapReached(workspace_id)
-    return Ticket(ticket=ticket, expires_at=datetime.fromtimestamp(expires / 1000, UTC))
 
 
 # --- the two sides ---------------------------------------------------------------------------
@@ -299,7 +204,7 @@ class RelayConnection:
 
     async def claim(self, ticket: str, side: Side) -> Claim:
         """Take ``side`` of ``ticket``; ``Refused`` if it is unknown, finished or taken."""
-        reply = await self._call(self._claim(keys=[_key("t", ticket)], args=[side.value]))
+        reply = await self._call(self._claim(keys=[key("t", ticket)], args=[side.value]))
         status = reply[0].decode()
         if status == "claimed":
             raise Refused(Refusal.PUT_CLAIMED if side is Side.UPLOAD else Refusal.GET_CLAIMED)
@@ -314,7 +219,7 @@ class RelayConnection:
         )
 
     def _keys(self, claim: Claim) -> tuple[str, str, str]:
-        return _key("t", claim.ticket), _key("d", claim.ticket), _key("c", claim.ticket)
+        return key("t", claim.ticket), key("d", claim.ticket), key("c", claim.ticket)
 
     async def send(self, claim: Claim, frame: bytes) -> None:
         """Append a frame for the other side; ``RelayFailed`` if the relay has ended."""
@@ -339,7 +244,7 @@ class RelayConnection:
 
     async def timeout(self, claim: Claim) -> RelayFailed:
         other = Side.DOWNLOAD if claim.side is Side.UPLOAD else Side.UPLOAD
-        if await self._call(self.client.hget(_key("t", claim.ticket), other.value)) != b"1":
+        if await self._call(self.client.hget(key("t", claim.ticket), other.value)) != b"1":
             return RelayFailed(Outcome.TIMEOUT, f"timed out waiting for {other.value.upper()} side")
         return RelayFailed(Outcome.TIMEOUT, "relay expired before the transfer completed")
 
@@ -349,7 +254,7 @@ class RelayConnection:
         hash_key, data_key, control_key = self._keys(claim)
         notify = 0 if outcome is Outcome.OK else (3 if claim.side is Side.UPLOAD else 4)
         finishing = self._finish(
-            keys=[hash_key, _key("w", claim.workspace_id), data_key, control_key],
+            keys=[hash_key, key("w", claim.workspace_id), data_key, control_key],
             args=[claim.ticket, outcome.value, notify, ABORT, FINISHED_TOMBSTONE_MS, reason],
         )
         return bool(await self._call(finishing))
@@ -372,7 +277,7 @@ class RelayConnection:
 
     async def ended(self, claim: Claim) -> RelayFailed:
         """The failure the relay ended with (read after it was finished by the other side)."""
-        fields = await self._call(self.client.hmget(_key("t", claim.ticket), ["outcome", "reason"]))
+        fields = await self._call(self.client.hmget(key("t", claim.ticket), ["outcome", "reason"]))
         outcome, reason = cast(list[bytes | None], fields)
         if not outcome:  # the tombstone expired too
             return RelayFailed(Outcome.TIMEOUT, "relay expired")

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bridge import relay
+from bridge import relay, relay_tickets
 from codexgw import drain
 from codexgw.api_errors import error_response
 from codexgw.bearer import bearer_token, secret_matches
@@ -54,7 +54,7 @@ class RelayCreateRequest(Serializer):
     source_exe_id = serializers.CharField(max_length=64, allow_blank=True, default="")
     dest_exe_id = serializers.CharField(max_length=64, allow_blank=True, default="")
     ttl_seconds = serializers.IntegerField(
-        default=0, max_value=relay.MAX_TTL_SECONDS, help_text="≤ 0 or absent: CXG_RELAY_DEFAULT_TTL."
+        default=0, max_value=relay_tickets.MAX_TTL_SECONDS, help_text="≤ 0 or absent: CXG_RELAY_DEFAULT_TTL."
     )
     max_bytes = serializers.IntegerField(default=0, min_value=0, help_text="0: unlimited.")
 
@@ -75,7 +75,7 @@ class RelayCreateView(APIView):
         responses={201: RelayTicketResponse, **dict.fromkeys((400, 401, 403, 429, 503), ErrorResponse)},
     )
     def post(self, request: Request) -> Response:
-        if not relay.enabled():
+        if not relay_tickets.enabled():
             return error_response(DISABLED, status.HTTP_503_SERVICE_UNAVAILABLE)
         serializer = RelayCreateRequest(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -92,8 +92,8 @@ class RelayCreateView(APIView):
             if exe_id not in bound:
                 return error_response(f"executor not in workspace: {exe_id}", status.HTTP_403_FORBIDDEN)
         try:
-            ticket = relay.create_ticket(workspace, source, dest, body["ttl_seconds"], body["max_bytes"])
-        except relay.CapReached:
+            ticket = relay_tickets.create_ticket(workspace, source, dest, body["ttl_seconds"], body["max_bytes"])
+        except relay_tickets.CapReached:
             return error_response("relay: workspace concurrent relay cap reached", status.HTTP_429_TOO_MANY_REQUESTS)
         return Response(
             {
@@ -115,7 +115,7 @@ in_flight = drain.InFlight("relay transfers")
 
 
 async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
-    if not relay.enabled():
+    if not relay_tickets.enabled():
         await send_json(send, status.HTTP_404_NOT_FOUND, {"error": "not found"})
         return
     ticket = scope["path"][len(PATH_PREFIX) :]
@@ -131,7 +131,7 @@ async def relay_app(scope: Scope, receive: Receive, send: Send) -> None:
         # The transfer would be cut by the drain: the client retries (through the balancer).
         await send_json(send, status.HTTP_503_SERVICE_UNAVAILABLE, {"error": OUTAGE}, [drain.RETRY_AFTER_HEADER])
         return
-    if not relay.is_ticket(ticket):
+    if not relay_tickets.is_ticket(ticket):
         await send_json(send, status.HTTP_410_GONE, {"error": relay.Refusal.UNKNOWN.value})
         return
     if method == "GET" and scope.get("http_version") in ("1.0", "0.9"):

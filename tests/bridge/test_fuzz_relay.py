@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge import relay
+from bridge import relay, relay_tickets
 from bridge.relay_views import relay_app
 from tests.bridge.test_relay import redis_client
 from tests.fuzzing import count, fuzz, run
@@ -70,18 +70,18 @@ _workspaces = iter(range(10**9))
 
 def new_ticket() -> str:
     """A fresh ticket, in a workspace of its own (the per-workspace cap never interferes)."""
-    return relay.create_ticket(f"ws-fuzz-{next(_workspaces)}", "exe-src", "exe-dst", 60, 0).ticket
+    return relay_tickets.create_ticket(f"ws-fuzz-{next(_workspaces)}", "exe-src", "exe-dst", 60, 0).ticket
 
 
 def test_malformed_tickets_are_410_or_401(relay_on):
     well_formed_unknown = st.binary(min_size=32, max_size=32).map(
-        lambda raw: relay.TICKET_PREFIX + __import__("base64").urlsafe_b64encode(raw).rstrip(b"=").decode()
+        lambda raw: relay_tickets.TICKET_PREFIX + __import__("base64").urlsafe_b64encode(raw).rstrip(b"=").decode()
     )
 
     @fuzz(400)
     @given(
         method=methods,
-        ticket=path_text | well_formed_unknown | path_text.map(lambda s: relay.TICKET_PREFIX + s),
+        ticket=path_text | well_formed_unknown | path_text.map(lambda s: relay_tickets.TICKET_PREFIX + s),
         scheme=st.sampled_from(["Bearer ", "bearer ", "Bearer  ", "", None]),
         other=st.none() | st.text(st.characters(codec="latin-1"), max_size=60),
     )
@@ -115,12 +115,12 @@ def test_expired_tickets_are_410(relay_on):
         count(KIND)
         ticket = new_ticket()
         # Expired ago_ms ago (its keys outlive it by KEY_GRACE_MS, as in production).
-        client.hset(relay._key("t", ticket), "expires", int(time.time() * 1000) - ago_ms)
+        client.hset(relay_tickets.key("t", ticket), "expires", int(time.time() * 1000) - ago_ms)
         if scheme_case:
             assert relay_on(method, ticket, f"bearer {ticket}") == (401, UNAUTHORIZED)
         assert relay_on(method, ticket, f"Bearer {ticket}") == (410, UNKNOWN)
         # Nobody claimed a side of it.
-        assert client.hmget(relay._key("t", ticket), "put", "get", "state") == ["0", "0", "open"]
+        assert client.hmget(relay_tickets.key("t", ticket), "put", "get", "state") == ["0", "0", "open"]
 
     run(KIND, expired, 300)
 
@@ -141,7 +141,7 @@ def test_reused_and_finished_tickets_are_423_and_410(relay_on):
         count(KIND)
         ticket = new_ticket()
         side = "put" if method == "PUT" else "get"
-        key = relay._key("t", ticket)
+        key = relay_tickets.key("t", ticket)
         if state == "claimed":
             client.hset(key, side, "1")  # this side was used once already
         elif state == "both-claimed":

@@ -24,7 +24,7 @@ from typing import IO, Any
 import pytest
 from django.conf import settings
 
-from bridge import relay
+from bridge import relay, relay_tickets
 from bridge.relay_client import RelayClient, RelayCreateError
 from codexgw import redis as gwredis
 from executors import services
@@ -69,7 +69,7 @@ def live_tickets(workspace: str) -> set[str]:
 
 
 def new_ticket(ttl_seconds: int = 30, max_bytes: int = 0, workspace: str = "ws-relay") -> str:
-    return relay.create_ticket(workspace, "exe-src", "exe-dst", ttl_seconds, max_bytes).ticket
+    return relay_tickets.create_ticket(workspace, "exe-src", "exe-dst", ttl_seconds, max_bytes).ticket
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -234,9 +234,9 @@ def test_create_applies_the_default_ttl(api, shared_headers, bound, settings, tt
 def test_tickets_are_distinct_and_well_formed():
     tickets = {new_ticket(workspace=f"ws-{n}") for n in range(50)}
     assert len(tickets) == 50
-    assert all(TICKET.match(ticket) and relay.is_ticket(ticket) for ticket in tickets)
-    assert not relay.is_ticket("rly_short")
-    assert not relay.is_ticket("rly_" + "a" * 42 + "=")
+    assert all(TICKET.match(ticket) and relay_tickets.is_ticket(ticket) for ticket in tickets)
+    assert not relay_tickets.is_ticket("rly_short")
+    assert not relay_tickets.is_ticket("rly_" + "a" * 42 + "=")
 
 
 @pytest.mark.usefixtures("relay_on")
@@ -425,7 +425,7 @@ def test_the_bearer_must_be_the_url_ticket(relay_url, tmp_path):
 
 
 def test_an_unknown_or_expired_ticket_is_410(relay_url):
-    unknown = relay.TICKET_PREFIX + "A" * 43
+    unknown = relay_tickets.TICKET_PREFIX + "A" * 43
     expired = new_ticket(ttl_seconds=1)
     time.sleep(1.05)
     for ticket in (unknown, "rly_malformed", expired):
@@ -725,7 +725,7 @@ async def test_relay_client_raises_with_the_status_and_body(relay_gateway, commi
 def test_relay_routes_are_503_while_redis_is_down(django_db_setup):
     gateway = GatewayProcess.start(env={**RELAY_ENV, "REDIS_URL": "redis://127.0.0.1:1/0"})
     try:
-        ticket = relay.TICKET_PREFIX + "A" * 43
+        ticket = relay_tickets.TICKET_PREFIX + "A" * 43
         for method in (["-X", "GET"], ["-X", "PUT", "--data-binary", "abc"]):
             result = run_curl(*auth(ticket), *method, f"{gateway.base_url}/relay/{ticket}")
             assert (result.status, result.json()) == (503, {"error": "service unavailable, retry later"})
