@@ -12,6 +12,9 @@ and no loser ever deletes the winner's CODEX_HOME (app-gateway §10.14).
 
 Activity (``appgateway.activity``) keeps a workspace from the idle reaper wherever its users
 connected; checkpoints and stops asked for elsewhere arrive as messages (``appgateway.process_messages``).
+
+Just past the 400 lines we aim for: what is left after the split by role (leases, the child,
+activity, messages) is the registry's own life cycle, spawn to stop, which reads as one piece.
 """
 
 from __future__ import annotations

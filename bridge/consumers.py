@@ -23,6 +23,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from bridge import session as sessions
+from bridge import session_events
 from bridge.endpoint import BridgeEndpoint, authorize
 from bridge.layer_frames import ReceiverStuck, send_with_backpressure
 from bridge.protocol import CLOSE_EXECUTOR_REPLACED
@@ -118,7 +119,7 @@ class ExecutorConsumer(GatewayConsumer):
         await self.accept()
         assert self.session is not None
         logger.info("executor connected", extra={"exe_id": exe_id, "connection_id": self.connection_id})
-        await self.session.put(sessions.ExecOpen(self))
+        await self.session.put(session_events.ExecOpen(self))
         self._refresher = asyncio.create_task(self._keep_presence())
 
     async def _take_over(self, exe_id: str, headers: dict[str, str]) -> Denial | None:
@@ -168,14 +169,14 @@ class ExecutorConsumer(GatewayConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is not None:
             text = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-            await self.session.put(sessions.ExecFrame(self, text))
+            await self.session.put(session_events.ExecFrame(self, text))
 
     async def disconnect(self, code: int) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
         if self.session is None or not self.connection_id:
             return
-        await self.session.put(sessions.ExecClosed(self))
+        await self.session.put(session_events.ExecClosed(self))
         try:
             released = await sync_to_async(presence_store().release, thread_sensitive=False)(
                 self.exe_id, self.connection_id

@@ -23,6 +23,7 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
 
 from bridge import session as sessions
+from bridge import session_events
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
 from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_UNBOUND, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
@@ -72,7 +73,7 @@ class BridgeEndpoint:
             return
         self.local = sessions.local_session(self.target)
         if self.local is not None:
-            await self.local.put(sessions.BridgeOpen(self.conn_id, None, local=self))
+            await self.local.put(session_events.BridgeOpen(self.conn_id, None, local=self))
             return
         await send_with_backpressure(
             self.layer, self.target, {"type": "mux.bridge_open", "conn": self.conn_id, "reply_to": self.channel}
@@ -101,7 +102,7 @@ class BridgeEndpoint:
     async def receive(self, text: str) -> None:
         """A frame from the client."""
         if self.local is not None:
-            await self.local.put(sessions.BridgeFrame(self.conn_id, text))
+            await self.local.put(session_events.BridgeFrame(self.conn_id, text))
         elif self.link is not None:
             with contextlib.suppress(ReceiverStuck):  # the link's on_stuck closes this bridge with 1013
                 await self.link.send(text)
@@ -117,7 +118,7 @@ class BridgeEndpoint:
         for group in self._groups:
             await self.layer.group_discard(group, self.channel)
         if self.local is not None:
-            await self.local.put(sessions.BridgeClosed(self.conn_id))
+            await self.local.put(session_events.BridgeClosed(self.conn_id))
         elif self.link is not None:
             # After this bridge's queued frames, in order; the link's pump sends it.
             exe_id = self.exe_id

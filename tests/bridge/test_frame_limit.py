@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bridge import session as sessions
+from bridge import session_events
 from bridge.protocol import INVALID_REQUEST, MAX_FRAME_BYTES
 from tests.bridge.test_session import Bridge, initialize, ready_session
 from tests.e2e.harness import async_wait_for
@@ -29,9 +30,9 @@ def exactly(message: dict[str, Any], size: int, pad: Callable[[int], dict[str, A
 
 async def attached(session: sessions.ExecutorSession) -> Bridge:
     bridge = Bridge()
-    await session.put(sessions.BridgeOpen("big", None, local=bridge))
-    await session.put(sessions.BridgeFrame("big", initialize(1)))
-    await session.put(sessions.BridgeFrame("big", json.dumps({"method": "initialized"})))
+    await session.put(session_events.BridgeOpen("big", None, local=bridge))
+    await session.put(session_events.BridgeFrame("big", initialize(1)))
+    await session.put(session_events.BridgeFrame("big", json.dumps({"method": "initialized"})))
     assert await async_wait_for(lambda: bridge.received, 5)
     return bridge
 
@@ -47,7 +48,7 @@ async def test_a_request_the_rewriting_grows_past_16_mib_is_refused_not_forwarde
         return {**request, "params": {**params, "env": {"PAD": "x" * n}}}
 
     # 16 MiB from the client (the server's limit lets it in); the namespaced processId adds 10 bytes.
-    await session.put(sessions.BridgeFrame("big", exactly(request, MAX_FRAME_BYTES, padded)))
+    await session.put(session_events.BridgeFrame("big", exactly(request, MAX_FRAME_BYTES, padded)))
     assert await async_wait_for(lambda: len(bridge.received) == 2, 5)
     error = bridge.received[1]
     assert error["id"] == 2
@@ -57,7 +58,7 @@ async def test_a_request_the_rewriting_grows_past_16_mib_is_refused_not_forwarde
     assert session.mux.pending_count == 0
 
     # Refused like a start the executor refused: the same processId starts once it fits.
-    await session.put(sessions.BridgeFrame("big", exactly(request, MAX_FRAME_BYTES - 10, padded)))
+    await session.put(session_events.BridgeFrame("big", exactly(request, MAX_FRAME_BYTES - 10, padded)))
     assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
     forwarded = executor.sent[2]
     assert len(json.dumps(forwarded, separators=(",", ":"))) == MAX_FRAME_BYTES
@@ -71,13 +72,13 @@ async def test_a_response_the_clients_id_grows_past_16_mib_becomes_an_error(read
     long_id = "i" * 1000
     reply = {"id": long_id, "result": {"dataBase64": ""}}
     for expected_size in (MAX_FRAME_BYTES, MAX_FRAME_BYTES + 1):
-        await session.put(sessions.BridgeFrame("big", json.dumps({"id": long_id, "method": "fs/readFile"})))
+        await session.put(session_events.BridgeFrame("big", json.dumps({"id": long_id, "method": "fs/readFile"})))
         assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
         forwarded = executor.sent.pop()
         # The executor's answer, sized so that the client's id makes it expected_size bytes.
         text = exactly(reply, expected_size, lambda n: {**reply, "result": {"dataBase64": "A" * n}})
         answer = {**json.loads(text), "id": forwarded["id"]}
-        await session.put(sessions.ExecFrame(executor, json.dumps(answer, separators=(",", ":"))))
+        await session.put(session_events.ExecFrame(executor, json.dumps(answer, separators=(",", ":"))))
         assert await async_wait_for(lambda: len(bridge.received) == 2, 5)
         received = bridge.received.pop()
         assert received["id"] == long_id

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from bridge import inproc
+from bridge import inproc, session_events
 from bridge import session as sessions
 from bridge.client import BridgeClosed, BridgeDialError
 from bridge.client_pool import Pool
@@ -54,7 +54,7 @@ class Held:
 
     async def reply(self, request: dict[str, Any], result: dict[str, Any]) -> None:
         answer = {"id": request["id"], "result": result}
-        await self.session.put(sessions.ExecFrame(self.executor, json.dumps(answer)))
+        await self.session.put(session_events.ExecFrame(self.executor, json.dumps(answer)))
 
 
 def _bind(exe_id: str) -> None:
@@ -68,14 +68,14 @@ async def held(fresh_channel_layer: None) -> AsyncIterator[Held]:
     await database_sync_to_async(_bind)(exe_id)
     session = await sessions.session_for(exe_id)
     executor = FakeExecutor()
-    await session.put(sessions.ExecOpen(executor))
+    await session.put(session_events.ExecOpen(executor))
     assert await async_wait_for(lambda: executor.sent, 5)
     answer = {"id": executor.sent[0]["id"], "result": {"sessionId": "exec-1", "environmentInfo": ENV_INFO}}
-    await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+    await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
     assert await async_wait_for(lambda: len(executor.sent) == 2, 5)  # initialized
     await database_sync_to_async(presence_store().claim)(exe_id, Holder(session.inbox, "conn-1", time.time()))
     yield Held(exe_id, session, executor, [])
-    await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+    await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
 
 
 async def test_calls_and_events_reach_a_session_of_this_process(held: Held):
@@ -93,7 +93,7 @@ async def test_calls_and_events_reach_a_session_of_this_process(held: Held):
     assert (await started)["processId"] == "p1"
     output = {"processId": exec_pid, "seq": 1, "stream": "stdout", "chunk": base64.b64encode(b"hi\n").decode()}
     pushed = json.dumps({"method": "process/output", "params": output})
-    await held.session.put(sessions.ExecFrame(held.executor, pushed))
+    await held.session.put(session_events.ExecFrame(held.executor, pushed))
     assert await async_wait_for(lambda: events, 5)
     assert events == [("process/output", {**output, "processId": "p1"})]
     await pool.close()
@@ -122,7 +122,7 @@ async def test_a_move_closes_with_4002_and_the_pool_redials_and_resumes(held: He
     await held.reply(await held.forwarded(3), {"status": "ready"})
     assert await pending == {"status": "ready"}
     drained = asyncio.get_running_loop().create_future()
-    await held.session.put(sessions.Drain(CLOSE_SERVICE_RESTART, "draining", drained))
+    await held.session.put(session_events.Drain(CLOSE_SERVICE_RESTART, "draining", drained))
     assert (await asyncio.wait_for(third.wait_closed(), 5)).code == CLOSE_SERVICE_RESTART
     await pool.close()
 

@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer
 
 from bridge import session as sessions
-from bridge import vsession_store
+from bridge import session_events, vsession_store
 from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
 from codexgw import redis as gwredis
@@ -67,24 +67,24 @@ async def ready_session() -> Any:
     session = sessions.ExecutorSession("exe-session-test", InMemoryChannelLayer(), None)
     await session.start()
     executor = FakeExecutor()
-    await session.put(sessions.ExecOpen(executor))
+    await session.put(session_events.ExecOpen(executor))
     assert await async_wait_for(lambda: executor.sent, 5)
     handshake = executor.sent[0]
     answer = {"id": handshake["id"], "result": {"sessionId": "exec-1", "environmentInfo": ENV_INFO}}
-    await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+    await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
     assert await async_wait_for(lambda: len(executor.sent) == 2, 5)  # initialized
     yield session, executor
-    await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+    await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
 
 
 @pytest.mark.django_db
 async def test_a_bridge_whose_socket_closed_under_the_session_does_not_end_it(ready_session):
     session, executor = ready_session
     gone, alive = Bridge(gone=True), Bridge()
-    await session.put(sessions.BridgeOpen("gone", None, local=gone))
-    await session.put(sessions.BridgeFrame("gone", initialize(1)))
-    await session.put(sessions.BridgeOpen("alive", None, local=alive))
-    await session.put(sessions.BridgeFrame("alive", initialize(7)))
+    await session.put(session_events.BridgeOpen("gone", None, local=gone))
+    await session.put(session_events.BridgeFrame("gone", initialize(1)))
+    await session.put(session_events.BridgeOpen("alive", None, local=alive))
+    await session.put(session_events.BridgeFrame("alive", initialize(7)))
     assert await async_wait_for(lambda: alive.received, 5)
     assert alive.received[0]["id"] == 7
     assert alive.received[0]["result"]["environmentInfo"] == ENV_INFO
@@ -97,8 +97,8 @@ async def test_a_session_whose_table_another_process_claimed_lets_go(ready_sessi
     session, executor = ready_session
     await vsession_store.claim(session.exe_id, "inbox-of-another-process")
     bridge = Bridge()
-    await session.put(sessions.BridgeOpen("late", None, local=bridge))
-    await session.put(sessions.BridgeFrame("late", initialize(3)))  # a new session: stored first, refused
+    await session.put(session_events.BridgeOpen("late", None, local=bridge))
+    await session.put(session_events.BridgeFrame("late", initialize(3)))  # a new session: stored first, refused
     assert await async_wait_for(lambda: session.finished, 5)
     assert bridge.received == []  # no session id that no process could take over
     assert bridge.closed == (CLOSE_EXECUTOR_LOST, "the executor's sessions moved to another gateway process")
@@ -113,11 +113,11 @@ async def test_the_handshake_records_the_version_and_os_the_executor_reports():
     await session.start()
     executor = FakeExecutor()
     try:
-        await session.put(sessions.ExecOpen(executor))
+        await session.put(session_events.ExecOpen(executor))
         assert await async_wait_for(lambda: executor.sent, 5)
         info = {**ENV_INFO, "executorVersion": "0.171.0"}
         answer = {"id": executor.sent[0]["id"], "result": {"sessionId": "exec-1", "environmentInfo": info}}
-        await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+        await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
 
         row = database_sync_to_async(lambda: Executor.objects.values("codex_version", "client_os").get(exe_id=exe_id))
         for _ in range(100):
@@ -126,7 +126,7 @@ async def test_the_handshake_records_the_version_and_os_the_executor_reports():
             await asyncio.sleep(0.05)
         assert await row() == {"codex_version": "0.171.0", "client_os": "linux"}
     finally:
-        await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+        await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
 
 
 def _stored_progress(exe_id: str) -> dict[str, int]:
@@ -165,9 +165,9 @@ class FarBridge:
     layer: InMemoryChannelLayer
     exec_pid: str
 
-    def push(self, seq: int) -> sessions.ExecFrame:
+    def push(self, seq: int) -> session_events.ExecFrame:
         params = {"processId": self.exec_pid, "seq": seq, "stream": "stdout", "chunk": "aGkK"}
-        return sessions.ExecFrame(self.executor, json.dumps({"method": "process/output", "params": params}))
+        return session_events.ExecFrame(self.executor, json.dumps({"method": "process/output", "params": params}))
 
     async def receive(self) -> dict[str, Any]:
         return await self.layer.receive("far-channel")
@@ -180,29 +180,29 @@ async def far() -> Any:
     await session.start()
     executor = FakeExecutor()
     try:
-        await session.put(sessions.ExecOpen(executor))
+        await session.put(session_events.ExecOpen(executor))
         assert await async_wait_for(lambda: executor.sent, 5)
         answer = {"id": executor.sent[0]["id"], "result": {"sessionId": "exec-1", "environmentInfo": ENV_INFO}}
-        await session.put(sessions.ExecFrame(executor, json.dumps(answer)))
+        await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
         assert await async_wait_for(lambda: len(executor.sent) == 2, 5)
 
-        await session.put(sessions.BridgeOpen("far", "far-channel"))
-        await session.put(sessions.BridgeFrame("far", initialize(1)))
+        await session.put(session_events.BridgeOpen("far", "far-channel"))
+        await session.put(session_events.BridgeFrame("far", initialize(1)))
         assert "sessionId" in json.loads((await layer.receive("far-channel"))["text"])["result"]
-        await session.put(sessions.BridgeFrame("far", json.dumps({"method": "initialized"})))
+        await session.put(session_events.BridgeFrame("far", json.dumps({"method": "initialized"})))
         start = {"processId": "p1", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False}
         await session.put(
-            sessions.BridgeFrame("far", json.dumps({"id": 2, "method": "process/start", "params": start}))
+            session_events.BridgeFrame("far", json.dumps({"id": 2, "method": "process/start", "params": start}))
         )
         assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
         forwarded = executor.sent[2]
         exec_pid = forwarded["params"]["processId"]
         reply = {"id": forwarded["id"], "result": {"processId": exec_pid, "sandboxType": "none"}}
-        await session.put(sessions.ExecFrame(executor, json.dumps(reply)))
+        await session.put(session_events.ExecFrame(executor, json.dumps(reply)))
         assert json.loads((await layer.receive("far-channel"))["text"])["id"] == 2
         yield FarBridge(session, executor, layer, exec_pid)
     finally:
-        await session.put(sessions.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+        await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
 
 
 @pytest.mark.django_db
@@ -245,7 +245,7 @@ async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_sessio
     for seq in range(4, 12):
         await far.session.put(far.push(seq))
     await asyncio.sleep(0.2)
-    await far.session.put(sessions.BridgeClosed("far"))
+    await far.session.put(session_events.BridgeClosed("far"))
     # What reached the channel before the bridge left (a send in flight completes); the rest never did.
     left = list(received)
     with contextlib.suppress(TimeoutError):
@@ -255,11 +255,13 @@ async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_sessio
     assert len(left) < 11
 
     near = Bridge()
-    await far.session.put(sessions.BridgeOpen("near", None, local=near))
+    await far.session.put(session_events.BridgeOpen("near", None, local=near))
     vsid = _stored_session_id(far.session.exe_id)
     resume = {"clientName": "test", "resumeSessionId": vsid}
-    await far.session.put(sessions.BridgeFrame("near", json.dumps({"id": 1, "method": "initialize", "params": resume})))
-    await far.session.put(sessions.BridgeFrame("near", json.dumps({"method": "initialized"})))
+    await far.session.put(
+        session_events.BridgeFrame("near", json.dumps({"id": 1, "method": "initialize", "params": resume}))
+    )
+    await far.session.put(session_events.BridgeFrame("near", json.dumps({"method": "initialized"})))
     assert await async_wait_for(lambda: far.executor.sent[-1].get("method") == "process/read", 5)
     read = far.executor.sent[-1]
     assert read["params"]["processId"] == far.exec_pid
@@ -294,19 +296,21 @@ async def test_stored_progress_never_runs_ahead_of_a_local_bridges_outbox(ready_
     session, executor = ready_session
     near = SlowLocalBridge()
     near.reading.set()
-    await session.put(sessions.BridgeOpen("near", None, local=near))
-    await session.put(sessions.BridgeFrame("near", initialize(1)))
-    await session.put(sessions.BridgeFrame("near", json.dumps({"method": "initialized"})))
+    await session.put(session_events.BridgeOpen("near", None, local=near))
+    await session.put(session_events.BridgeFrame("near", initialize(1)))
+    await session.put(session_events.BridgeFrame("near", json.dumps({"method": "initialized"})))
     start = {"processId": "p1", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False}
-    await session.put(sessions.BridgeFrame("near", json.dumps({"id": 2, "method": "process/start", "params": start})))
+    await session.put(
+        session_events.BridgeFrame("near", json.dumps({"id": 2, "method": "process/start", "params": start}))
+    )
     assert await async_wait_for(lambda: len(executor.sent) == 3, 5)
     exec_pid = executor.sent[2]["params"]["processId"]
     reply = {"id": executor.sent[2]["id"], "result": {"processId": exec_pid, "sandboxType": "none"}}
-    await session.put(sessions.ExecFrame(executor, json.dumps(reply)))
+    await session.put(session_events.ExecFrame(executor, json.dumps(reply)))
 
-    def push(seq: int) -> sessions.ExecFrame:
+    def push(seq: int) -> session_events.ExecFrame:
         params = {"processId": exec_pid, "seq": seq, "stream": "stdout", "chunk": "aGkK"}
-        return sessions.ExecFrame(executor, json.dumps({"method": "process/output", "params": params}))
+        return session_events.ExecFrame(executor, json.dumps({"method": "process/output", "params": params}))
 
     await session.put(push(1))
     assert await async_wait_for(lambda: _stored_progress(session.exe_id).get("p1") == 1, 5)

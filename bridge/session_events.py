@@ -1,0 +1,97 @@
+"""What goes into an executor session's queue (``bridge.session``): one event per executor
+connection change or frame, bridge open/frame/close (from this process or another), and the
+session's own signals (evict, stuck link, moved, drain); and what the session talks back to
+(``ExecutorLink``, ``LocalBridge``)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.layer_frames import LayerLink
+from bridge.sent_progress import Sending
+
+
+class ExecutorLink(Protocol):
+    connection_id: str
+
+    async def send_to_executor(self, text: str) -> None: ...
+
+    async def close_executor(self, code: int) -> None: ...
+
+
+class LocalBridge(Protocol):
+    async def deliver(self, text: str) -> None: ...
+
+    @property
+    def sending(self) -> Sending | None:
+        """What carries its frames to the client, if anything holds them (``sent_progress``)."""
+
+    async def close_from_gateway(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecOpen:
+    link: ExecutorLink
+
+
+@dataclass(frozen=True)
+class ExecFrame:
+    link: ExecutorLink
+    text: str
+
+
+@dataclass(frozen=True)
+class ExecClosed:
+    link: ExecutorLink
+
+
+@dataclass(frozen=True)
+class BridgeOpen:
+    conn_id: str
+    reply_to: str | None  # channel of a bridge in another process; None for a local bridge
+    local: LocalBridge | None = None
+
+
+@dataclass(frozen=True)
+class BridgeFrame:
+    conn_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class BridgeClosed:
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class Evict:
+    connection_id: str
+
+
+@dataclass(frozen=True)
+class BridgeStuck:
+    """The layer link to a bridge in another process gave up on its full channel."""
+
+    conn_id: str
+    link: LayerLink
+
+
+@dataclass(frozen=True)
+class Moved:
+    """Another process claimed the executor's virtual-session table."""
+
+    owner: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    code: int
+    reason: str
+    done: asyncio.Future[None]
+
+
+Event = (
+    ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict | BridgeStuck | Moved | Drain
+)
