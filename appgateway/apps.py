@@ -18,7 +18,7 @@ class AppGatewayConfig(AppConfig):
         supervisor = get_supervisor()
         process_messages.install(supervisor)
         spawn_builder.install(supervisor)
-        identity.register_agentserver(identity.TUI, auth.verify_for_identity)
+        identity.register_agentserver(identity.TUI, auth.TOKENS.grant)
         identity.register_agentserver(identity.TURNS, turns_auth.validate_for_identity)
         metrics.add_gauge(
             "codexgw_app_server_children",

@@ -5,7 +5,7 @@ a workspace API key ``wak_…`` validated there as follows.
 
 API keys are validated by agentserver: ``POST {CXG_AGENTSERVER_INTERNAL_URL}/internal/workspace-api-keys/validate``
 with ``X-Internal-Secret`` and ``{"secret": …}`` answers 200 ``{workspace_id, key_id, scopes}``
-or 401. As for TUI tokens (``appgateway.auth``), everything but a 401 is an outage (503), never a
+or 401. As for TUI tokens (``workspaces.agentserver``), everything but a 401 is an outage (503), never a
 bad key. Keys are not cached: a turn costs far more than its validation.
 """
 
@@ -19,11 +19,11 @@ from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.request import Request
 
-from appgateway.auth import BODY_LOG_LIMIT, VerifierUnavailable, agentserver_answers, ask_agentserver
 from codexgw.api_errors import ServiceUnavailable
 from codexgw.bearer import bearer_token, secret_matches
 from executors.api_auth import Unauthorized
-from workspaces import identity
+from workspaces import agentserver, identity
+from workspaces.agentserver import BODY_LOG_LIMIT, VerifierUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ApiKey:
 
 async def validate_api_key(secret: str) -> ApiKey:
     """The key's grant; raises ``InvalidToken`` or ``VerifierUnavailable``."""
-    response = await ask_agentserver(VALIDATE_PATH, {"secret": secret})
+    response = await agentserver.ask(VALIDATE_PATH, {"secret": secret})
     try:
         data = response.json()
         workspace_id, key_id, scopes = data["workspace_id"], data["key_id"], data["scopes"]
@@ -56,7 +56,7 @@ async def validate_for_identity(token: str) -> identity.Grant:
     """The agentserver backend of the ``turns:submit`` scope (registered in ``AppGatewayConfig.ready``)."""
     if not token.startswith(KEY_PREFIX):
         raise identity.Unauthorized("unauthorized")  # not an API key: agentserver is not even asked
-    with agentserver_answers():
+    with agentserver.answers():
         key = await validate_api_key(token)
     return identity.Grant(key.workspace_id, "", key.key_id, key.scopes)
 

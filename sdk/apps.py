@@ -10,5 +10,5 @@ class SdkConfig(AppConfig):
         from sdk import auth, schema, service  # noqa: F401 - schema registers the OpenAPI extension
         from workspaces import identity
 
-        identity.register_agentserver(identity.SDK, auth.verify_for_identity)
+        identity.register_agentserver(identity.SDK, auth.TOKENS.grant)
         service.install()

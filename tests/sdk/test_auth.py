@@ -1,14 +1,11 @@
-"""ProxyTokenAuth against a fake agentserver (a real HTTP server): caching, negative caching,
-coalescing of concurrent misses, and outages as 503 (never 401)."""
+"""ProxyTokenAuth against a fake agentserver (a real HTTP server): caching, negative caching and
+outages as 503 (never 401); the verifier itself: tests/workspaces/test_agentserver.py."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 from django.conf import settings
 
-from sdk.auth import AgentserverUnavailable, InvalidToken, ProxyIdentity, ProxyTokenVerifier
 from tests.fake_agentserver import FakeAgentserver, FakeResponse, RecordedRequest
 
 VALIDATE = "/internal/validate-proxy-token"
@@ -59,6 +56,7 @@ def test_rejected_token_is_401_and_negatively_cached(client, agentserver):
     assert len(agentserver.requests_to(VALIDATE)) == 1
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("outage", [FakeResponse(500, {"error": "boom"}), FakeResponse(200, b"not json")])
 def test_agentserver_failure_is_503_not_401_and_not_cached(client, agentserver, outage):
     agentserver.respond("POST", VALIDATE, outage)
@@ -66,48 +64,5 @@ def test_agentserver_failure_is_503_not_401_and_not_cached(client, agentserver, 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "auth_unavailable"
     # The outage was not remembered: the next call asks again and succeeds.
-    verifier = ProxyTokenVerifier(agentserver.base_url, settings.CXG_AGENTSERVER_INTERNAL_SECRET)
-    assert verifier.verify("good-token") == ProxyIdentity("ws-1", "u-1")
-
-
-def test_unreachable_agentserver_is_503(settings):
-    verifier = ProxyTokenVerifier("http://127.0.0.1:1", settings.CXG_AGENTSERVER_INTERNAL_SECRET)
-    with pytest.raises(AgentserverUnavailable):
-        verifier.verify("good-token")
-
-
-def test_concurrent_misses_for_one_token_share_one_upstream_call(agentserver):
-    agentserver.respond("POST", VALIDATE, FakeResponse(200, {"workspace_id": "ws-9", "user_id": "u"}, delay=0.5))
-    verifier = ProxyTokenVerifier(agentserver.base_url, settings.CXG_AGENTSERVER_INTERNAL_SECRET)
-    results: list[object] = []
-
-    def verify() -> None:
-        results.append(verifier.verify("slow-token"))
-
-    threads = [threading.Thread(target=verify) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert results == [ProxyIdentity("ws-9", "u")] * 8
-    assert len(agentserver.requests_to(VALIDATE)) == 1
-
-
-def test_a_waiter_sees_the_leaders_rejection(agentserver):
-    agentserver.respond("POST", VALIDATE, FakeResponse(401, {"error": "invalid_token"}, delay=0.3))
-    verifier = ProxyTokenVerifier(agentserver.base_url, settings.CXG_AGENTSERVER_INTERNAL_SECRET)
-    errors: list[type[Exception]] = []
-
-    def verify() -> None:
-        try:
-            verifier.verify("revoked")
-        except Exception as exc:
-            errors.append(type(exc))
-
-    threads = [threading.Thread(target=verify) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert errors == [InvalidToken] * 4
-    assert len(agentserver.requests_to(VALIDATE)) == 1
+    assert client.post(ENVS, HTTP_AUTHORIZATION="Bearer good-token").status_code == 200
+    assert len(agentserver.requests_to(VALIDATE)) == 2
