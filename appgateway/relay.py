@@ -8,9 +8,10 @@ connection gets its own loopback WebSocket (``AppServerLeg``), opened in the own
 * TUI on another process: the consumer (``RelayClient``) sends ``appgw.relay_open`` to the owner's
   process channel; the owner (``RelayedConnection``) opens the leg, answers ``appgw.opened`` with a
   channel of its own for this connection (its inbox), and pumps frames both ways over
-  point-to-point channel-layer sends (split and reassembled above the layer's safe size, a full
-  channel waited out: ``bridge.layer_frames``). Each side sends from one task at a time, so
-  frames stay in order. A close on either side is passed on to the other.
+  a ``bridge.layer_frames.LayerLink`` each way (frames that queue up while one is on its way go
+  together in one message; split and reassembled above the layer's safe size; a full channel
+  waited out), so frames stay in order. A close on either side is passed on to the other, after
+  the frames sent before it.
 
 Both sides send ``appgw.alive`` every ``KEEPALIVE`` seconds and give up after ``SILENCE_LIMIT``
 without hearing anything, so a gateway process that dies without a goodbye does not leave a
@@ -38,7 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from appgateway import process_messages, rpc_filter, supervisor
 from appgateway.rpc_filter import Frame
-from bridge.layer_frames import Reassembler, ReceiverStuck, send_text, send_with_backpressure
+from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
 from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
 from codexgw import drain
 from codexgw.tasks import cancel_and_wait
@@ -61,11 +62,11 @@ INLINE_INSPECT_LIMIT = 256 * 1024
 RELAY_OPEN = "appgw.relay_open"  # {conn, reply_to, workspace_id}
 RELAY_CANCEL = "appgw.relay_cancel"  # {conn}: the TUI left before the relay opened
 # To the owner's per-connection inbox.
-CLIENT_FRAME = "appgw.client_frame"  # {text, binary, [msg, part, parts]}
+CLIENT_FRAME = "appgw.client_frame"  # {text, [binary], [msg, part, parts]} or {texts}
 CLIENT_CLOSED = "appgw.client_closed"
 # To the TUI consumer's channel (handled by TuiProxyConsumer.appgw_*).
 OPENED = "appgw.opened"  # {inbox}
-SERVER_FRAME = "appgw.frame"  # {text, binary, [msg, part, parts]}
+SERVER_FRAME = "appgw.frame"  # {text, [binary], [msg, part, parts]} or {texts}
 CLOSE = "appgw.close"  # {code, reason}
 ALIVE = "appgw.alive"  # both ways
 
@@ -96,8 +97,10 @@ def _to_layer(frame: Frame) -> tuple[str, bool]:
     return frame, False
 
 
-def _from_layer(text: str, event: dict[str, Any]) -> Frame:
-    return text.encode("latin-1") if event.get("binary") else text
+def _from_layer(sender: str, parts: Reassembler, event: dict[str, Any]) -> list[Frame]:
+    """The whole frames a layer message completes (a batch's frames are text)."""
+    texts = parts.add_all(sender, event)
+    return [text.encode("latin-1") for text in texts] if event.get("binary") else list(texts)
 
 
 # --- the loopback leg ---------------------------------------------------------------------------
@@ -183,32 +186,43 @@ class RelayedConnection:
         self.reply_to = reply_to
         self.workspace_id = workspace_id
         self.layer = _layer()
+        self.leg: AppServerLeg | None = None
+        self.link = LayerLink(self.layer, reply_to, SERVER_FRAME, on_stuck=self._stuck)
 
     async def run(self) -> None:
         keepalive = asyncio.create_task(self._keepalive(), name=f"relay keepalive {self.conn}")
-        leg: AppServerLeg | None = None
+        end: LegEnd | None = None
         try:
             try:
-                leg = await AppServerLeg.open(self.workspace_id)
+                self.leg = await AppServerLeg.open(self.workspace_id)
             except (AppServerUnavailable, supervisor.OwnedElsewhere):
-                # OwnedElsewhere: the lease moved since the TUI's process looked it up.
-                await self._tell(CLOSE, code=CLOSE_UNAVAILABLE[0], reason=CLOSE_UNAVAILABLE[1])
+                end = LegEnd(*CLOSE_UNAVAILABLE)  # OwnedElsewhere: the lease moved since the TUI's process looked
                 return
             inbox = await self.layer.new_channel()
             await self._tell(OPENED, inbox=inbox)
-            end = await self._pump_both_ways(inbox, leg)
+            end = await self._pump_both_ways(inbox, self.leg)
             if end is not None and drain.is_draining():
                 end = LegEnd(CLOSE_SERVICE_RESTART, "gateway restarting")  # the app-server stopped for the drain
-            if end is not None:  # the app-server side ended: so does the TUI
-                await self._tell(CLOSE, code=end.code, reason=end.reason)
         except ReceiverStuck:
             logger.warning("relay: the TUI's process stopped reading", extra={"workspace_id": self.workspace_id})
         except Exception:
             logger.exception("relay failed", extra={"workspace_id": self.workspace_id})
+            end = LegEnd(*CLOSE_UNAVAILABLE)
         finally:
             keepalive.cancel()
-            if leg is not None:
-                await leg.close()
+            # The app-server side ended, never began or failed: so does the TUI, after the frames
+            # before. Else the TUI's side ended, stopped reading, or the relay was cancelled.
+            if end is not None and not self.link.failed:
+                self.link.finish({"type": CLOSE, "code": end.code, "reason": end.reason})
+            else:
+                self.link.abandon()
+            if self.leg is not None:
+                await self.leg.close()
+
+    async def _stuck(self) -> None:
+        """The TUI's process stopped reading: end the leg, which ends the relay."""
+        if self.leg is not None:
+            await self.leg.close()
 
     async def _pump_both_ways(self, inbox: str, leg: AppServerLeg) -> LegEnd | None:
         """Until either side ends; the app-server side's end, or None when the TUI's ended."""
@@ -233,8 +247,7 @@ class RelayedConnection:
                 await asyncio.sleep(KEEPALIVE)
 
     async def _deliver(self, frame: Frame) -> None:
-        text, binary = _to_layer(frame)
-        await send_text(self.layer, self.reply_to, SERVER_FRAME, text, binary=binary)
+        await self.link.send(*_to_layer(frame))
 
     async def _from_tui(self, inbox: str, leg: AppServerLeg) -> None:
         parts = Reassembler()
@@ -246,9 +259,8 @@ class RelayedConnection:
                 logger.warning("relay: the TUI's process went silent", extra={"workspace_id": self.workspace_id})
                 return
             if event["type"] == CLIENT_FRAME:
-                text = parts.add(self.conn, event)
-                if text is not None:
-                    await leg.send(_from_layer(text, event))
+                for frame in _from_layer(self.conn, parts, event):
+                    await leg.send(frame)
             elif event["type"] == CLIENT_CLOSED:
                 return
 
@@ -298,7 +310,8 @@ class RelayClient:
         self.tui = tui
         self.layer = _layer()
         self.inbox = ""
-        self._pending: list[Frame] = []  # client frames sent before the owner's inbox is known
+        self.link: LayerLink | None = None  # to the owner's inbox, once it is known
+        self._pending: list[Frame] = []  # client frames sent before then
         self._parts = Reassembler()
         self._heard: float | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -312,42 +325,41 @@ class RelayClient:
         self._watchdog = asyncio.create_task(self._watch(), name=f"relay watchdog {self.conn}")
 
     async def send(self, frame: Frame) -> None:
-        if not self.inbox:
+        if self.link is None:
             self._pending.append(frame)
             return
-        text, binary = _to_layer(frame)
-        try:
-            await send_text(self.layer, self.inbox, CLIENT_FRAME, text, binary=binary)
-        except ReceiverStuck:
-            logger.warning("relay: the owner stopped reading", extra={"workspace_id": self.workspace_id})
-            await self.tui.close_tui(CLOSE_TRY_AGAIN, "app gateway owner not keeping up")
+        with contextlib.suppress(ReceiverStuck):  # the link failed: _stuck closes the TUI
+            await self.link.send(*_to_layer(frame))
+
+    async def _stuck(self) -> None:
+        logger.warning("relay: the owner stopped reading", extra={"workspace_id": self.workspace_id})
+        await self.tui.close_tui(CLOSE_TRY_AGAIN, "app gateway owner not keeping up")
 
     async def stop(self) -> None:
-        """The TUI left: tell the owner to close its leg."""
+        """The TUI left: tell the owner to close its leg (after the frames sent before)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-        try:
-            if self.inbox:
-                await send_with_backpressure(self.layer, self.inbox, {"type": CLIENT_CLOSED})
-            else:
-                await send_with_backpressure(self.layer, self.owner_channel, {"type": RELAY_CANCEL, "conn": self.conn})
-        except ReceiverStuck:
-            pass  # the owner's silence limit closes its side
+        if self.link is not None:
+            if not self.link.failed:  # else the owner's silence limit closes its side
+                self.link.finish({"type": CLIENT_CLOSED})
+            return
+        with contextlib.suppress(ReceiverStuck):
+            await send_with_backpressure(self.layer, self.owner_channel, {"type": RELAY_CANCEL, "conn": self.conn})
 
     # Messages from the owner, dispatched by the consumer in arrival order.
 
     async def on_opened(self, event: dict[str, Any]) -> None:
         self.heard()
         self.inbox = str(event["inbox"])
+        self.link = LayerLink(self.layer, self.inbox, CLIENT_FRAME, on_stuck=self._stuck)
         pending, self._pending = self._pending, []
         for frame in pending:
             await self.send(frame)
 
     async def on_frame(self, event: dict[str, Any]) -> None:
         self.heard()
-        text = self._parts.add("owner", event)
-        if text is not None:
-            await self.tui.deliver(_from_layer(text, event))
+        for frame in _from_layer("owner", self._parts, event):
+            await self.tui.deliver(frame)
 
     def heard(self) -> None:
         self._heard = time.monotonic()

@@ -122,13 +122,15 @@ class LayerLink:
 
     ``send`` queues a text and returns; a pump task sends it (alone when nothing else is queued,
     else batched with what queued up behind the previous send, up to ``LAYER_CHUNK_CHARS``;
-    a longer text goes alone, split into parts). The outbox is bounded (``limit`` characters,
-    or one text of any size when empty): past it ``send`` waits — backpressure, never loss. If
-    the receiver stays full for ``patience``, the link fails: queued texts are discarded (and
-    kept in ``discarded``, so the sender can owe them again), waiting and later ``send`` calls
-    raise ``ReceiverStuck`` and ``on_stuck`` is awaited once. ``finish`` sends a last message (a
-    close) after everything queued before it. ``queued``/``sent`` count texts, so a sender can
-    tell when everything it queued up to a point has left the process."""
+    a longer text goes alone, split into parts). A text marked ``binary`` (a binary WebSocket
+    frame as latin-1, for the TUI relay) goes alone too, with ``binary: True`` in its message.
+    The outbox is bounded (``limit`` characters, or one text of any size when empty): past it
+    ``send`` waits — backpressure, never loss. If the receiver stays full for ``patience``, the
+    link fails: queued texts are discarded (and kept in ``discarded``, so the sender can owe them
+    again), waiting and later ``send`` calls raise ``ReceiverStuck`` and ``on_stuck`` is awaited
+    once. ``finish`` sends a last message (a close) after everything queued before it.
+    ``queued``/``sent`` count texts, so a sender can tell when everything it queued up to a point
+    has left the process."""
 
     def __init__(
         self,
@@ -152,7 +154,7 @@ class LayerLink:
         self.discarded: list[str] = []  # what it held when it failed: never sent
         self.closed = False
         self._abandoned = False
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[tuple[str, bool]] = deque()  # (text, binary)
         self._pending = 0  # characters queued or in flight
         self.queued = 0  # texts ever queued
         self.sent = 0  # texts ever handed to the channel layer (the rest were queued, or discarded)
@@ -175,7 +177,7 @@ class LayerLink:
         """Failed or abandoned: what it still held was discarded, not sent."""
         return self.failed or self._abandoned
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: str, binary: bool = False) -> None:
         """Queue ``text`` (waiting while the outbox is full). Raises ``ReceiverStuck`` if the link
         failed; a text sent after ``finish``/``abandon`` is ignored."""
         while True:
@@ -187,7 +189,7 @@ class LayerLink:
                 break
             self._room.clear()
             await self._room.wait()
-        self._outbox.append(text)
+        self._outbox.append((text, binary))
         self._pending += len(text)
         self.queued += 1
         self._kick()
@@ -205,8 +207,8 @@ class LayerLink:
     def abandon(self) -> list[str]:
         """The receiver is gone: discard what is queued (an in-flight send completes). Returns
         the texts discarded."""
-        lost = list(self._outbox)
-        self._pending -= sum(len(text) for text in self._outbox)
+        lost = [text for text, _ in self._outbox]
+        self._pending -= sum(len(text) for text in lost)
         self._outbox.clear()
         self.closed = True
         self._abandoned = True
@@ -226,23 +228,28 @@ class LayerLink:
             _pumps.add(task)
             task.add_done_callback(_pumps.discard)
 
-    def _take_batch(self) -> list[str]:
-        batch = [self._outbox.popleft()]
-        size = len(batch[0])
-        while self._outbox and size + len(self._outbox[0]) <= LAYER_CHUNK_CHARS:
-            size += len(self._outbox[0])
-            batch.append(self._outbox.popleft())
-        return batch
+    def _take_batch(self) -> tuple[list[str], bool]:
+        """The next texts to send in one message, and whether it is a lone binary one."""
+        text, binary = self._outbox.popleft()
+        batch, size = [text], len(text)
+        while (
+            not binary
+            and self._outbox
+            and not self._outbox[0][1]
+            and size + len(self._outbox[0][0]) <= LAYER_CHUNK_CHARS
+        ):
+            size += len(self._outbox[0][0])
+            batch.append(self._outbox.popleft()[0])
+        return batch, binary
 
     async def _pump(self) -> None:
         try:
             while self._outbox:
-                batch = self._take_batch()
+                batch, binary = self._take_batch()
                 try:
                     if len(batch) == 1:
-                        await send_text(
-                            self.layer, self.channel, self.message_type, batch[0], self.patience, **self.extra
-                        )
+                        extra = {**self.extra, "binary": True} if binary else self.extra
+                        await send_text(self.layer, self.channel, self.message_type, batch[0], self.patience, **extra)
                     else:
                         await send_with_backpressure(
                             self.layer,
@@ -271,8 +278,8 @@ class LayerLink:
 
     async def _fail(self, batch: list[str]) -> None:
         self.failed = True
-        self.discarded = [*batch, *self._outbox]
-        self._pending -= sum(len(text) for text in self._outbox)
+        self.discarded = [*batch, *(text for text, _ in self._outbox)]
+        self._pending -= sum(len(text) for text, _ in self._outbox)
         self._outbox.clear()
         self._room.set()
         logger.warning("layer link gave up on a full channel", extra={"channel": self.channel})

@@ -243,10 +243,7 @@ async def test_relayed_frames_keep_their_type_bytes_and_order(appgw):
     received: list[Frame] = []
     parts = Reassembler()
     while len(received) < len(frames):
-        event = await layer.receive(inbox)
-        text = parts.add("c2", event)
-        if text is not None:
-            received.append(relay._from_layer(text, event))
+        received += relay._from_layer("c2", parts, await layer.receive(inbox))
     assert received == frames
     # And back: what the owner delivers comes out of the TUI's side the same.
     owner = relay.RelayedConnection("c2", tui_channel, WORKSPACE)
@@ -256,6 +253,27 @@ async def test_relayed_frames_keep_their_type_bytes_and_order(appgw):
         await client.on_frame(await layer.receive(tui_channel))
     assert sink.frames == frames
     assert [type(frame) for frame in sink.frames] == [str, bytes, str, bytes]
+
+
+async def test_relayed_frames_are_batched_and_the_close_comes_after_them(appgw):
+    layer = channel_layer()
+    tui_channel, owner_channel, inbox = [await layer.new_channel() for _ in range(3)]
+    client = relay.RelayClient("c3", tui_channel, WORKSPACE, owner_channel, Sink())
+    await client.on_opened({"inbox": inbox})
+    frames = [f'{{"method":"delta","params":{{"n":{n}}}}}' for n in range(200)]
+    for frame in frames:
+        await client.send(frame)  # queued; the link's pump sends what queues up together
+    await client.stop()
+    received: list[Frame] = []
+    parts, messages = Reassembler(), 0
+    while True:
+        event = await asyncio.wait_for(layer.receive(inbox), 10)
+        if event["type"] == relay.CLIENT_CLOSED:
+            break
+        messages += 1
+        received += relay._from_layer("c3", parts, event)
+    assert received == frames
+    assert messages < len(frames) / 4
 
 
 # --- admin -----------------------------------------------------------------------------------
