@@ -108,7 +108,9 @@ _PINNED_CODEX = [
     for binary in sorted(BASE_DIR.glob(f"{packages}/codex-linux-*/vendor/*/bin/codex"))
 ]
 CXG_CODEX_BIN = env_str("CXG_CODEX_BIN", str(_PINNED_CODEX[0]) if _PINNED_CODEX else "codex")
-CXG_TMP_ROOT = env_str("CXG_TMP_ROOT", "/tmp/codex-app-gateway")  # noqa: S108 - per-workspace 0700 dirs
+# Per-workspace 0700 CODEX_HOMEs. Not under /tmp (the reference's default): codex (0.171.0) will not
+# create its helper binaries under /tmp and then tells every TUI that bubblewrap is missing.
+CXG_TMP_ROOT = env_str("CXG_TMP_ROOT", str(DATA_DIR / "codex-app-gateway"))
 CXG_IDLE_SHUTDOWN = env_duration("CXG_IDLE_SHUTDOWN", 1800.0, minimum=0.1)
 CXG_APP_SERVER_STOP_GRACE = env_duration("CXG_APP_SERVER_STOP_GRACE", 10.0, minimum=0.0)
 CXG_APP_SERVER_LEASE_TTL = env_duration("CXG_APP_SERVER_LEASE_TTL", 15.0, minimum=0.3)

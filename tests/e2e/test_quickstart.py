@@ -113,10 +113,11 @@ def secrets_file(env: dict[str, str]) -> Path:
     return Path(env["CODEXGW_DATA_DIR"]) / "local-secrets.json"
 
 
-def quickstart_env(tmp_path: Path, model_url: str, model_key: str) -> dict[str, str]:
+def quickstart_env(data_dir: Path, model_url: str, model_key: str) -> dict[str, str]:
     """The gateway's environment: what the quick start sets, and what keeps this run apart from
     other runs on the machine. Nothing else: model provider, model, env key, roles, trusted
-    paths and the codex binary are the built-in defaults."""
+    paths, the codex binary and where the CODEX_HOMEs go (``<data dir>/codex-app-gateway``: per
+    run, as the workspace is "default" in every run) are the built-in defaults."""
     return {
         # Built-in identity and no agentserver (the test settings default to agentserver mode).
         "CODEXGW_IDENTITY_BACKEND": "builtin",
@@ -124,21 +125,30 @@ def quickstart_env(tmp_path: Path, model_url: str, model_key: str) -> dict[str, 
         # The embedded default's generated secrets file, where localadmin puts the admin password.
         # (The database stays the test's PostgreSQL and Redis the test's prefix.)
         "CODEXGW_LOCAL_SECRETS": "true",
-        "CODEXGW_DATA_DIR": str(tmp_path / "data"),
+        "CODEXGW_DATA_DIR": str(data_dir),
         # The model key, and the fake instead of https://api.openai.com/v1.
         "CXG_CODEX_API_KEY": model_key,
         "OPENAI_API_KEY": "",
         "CXG_MODEL_PROVIDER_BASE_URL": model_url,
-        # Per run: the workspace is "default" in every run, its CODEX_HOME must not be shared.
-        "CXG_TMP_ROOT": str(tmp_path / "homes"),
         "CODEXGW_LOG_FORMAT": "text",
     }
 
 
 @pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """The gateway's data directory, outside /tmp like ``./var`` of a checkout (the CODEX_HOMEs go
+    under it, and codex sets up its sandbox helpers only outside /tmp)."""
+    path = Path(tempfile.mkdtemp(prefix="cxg-quickstart-data-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def start_quickstart(
     transactional_db: None,
-    tmp_path: Path,
+    data_dir: Path,
     fake_model: FakeModel,
     start_gateway_cluster: Callable[..., GatewayCluster],
 ) -> Callable[[str], QuickStart]:
@@ -146,7 +156,7 @@ def start_quickstart(
     and ``manage.py createtoken default``, with ``model_key`` ("" for none) as CXG_CODEX_API_KEY."""
 
     def start(model_key: str) -> QuickStart:
-        env = quickstart_env(tmp_path, fake_model.base_url, model_key)
+        env = quickstart_env(data_dir, fake_model.base_url, model_key)
         admin = manage(env, "localadmin")
         assert admin.returncode == 0, admin.stderr
         assert f"workspace '{WORKSPACE}' (owner admin)" in admin.stdout, admin.stdout
@@ -431,6 +441,8 @@ def test_the_quick_start(
     assert marker in output, output
     assert "Linux" in output, output
     assert marker in screen, screen
+    # The CODEX_HOMEs are not under /tmp, where codex will not create its helper binaries.
+    assert "Refusing to create helper binaries" not in gateway.log(), gateway.log()
     # The model calls went through the gateway's model proxy, which put the key on them: the
     # app-server itself never had it, only its workspace's proxy credential.
     assert {r.headers["authorization"] for r in tui_requests} == {f"Bearer {quickstart.model_key}"}
@@ -632,7 +644,7 @@ def test_localadmin_runs_when_every_local_secret_comes_from_the_environment(tran
     of them set in the environment there is nothing to generate, so no local-secrets.json is
     written, and localadmin must still create the admin and the workspace (not stop scripts/run
     with a traceback)."""
-    env = {**quickstart_env(tmp_path, "http://127.0.0.1:9/v1", "sk-unused"), "CXG_METRICS_TOKEN": "metrics-token"}
+    env = {**quickstart_env(tmp_path / "data", "http://127.0.0.1:9/v1", "sk-unused"), "CXG_METRICS_TOKEN": "metrics-token"}
     assert all(gateway_env(env).get(name) for name in LOCAL_SECRET_NAMES)
     created = manage(env, "localadmin")
     assert created.returncode == 0, created.stderr
