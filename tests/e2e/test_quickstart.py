@@ -644,7 +644,8 @@ def test_localadmin_runs_when_every_local_secret_comes_from_the_environment(tran
     of them set in the environment there is nothing to generate, so no local-secrets.json is
     written, and localadmin must still create the admin and the workspace (not stop scripts/run
     with a traceback)."""
-    env = {**quickstart_env(tmp_path / "data", "http://127.0.0.1:9/v1", "sk-unused"), "CXG_METRICS_TOKEN": "metrics-token"}
+    env = quickstart_env(tmp_path / "data", "http://127.0.0.1:9/v1", "sk-unused")
+    env["CXG_METRICS_TOKEN"] = "metrics-token"
     assert all(gateway_env(env).get(name) for name in LOCAL_SECRET_NAMES)
     created = manage(env, "localadmin")
     assert created.returncode == 0, created.stderr
