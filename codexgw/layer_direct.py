@@ -21,6 +21,12 @@ per (sending event loop, receiving process), Redis kept for addresses and as the
   path could overtake one still in the Redis inbox. It may move from direct to Redis (above), as
   what was answered is already queued at the receiver and the rest goes first, in order.
 * A send to a channel of the sending loop's own inbox is queued at once, no socket.
+
+The listener belongs to the event loop that calls ``new_channel`` or ``receive`` (as the Inbox
+does); the last loop to listen holds the process's address. In the gateway that is the server's
+loop. A short-lived loop that listens (``async_to_sync``) takes the address over while it lives
+and removes it when it ends; until the server's loop registers again (``ttl / 3``), senders that
+must dial use Redis.
 """
 
 from __future__ import annotations

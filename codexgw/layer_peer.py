@@ -198,7 +198,7 @@ class _Dialled(asyncio.Protocol):
             self.close()
             return
         for kind, body in frames:
-            if kind == wire.ACKS and self.ready.done():
+            if kind == wire.ACKS and self.ready.done() and self.peer.link is self:  # not a stale link's
                 for offset in range(0, len(body), wire.ACK.size):
                     self.peer.answered(*wire.ACK.unpack_from(body, offset))
             elif kind == wire.HELLO and self.transport is not None and not self.ready.done():
