@@ -23,6 +23,10 @@ receive one, and a receive buffer that drops the oldest message when full):
   "wait, then give up on the receiver"; group memberships of this process are added again once
   Redis answers. A message inside Redis when it restarted is gone with it (docs/reliability.md).
 
+With ``direct`` on, messages between processes go over a TCP connection instead
+(codexgw/layer_direct.py), Redis holding each listener's address and taking what cannot go
+directly; capacity, ``ChannelFull``, expiry and order are kept. Off, only the Redis path is used.
+
 Only process-specific channels exist here: a channel name without ``!`` is refused.
 """
 
@@ -42,7 +46,10 @@ import redis.exceptions
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from codexgw import layer_wire
+from codexgw.layer_direct import DirectPath, Sessions
 from codexgw.layer_inbox import OUTAGE_ERRORS, RETRY_FIRST, RETRY_MAX, Inbox
+from codexgw.layer_pipe import SendPipe
 
 logger = logging.getLogger(__name__)
 
@@ -52,90 +59,7 @@ FULL_WAIT = 0.1
 FULL_POLL_FIRST = 0.001
 FULL_POLL_MAX = 0.01
 
-# KEYS: inbox, the channel's credit (a hash: n messages, b bytes). ARGV: payload, capacity in
-# messages, in bytes, expiry (ms). A message alone in its channel goes in whatever its size.
-_SEND = """
-local size = string.len(ARGV[1])
-local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
-local b = redis.call('HINCRBY', KEYS[2], 'b', size)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if n > 1 and (n > tonumber(ARGV[2]) or b > tonumber(ARGV[3])) then
-  redis.call('HINCRBY', KEYS[2], 'n', -1)
-  redis.call('HINCRBY', KEYS[2], 'b', -size)
-  return 0
-end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
-
-SendCall = tuple[list[Any], "asyncio.Future[Any] | None"]
-
-
-class _SendPipe:
-    """One event loop's sends: the send script runs at once when nothing else is on the wire,
-    else in one pipeline with everything that queued up meanwhile (in order either way)."""
-
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self.client = client
-        self._script = client.register_script(_SEND)  # reloads itself after NOSCRIPT
-        self._busy = False
-        self._queued: list[SendCall] = []
-        self.flusher: asyncio.Task[None] | None = None
-
-    async def call(self, send_args: list[Any]) -> Any:
-        if self._busy:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._queued.append((send_args, future))
-            return await future
-        self._busy = True
-        try:
-            return (await self._run([(send_args, None)]))[0]
-        finally:
-            if self._queued:
-                self.flusher = asyncio.create_task(self._flush(), name="channel layer send")
-            else:
-                self._busy = False
-
-    async def _flush(self) -> None:
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                try:
-                    results = await self._run(batch)
-                except Exception as error:
-                    results = [error] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future is None or future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._busy = False
-            for _, future in self._queued:  # only if cancelled (the loop is closing)
-                if future is not None and not future.done():
-                    future.cancel()
-            self._queued.clear()
-
-    async def _run(self, batch: list[SendCall]) -> list[Any]:
-        if len(batch) == 1:
-            keys, args = batch[0][0][:2], batch[0][0][2:]
-            return [await self._script(keys, args)]
-        # Not the script object in the pipeline: redis-py would ask SCRIPT EXISTS before each one.
-        pipe = self.client.pipeline(transaction=False)
-        for send_args, _ in batch:
-            pipe.evalsha(self._script.sha, 2, *send_args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        again = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
-        if again:
-            # Redis restarted or its scripts were flushed: load again and send what was refused.
-            await self.client.script_load(_SEND)
-            retried = await self._run([batch[i] for i in again])
-            for i, result in zip(again, retried, strict=True):
-                results[i] = result
-        return results
+LoopState = tuple[Inbox, SendPipe, DirectPath | None]
 
 
 class RedisInboxChannelLayer(BaseChannelLayer):
@@ -152,6 +76,12 @@ class RedisInboxChannelLayer(BaseChannelLayer):
         outage_patience: float = 30.0,
         socket_timeout: float = 30.0,
         socket_connect_timeout: float = 5.0,
+        direct: bool = False,
+        direct_host: str = "127.0.0.1",
+        direct_port: int = 0,
+        direct_advertise: str = "",
+        direct_secret: str = "",
+        direct_ttl: int = 30,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity)
         self.url = url
@@ -160,18 +90,27 @@ class RedisInboxChannelLayer(BaseChannelLayer):
         self.byte_capacity = byte_capacity
         self.outage_patience = outage_patience
         self._socket_timeouts = (socket_timeout, socket_connect_timeout)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Inbox, _SendPipe]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = weakref.WeakKeyDictionary()
         self._memberships: dict[str, set[str]] = {}  # group -> this process's channels in it
         self._restoring: asyncio.Task[None] | None = None
         self.outages = 0
         # The process's inbox; every event loop that receives reads it, one at a time.
         self.inbox_name = secrets.token_hex(8)
+        if direct and not direct_secret:
+            raise ValueError("the direct path needs a secret (direct_secret)")
+        self.direct = direct
+        self.direct_config: dict[str, Any] = {
+            "host": direct_host,
+            "port": direct_port,
+            "advertise": direct_advertise,
+            "ttl": direct_ttl,
+        }
+        self._direct_key = layer_wire.derive_key(direct_secret) if direct else b""
+        self.sessions = Sessions()  # the direct path's record of what each sender's frames got
 
     # --- names and state ---------------------------------------------------------------------
 
-    def _state(self) -> tuple[Inbox, _SendPipe]:
+    def _state(self) -> LoopState:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
@@ -179,8 +118,9 @@ class RedisInboxChannelLayer(BaseChannelLayer):
             client = redis.asyncio.Redis.from_url(
                 self.url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=connect_timeout
             )
-            inbox = Inbox(self.inbox_name, client, self._key, self.expiry, self._lost)
-            state = self._loops[loop] = (inbox, _SendPipe(client))
+            inbox = Inbox(self.inbox_name, client, self._key, self.expiry, self._lost, self.sessions.duplicate)
+            direct = DirectPath(self, inbox, self._direct_key) if self.direct else None
+            state = self._loops[loop] = (inbox, SendPipe(client), direct)
             self._close_with(loop)
         return state
 
@@ -201,17 +141,23 @@ class RedisInboxChannelLayer(BaseChannelLayer):
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def _inbox_key_of(self, channel: str) -> str:
+    def _inbox_of(self, channel: str) -> str:
         self.require_valid_channel_name(channel)
         head, bang, _ = channel.partition("!")
         if not bang:
             raise TypeError(f"only process-specific channels (from new_channel) are supported: {channel!r}")
-        return self._key("inbox", head.rpartition(".")[2])
+        return head.rpartition(".")[2]
+
+    def _inbox_key_of(self, channel: str) -> str:
+        return self._key("inbox", self._inbox_of(channel))
 
     def _client(self) -> redis.asyncio.Redis:
         return self._state()[1].client
 
     async def new_channel(self, prefix: str = "specific") -> str:
+        direct = self._state()[2]
+        if direct is not None and not direct.listened:  # before the name is out: senders find us
+            await direct.listen()
         return f"{prefix}.{self.inbox_name}!{secrets.token_hex(12)}"
 
     # --- sending and receiving ---------------------------------------------------------------
@@ -221,6 +167,10 @@ class RedisInboxChannelLayer(BaseChannelLayer):
         while (a cheap read, not the message again) before ``ChannelFull`` is raised."""
         assert isinstance(message, dict), "message is not a dict"
         payload = channel.encode() + b"\n" + msgpack.packb(message, use_bin_type=True)
+        direct = self._state()[2]
+        if direct is not None:
+            await self._send_direct(direct, channel, payload)
+            return
         if await self._retrying("send", lambda: self._push(channel, payload)):
             return
         deadline = time.monotonic() + FULL_WAIT
@@ -234,25 +184,42 @@ class RedisInboxChannelLayer(BaseChannelLayer):
                 return
         raise ChannelFull(channel)
 
+    async def _send_direct(self, direct: DirectPath, channel: str, payload: bytes) -> None:
+        """The direct path's answer to a full channel is cheap: ask again (the message again)."""
+        inbox = self._inbox_of(channel)
+        deadline = time.monotonic() + FULL_WAIT
+        delay = FULL_POLL_FIRST
+        while not await direct.send(inbox, channel, payload):
+            if time.monotonic() >= deadline:
+                raise ChannelFull(channel)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FULL_POLL_MAX)
+
+    async def push_redis(self, channel: str, payload: bytes) -> bool:
+        """The Redis path of one message (the direct path's fallback): True, or False if full."""
+        return bool(await self._retrying("send", lambda: self._push(channel, payload)))
+
     async def _push(self, channel: str, payload: bytes) -> bool:
         keys = [self._inbox_key_of(channel), self._key("credit", channel)]
         limits = [self.get_capacity(channel), self.byte_capacity, int(self.expiry * 1000)]
         return bool(await self._state()[1].call([*keys, payload, *limits]))
 
     async def _has_room(self, channel: str, size: int) -> bool:
-        """``_SEND``'s rule (empty, or under both capacities with this message), read without
-        sending the message: keep the two alike."""
+        """``SEND_SCRIPT``'s rule (codexgw/layer_pipe.py: empty, or under both capacities with this
+        message), read without sending the message: keep the two alike."""
         held, held_bytes = await self._client().hmget(self._key("credit", channel), ["n", "b"])
         messages, size_held = int(held or 0), int(held_bytes or 0)
         return messages == 0 or (messages < self.get_capacity(channel) and size_held + size <= self.byte_capacity)
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        inbox = self._state()[0]
+        inbox, _, direct = self._state()
         if self._inbox_key_of(channel) != inbox.list_key:
             raise RuntimeError(f"{channel!r} is not a channel of this process's inbox")
         loop = asyncio.get_running_loop()
-        if any(other.receiving for other_loop, (other, _) in self._loops.items() if other_loop is not loop):
+        if any(state[0].receiving for other_loop, state in self._loops.items() if other_loop is not loop):
             raise RuntimeError("two event loops are trying to receive() on one channel layer at once")
+        if direct is not None and not direct.listened:
+            await direct.listen()
         return await inbox.receive(channel)
 
     # --- groups ------------------------------------------------------------------------------
@@ -348,7 +315,9 @@ class RedisInboxChannelLayer(BaseChannelLayer):
         await self._shut(*self._loops.pop(asyncio.get_running_loop()))
 
     @staticmethod
-    async def _shut(inbox: Inbox, pipe: _SendPipe) -> None:
+    async def _shut(inbox: Inbox, pipe: SendPipe, direct: DirectPath | None) -> None:
+        if direct is not None:
+            await direct.shut()
         await inbox.shut()
         if pipe.flusher is not None:
             pipe.flusher.cancel()

@@ -8,6 +8,11 @@ loop made for one ``async_to_sync`` call). The credit of what was taken (message
 channel) goes back to Redis in batches: ``CREDIT_DELAY`` after the first, or at once when
 ``CREDIT_AT_ONCE`` bytes are owed, so a stream is not held up. What waits for a channel nobody
 has received from for ``expiry`` seconds is dropped, counted and logged (its consumer is gone).
+
+Messages that came over the direct path (codexgw/layer_direct.py) join the same queues through
+``offer``, which applies the channel's capacity here (their credit is this process's count, given
+back as ``receive`` hands them out); a payload the Redis path brought that a sender had first sent
+directly is dropped if it arrived directly after all (``duplicate``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import redis.asyncio
 import redis.exceptions
 
 from codexgw import metrics
+from codexgw.layer_wire import untag
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class Inbox:
         key: Callable[..., str],
         expiry: float,
         on_outage: Callable[[str, BaseException], None],
+        duplicate: Callable[[bytes], bool] = lambda payload: False,
     ) -> None:
         self.name = name
         self.client = client
@@ -62,7 +69,10 @@ class Inbox:
         self.list_key = key("inbox", name)
         self.expiry = expiry
         self._on_outage = on_outage
-        self._queues: dict[str, asyncio.Queue[bytes]] = {}  # encoded messages, by channel
+        self._duplicate = duplicate
+        # Encoded messages by channel, each with whether it came directly (credit held here).
+        self._queues: dict[str, asyncio.Queue[tuple[bytes, bool]]] = {}
+        self._direct_held: dict[str, list[int]] = {}  # channel -> [messages, bytes] held here
         self._waiting: Counter[str] = Counter()  # receive calls waiting, by channel
         self._last_receive: dict[str, float] = {}  # monotonic, by channel
         self._owed_messages: Counter[str] = Counter()
@@ -84,7 +94,7 @@ class Inbox:
         if self.reader is None or self.reader.done():
             self.reader = asyncio.create_task(self._read(), name="channel layer inbox")
         try:
-            payload = await queue.get()
+            payload, direct = await queue.get()
         finally:
             self._waiting[channel] -= 1
             if not self._waiting[channel]:
@@ -92,11 +102,36 @@ class Inbox:
             self._last_receive[channel] = time.monotonic()
             if queue.empty() and channel not in self._waiting:
                 self._forget(channel)
-        self._owe_credit(channel, 1, len(payload))
-        message: dict[str, Any] = msgpack.unpackb(memoryview(payload)[payload.index(b"\n") + 1 :], raw=False)
+        if direct:
+            self._release_direct(channel, 1, len(payload))
+        else:
+            self._owe_credit(channel, 1, len(payload))
+        message: dict[str, Any] = msgpack.unpackb(
+            memoryview(payload)[payload.index(b"\n", _body(payload)) + 1 :], raw=False
+        )
         return message
 
-    def _queue(self, channel: str) -> asyncio.Queue[bytes]:
+    def offer(self, channel: str, payload: bytes, capacity: int, byte_capacity: int) -> bool:
+        """Queue a message that came directly, if its channel has room by the rule of the Redis
+        path's send script (a message alone in its channel goes in whatever its size)."""
+        held = self._direct_held.setdefault(channel, [0, 0])
+        if held[0] and (held[0] + 1 > capacity or held[1] + len(payload) > byte_capacity):
+            return False
+        held[0] += 1
+        held[1] += len(payload)
+        self._queue(channel).put_nowait((payload, True))
+        self._sweep()
+        return True
+
+    def _release_direct(self, channel: str, messages: int, size: int) -> None:
+        held = self._direct_held.get(channel)
+        if held is not None:
+            held[0] -= messages
+            held[1] -= size
+            if held[0] <= 0:
+                del self._direct_held[channel]
+
+    def _queue(self, channel: str) -> asyncio.Queue[tuple[bytes, bool]]:
         queue = self._queues.get(channel)
         if queue is None:
             queue = self._queues[channel] = asyncio.Queue()
@@ -111,8 +146,9 @@ class Inbox:
     @staticmethod
     def channel_of(payload: bytes) -> str:
         """The channel an encoded message is for: ``<channel>\n<msgpack message>`` (a channel
-        name has no newline)."""
-        return payload[: payload.index(b"\n")].decode()
+        name has no newline), after the tag of one moved from the direct path."""
+        start = _body(payload)
+        return payload[start : payload.index(b"\n", start)].decode()
 
     # --- the reader ------------------------------------------------------------------------
 
@@ -129,7 +165,10 @@ class Inbox:
                 continue
             delay = RETRY_FIRST
             for payload in payloads:
-                self._queue(self.channel_of(payload)).put_nowait(payload)
+                if payload.startswith(b"\x00") and self._duplicate(payload):
+                    self._owe_credit(self.channel_of(payload), 1, len(payload))  # charged by the send
+                    continue
+                self._queue(self.channel_of(payload)).put_nowait((payload, False))
             self._sweep()
 
     async def _pop(self) -> list[bytes]:
@@ -157,11 +196,15 @@ class Inbox:
             if self._waiting[channel] or now - self._last_receive.get(channel, now) < self.expiry:
                 continue
             self._forget(channel)
-            expired = [len(queue.get_nowait()) for _ in range(queue.qsize())]
+            expired = _drain(queue)
             if expired:
                 metrics.LAYER_EXPIRED.inc(len(expired))
                 logger.warning("channel layer: dropped messages nobody received", extra={"channel": channel})
-                self._owe_credit(channel, len(expired), sum(expired))
+                for payload, direct in expired:
+                    if direct:
+                        self._release_direct(channel, 1, len(payload))
+                    else:
+                        self._owe_credit(channel, 1, len(payload))
 
     # --- credit ----------------------------------------------------------------------------
 
@@ -200,7 +243,8 @@ class Inbox:
 
     async def shut(self) -> None:
         """End the loop's part: stop reading, give back credit owed, and put what is still
-        queued back at the head of the inbox, in order (its credit is still held)."""
+        queued back at the head of the inbox, in order (its credit is still held; what came
+        directly is charged to the Redis credit, as the next loop gives it back there)."""
         if self.reader is not None:
             self.reader.cancel()
             await asyncio.gather(self.reader, return_exceptions=True)
@@ -210,12 +254,29 @@ class Inbox:
         if self._owed_messages:
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await self._release(self._owed_messages, self._owed_bytes)
-        left = [payload for queue in self._queues.values() for payload in _drain(queue)]
+        left = [item for queue in self._queues.values() for item in _drain(queue)]
         if left:
             with contextlib.suppress(*OUTAGE_ERRORS):
-                await self.client.lpush(self.list_key, *reversed(left))
+                pipe = self.client.pipeline(transaction=False)
+                for payload, direct in left:
+                    if direct:
+                        credit = self._key("credit", self.channel_of(payload))
+                        pipe.hincrby(credit, "n", 1)
+                        pipe.hincrby(credit, "b", len(payload))
+                        pipe.pexpire(credit, int(self.expiry * 1000))
+                pipe.lpush(self.list_key, *reversed([payload for payload, _ in left]))
+                await pipe.execute()
         self._queues.clear()
+        self._direct_held.clear()
 
 
-def _drain(queue: asyncio.Queue[bytes]) -> list[bytes]:
+def _drain(queue: asyncio.Queue[tuple[bytes, bool]]) -> list[tuple[bytes, bool]]:
     return [queue.get_nowait() for _ in range(queue.qsize())]
+
+
+def _body(payload: bytes) -> int:
+    """Where the ``<channel>\n<msgpack>`` part of a payload starts (after a tag, if any)."""
+    if not payload.startswith(b"\x00"):
+        return 0
+    tagged = untag(payload)
+    return tagged[2] if tagged else 0

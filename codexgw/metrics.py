@@ -81,6 +81,17 @@ LAYER_EXPIRED = Counter(
     "Channel-layer messages dropped because nobody received from their channel for the expiry (60 s).",
     registry=REGISTRY,
 )
+LAYER_DIRECT_FALLBACK = Counter(
+    "codexgw_channel_layer_direct_fallback_total",
+    "Channel-layer messages sent through Redis because their receiving process could not be reached directly"
+    " (at least 1 per occasion).",
+    registry=REGISTRY,
+)
+LAYER_DIRECT_REFUSED = Counter(
+    "codexgw_channel_layer_direct_refused_total",
+    "Connections to the channel layer's direct listener dropped: failed authentication or a malformed frame.",
+    registry=REGISTRY,
+)
 RELAY_BYTES = Counter(
     "codexgw_relay_bytes_total",
     "Bytes moved by the HTTP byte relay, by direction (upload: read from the PUT, download: written to the GET).",

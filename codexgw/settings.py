@@ -264,6 +264,13 @@ if REDIS_URL:
                 "prefix": f"{CODEXGW_REDIS_PREFIX}layer:",
                 "capacity": env_int("CODEXGW_CHANNEL_CAPACITY", 5000, minimum=100),
                 "expiry": 60,
+                # Between processes over TCP, Redis for addresses and fallback (codexgw/layer_direct.py).
+                "direct": env_bool("CODEXGW_LAYER_DIRECT", True),
+                "direct_host": env_str("CODEXGW_LAYER_DIRECT_HOST", "127.0.0.1"),
+                "direct_port": env_int("CODEXGW_LAYER_DIRECT_PORT", 0, minimum=0, maximum=65535),
+                "direct_advertise": env_str("CODEXGW_LAYER_DIRECT_ADVERTISE", ""),
+                # Its own secret, or one derived from SECRET_KEY (every process has the same).
+                "direct_secret": env_secret("CODEXGW_LAYER_DIRECT_SECRET") or f"django:{SECRET_KEY}",
             },
         }
     }

@@ -13,7 +13,8 @@ from channels.exceptions import ChannelFull
 from django.conf import settings
 
 from codexgw import channel_layer, metrics
-from codexgw.channel_layer import RedisInboxChannelLayer, SendCall
+from codexgw.channel_layer import RedisInboxChannelLayer
+from codexgw.layer_pipe import SendCall
 
 
 def layer(**config) -> RedisInboxChannelLayer:

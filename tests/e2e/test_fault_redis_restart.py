@@ -58,14 +58,20 @@ class Fleet:
 
 
 @pytest.fixture
+def gateway_env() -> dict[str, str]:
+    return GATEWAY_ENV
+
+
+@pytest.fixture
 async def fleet(
+    gateway_env: dict[str, str],
     private_redis: RedisServer,
     start_gateway_cluster: Callable[..., GatewayCluster],
     make_executor_credentials: Callable[..., ExecutorCredentials],
     exec_servers: ExecServers,
 ) -> Fleet:
     """Two gateway processes on the private Redis, the real exec-server online on process 0."""
-    cluster = await asyncio.to_thread(start_gateway_cluster, 2, GATEWAY_ENV)
+    cluster = await asyncio.to_thread(start_gateway_cluster, 2, gateway_env)
     credentials = await database_sync_to_async(make_executor_credentials)()
     exe_id = credentials.exe_id
     await database_sync_to_async(services.bind_executor)(WORKSPACE, exe_id, "box", "redis restart", True)
@@ -137,13 +143,42 @@ async def test_redis_restarted_mid_stream_loses_no_output_silently(private_redis
     assert all(gateway.alive() for gateway in cluster)
 
 
+@pytest.mark.parametrize("gateway_env", [{**GATEWAY_ENV, "CODEXGW_LAYER_DIRECT": "false"}])
 async def test_frames_inside_redis_when_it_restarts_are_not_lost_silently(
     private_redis: RedisServer, fleet: Fleet
 ) -> None:
-    """The bridge's process is stopped (SIGSTOP) so frames for it pile up inside Redis; Redis is
-    killed with them and restarted; the process resumes. Those frames are gone (the session
-    counted them delivered): the bridge's process sees seqs skipped and tells the client exactly
-    which (gateway/outputLost, bridge/outbox.py), never a silent gap."""
+    """The bridge's process is stopped (SIGSTOP) so frames for it pile up inside Redis (the
+    channel layer's direct path is off: everything goes through Redis); Redis is killed with them
+    and restarted; the process resumes. Those frames are gone (the session counted them
+    delivered): the bridge's process sees seqs skipped and tells the client exactly which
+    (gateway/outputLost, bridge/outbox.py), never a silent gap."""
+    cluster = fleet.cluster
+    account = await _stop_the_bridge_process_across_a_restart(private_redis, fleet)
+    print(f"frames inside Redis: {account.summary()}")
+    account.check()  # no silent gap: every seq delivered or told lost
+    assert account.lost, f"nothing was inside Redis when it died: this run tested nothing ({account.summary()})"
+    assert account.repeats == 0
+    numbers = numbered_lines(account.output, "tick")
+    assert len(numbers) == len(set(numbers)), "a line came twice"
+    assert numbers == sorted(numbers)
+    assert numbers[-1] == LINES
+    assert "output_lost_in_transit" in cluster[1].log()
+
+
+async def test_frames_for_a_stopped_process_wait_on_the_direct_path_and_none_is_lost(
+    private_redis: RedisServer, fleet: Fleet
+) -> None:
+    """The same with the direct path on (the default): the frames for the stopped process wait
+    on its connection, not inside Redis, so the restart loses none of them."""
+    account = await _stop_the_bridge_process_across_a_restart(private_redis, fleet)
+    print(f"frames on the direct path: {account.summary()}")
+    account.check()
+    assert account.lost == []
+    assert account.repeats == 0
+    assert numbered_lines(account.output, "tick") == list(range(1, LINES + 1))
+
+
+async def _stop_the_bridge_process_across_a_restart(private_redis: RedisServer, fleet: Fleet) -> OutputAccount:
     cluster = fleet.cluster
     url = f"{cluster[1].ws_base_url}/bridge/{fleet.exe_id}"
     client = await RpcClient.connect(url, bearer())
@@ -154,19 +189,11 @@ async def test_frames_inside_redis_when_it_restarts_are_not_lost_silently(
         account.add(await client.next_notification("process/output", timeout=10))
     os.kill(cluster[1].pid, signal.SIGSTOP)
     try:
-        await asyncio.sleep(1.0)  # ~100 lines go into Redis for the stopped process
+        await asyncio.sleep(1.0)  # ~100 lines are sent to the stopped process meanwhile
         private_redis.kill()
         private_redis.launch()
     finally:
         os.kill(cluster[1].pid, signal.SIGCONT)
     await account.take(client, timeout=40)
     await client.close()
-    print(f"frames inside Redis: {account.summary()}")
-    account.check()  # no silent gap: every seq delivered or told lost
-    assert account.lost, f"nothing was inside Redis when it died: this run tested nothing ({account.summary()})"
-    assert account.repeats == 0
-    numbers = numbered_lines(account.output, "tick")
-    assert len(numbers) == len(set(numbers)), "a line came twice"
-    assert numbers == sorted(numbers)
-    assert numbers[-1] == LINES
-    assert "output_lost_in_transit" in cluster[1].log()
+    return account
