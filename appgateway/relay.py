@@ -162,6 +162,8 @@ class AppServerLeg:
                 answer = await off_loop_if_large(lambda f: rpc_filter.approval_answer(f, mode), frame)
                 if answer is not None:
                     await self.ws.send(answer)
+                elif rpc_filter.false_sandbox_warning(frame):
+                    logger.info("not passed on: codex's bubblewrap warning", extra={"workspace_id": self.workspace_id})
                 else:
                     await deliver(frame)
         except ConnectionClosed:

@@ -8,6 +8,10 @@ methods included: the TUI uses experimental methods the schema does not list.
 App-server → client: approval-type requests are answered by the gateway when
 ``CXG_APPROVAL_MODE`` is ``accept``; unanswered they would stall the turn for callers that cannot
 answer (and a TUI user would be asked about commands the gateway runs on their executor anyway).
+One warning is not passed on (``false_sandbox_warning``): codex's "could not find bubblewrap on
+PATH", which it sends because the app-server's working directory is ``/`` (codex 0.171.0 does
+not trust a bwrap under its working directory, and every directory is under ``/``); bubblewrap
+is there, and no command runs in a sandbox on the gateway host anyway.
 
 Frames are JSON-RPC as codex speaks it: one object per frame, no ``"jsonrpc"`` member, ids
 that are integers or strings. The app-server ignores binary frames today; they are inspected
@@ -306,6 +310,20 @@ def approval_answer(frame: Frame, mode: ApprovalMode) -> str | None:
     if answer is None:
         return None
     return _encode({"id": message["id"], "result": answer})
+
+
+# The start of codex's warning (0.171.0); a later wording is passed on, as any other frame.
+FALSE_SANDBOX_WARNING: Final = "Codex could not find bubblewrap on PATH"
+
+
+def false_sandbox_warning(frame: Frame) -> bool:
+    """The frame is the ``configWarning`` notification about bubblewrap (see the module docstring)."""
+    message = decode_object(frame, FALSE_SANDBOX_WARNING)
+    if message is None or message.get("method") != "configWarning" or "id" in message:
+        return False
+    params = message.get("params")
+    summary = params.get("summary") if isinstance(params, dict) else None
+    return isinstance(summary, str) and summary.startswith(FALSE_SANDBOX_WARNING)
 
 
 def _encode(message: Any) -> str:

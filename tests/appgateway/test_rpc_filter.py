@@ -316,3 +316,20 @@ def test_requests_selecting_other_environments_pass(params):
 def test_other_methods_may_mention_the_local_environment():
     frame = json.dumps({"id": 1, "method": "thread/list", "params": {"environments": [{"environmentId": "local"}]}})
     assert inspect_client_frame(frame) == FORWARD
+
+
+def test_only_codexs_bubblewrap_config_warning_is_held_back():
+    warning = {
+        "method": "configWarning",
+        "params": {"summary": rpc_filter.FALSE_SANDBOX_WARNING + ". Install bubblewrap ...", "details": None},
+    }
+    assert rpc_filter.false_sandbox_warning(json.dumps(warning))
+    others = [
+        {**warning, "params": {"summary": "Some other warning", "details": None}},
+        {**warning, "method": "item/agentMessage/delta"},  # the words in a model's message
+        {**warning, "id": 3},
+        {"method": "item/agentMessage/delta", "params": {"delta": rpc_filter.FALSE_SANDBOX_WARNING}},
+    ]
+    for frame in others:
+        assert not rpc_filter.false_sandbox_warning(json.dumps(frame)), frame
+    assert not rpc_filter.false_sandbox_warning(json.dumps(warning).encode())
