@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 STICKY_KEEP = 600.0
 SESSION_KEEP = 600.0
+HANDSHAKE_TIMEOUT = 5.0
 
 # KEYS: the address key. ARGV: this listener's address. Deletes it only if it is still ours.
 _UNREGISTER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -64,7 +65,11 @@ class Sessions:
 
     def open(self, session: bytes) -> _Seen:
         now = time.monotonic()
-        for old in [s for s, seen in list(self._seen.items()) if now - seen.used > SESSION_KEEP]:
+        # Forgotten only once unused (no connection, no frame) for SESSION_KEEP: a record dropped
+        # while its session lives would let a frame sent again after a broken connection in twice.
+        for old in [
+            s for s, seen in list(self._seen.items()) if not seen.connections and now - seen.used > SESSION_KEEP
+        ]:
             del self._seen[old]
         seen = self._seen.get(session)
         if seen is None:
@@ -87,6 +92,7 @@ class _Seen:
         self.last = 0
         self.refused: set[int] = set()
         self.used = time.monotonic()
+        self.connections = 0  # authenticated connections of this session open now
 
 
 class DirectPath:
@@ -224,14 +230,26 @@ class _Accepted(asyncio.Protocol):
         self.nonce = os.urandom(wire.NONCE_BYTES)
         self.seen: _Seen | None = None
         self.transport: asyncio.Transport | None = None
+        self.handshake_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.path._accepted.add(self)
+        # A peer that does not authenticate in time is dropped (it would hold a descriptor).
+        self.handshake_deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_late)
         transport.write(wire.frame(wire.HELLO, self.nonce, self.path.layer.inbox_name.encode()))  # type: ignore[attr-defined]
+
+    def _handshake_late(self) -> None:
+        if self.seen is None:
+            self._drop("no authentication in time")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.path._accepted.discard(self)
+        if self.handshake_deadline is not None:
+            self.handshake_deadline.cancel()
+        if self.seen is not None:
+            self.seen.connections -= 1
+            self.seen.used = time.monotonic()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -265,6 +283,7 @@ class _Accepted(asyncio.Protocol):
         if not wire.same(body[wire.AUTH_HEAD.size :], expected):
             return False
         self.seen = self.path.layer.sessions.open(session)
+        self.seen.connections += 1
         self.reader.limit = wire.FRAME_MAX
         assert self.transport is not None
         self.transport.write(wire.frame(wire.WELCOME, wire.mac(self.path.key, b"welcome", their_nonce, inbox)))

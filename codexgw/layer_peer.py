@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 DIAL_DELAYS = (0.0, 0.05, 0.2)  # attempts to reach a peer before its frames go to Redis
 DIAL_TIMEOUT = 1.0
 DOWN_FOR = 2.0  # seconds a peer that could not be reached is left to Redis
+# A connection whose oldest unanswered frame has waited this long is dropped and dialled again (a
+# host gone without a reset, a frozen process): a send never hangs on a silent peer.
+ANSWER_TIMEOUT = 5.0
 
 
 class Peer:
@@ -42,6 +45,7 @@ class Peer:
         self.down_until = 0.0
         self.forwarding: list[tuple[str, bytes, asyncio.Future[bool]]] = []
         self.forwarder: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.TimerHandle | None = None
         self._new_session()
 
     def _new_session(self) -> None:
@@ -59,7 +63,22 @@ class Peer:
             self.link.write(self.seq, next(iter(self.unanswered)), payload)
         elif self.dialling is None:
             self.dialling = asyncio.create_task(self._dial(), name="channel layer dial")
+        if self.watchdog is None:
+            self._watch()
         return await future
+
+    def _watch(self) -> None:
+        first = next(iter(self.unanswered), None)
+        if first is not None:
+            self.watchdog = asyncio.get_running_loop().call_later(ANSWER_TIMEOUT, self._check, first)
+
+    def _check(self, first: int) -> None:
+        """No answer to ``first`` in ANSWER_TIMEOUT: drop the connection (``lost`` dials again)."""
+        self.watchdog = None
+        if next(iter(self.unanswered), None) == first and self.link is not None:
+            logger.warning("channel layer: no answer from %s for %g s; connecting again", self.inbox, ANSWER_TIMEOUT)
+            self.link.close()
+        self._watch()
 
     @property
     def idle(self) -> bool:
@@ -91,6 +110,9 @@ class Peer:
                 except (OSError, TimeoutError, ConnectionError, ValueError) as error:
                     link.close()
                     reason = type(error).__name__
+                    continue
+                if link.transport is None or link.transport.is_closing():  # lost as it was made
+                    reason = "closed"
                     continue
                 self.link = link
                 for seq, (_, payload, _) in self.unanswered.items():  # in order; answered again if seen
@@ -143,6 +165,8 @@ class Peer:
             self.forwarder = None
 
     async def shut(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         for task in (self.dialling, self.forwarder):
             if task is not None:
                 task.cancel()

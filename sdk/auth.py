@@ -78,7 +78,8 @@ class ProxyTokenAuthentication(BaseAuthentication):
             raise MissingBearer()
         try:
             grant = async_to_sync(identity.authenticate)(token, identity.SDK)
-        except identity.Unavailable:
+        except identity.Unavailable as exc:
+            logger.warning("SDK token verification unavailable", extra={"error": exc.reason})
             raise AgentserverUnavailable() from None
         except identity.Forbidden as exc:
             raise ScopeMissing(exc.reason) from None

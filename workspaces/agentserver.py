@@ -115,7 +115,9 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Verified:
         """The token's identity; raises ``InvalidToken`` or ``VerifierUnavailable``."""
-        key = hashlib.sha256(f"{settings.CXG_AGENTSERVER_INTERNAL_URL}\0{token}".encode()).hexdigest()
+        # Another agentserver, or the same with another secret, answers afresh.
+        origin = f"{settings.CXG_AGENTSERVER_INTERNAL_URL}\0{settings.CXG_AGENTSERVER_INTERNAL_SECRET}"
+        key = hashlib.sha256(f"{origin}\0{token}".encode()).hexdigest()
         with self._lock:
             entry = self.cache.get(key)
             if entry is not None and entry[1] > time.monotonic():
@@ -126,7 +128,13 @@ class TokenVerifier:
         loop = asyncio.get_running_loop()
         flight = self._in_flight.get((loop, key))
         if flight is not None:
-            return await asyncio.shield(flight)
+            try:
+                return await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not flight.cancelled() or (task is not None and task.cancelling()):
+                    raise
+            return await self.verify(token)  # the caller that asked was cancelled, not this one
         flight = self._in_flight[(loop, key)] = loop.create_future()
         flight.add_done_callback(lambda done: done.cancelled() or done.exception())  # waiters or not
         try:

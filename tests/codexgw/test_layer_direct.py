@@ -305,3 +305,46 @@ async def test_direct_messages_nobody_receives_expire_counted_and_free_their_cha
     assert metrics.LAYER_EXPIRED._value.get() - before == 3
     await sender.send(abandoned, {"type": "t", "n": 3})  # room again
     await sender.flush()
+
+
+async def test_a_long_lived_session_is_remembered_across_a_broken_connection(remote, monkeypatch):
+    """A connection older than SESSION_KEEP breaks after the receiver queued a frame and before its
+    answer left: the record of that session must still be there, or the frame is queued twice."""
+    monkeypatch.setattr(layer_direct, "SESSION_KEEP", 0.3)
+    receiver, sender = remote(), layer()
+    channel = await receiver.run(receiver.layer.new_channel)
+    await sender.send(channel, {"type": "t", "n": 0})  # the session authenticates now
+    await asyncio.sleep(0.5)  # and its connection lives on past SESSION_KEEP
+    original = layer_direct._Accepted.data_received
+    broken = threading.Event()
+
+    def data_received(self: Any, data: bytes) -> None:
+        if self.seen is not None and not broken.is_set():
+            broken.set()
+            self.transport.write = lambda data: None  # the answer is lost with the connection
+            original(self, data)
+            self.transport.abort()
+            return
+        original(self, data)
+
+    monkeypatch.setattr(layer_direct._Accepted, "data_received", data_received)
+    await asyncio.wait_for(sender.send(channel, {"type": "t", "n": 1}), 10)
+    assert broken.is_set()
+    assert [m["n"] for m in await receiver.receive_all(channel, 2)] == [0, 1]
+    with pytest.raises(TimeoutError):
+        await receiver.receive_all(channel, 1, patience=0.5)
+    await sender.flush()
+
+
+async def test_a_peer_that_stops_answering_is_dropped_and_its_messages_still_arrive(remote, monkeypatch):
+    """The receiver's process freezes (it reads nothing and answers nothing, its connection stays
+    open): after ANSWER_TIMEOUT the sender drops the connection, cannot get a new one through the
+    handshake, and the message goes through Redis; the send does not hang."""
+    monkeypatch.setattr(layer_peer, "ANSWER_TIMEOUT", 0.5)
+    receiver, sender = remote(), layer()
+    channel = await receiver.run(receiver.layer.new_channel)
+    await sender.send(channel, {"type": "t", "n": 0})
+    monkeypatch.setattr(layer_direct._Accepted, "data_received", lambda self, data: None)  # frozen
+    await asyncio.wait_for(sender.send(channel, {"type": "t", "n": 1}), 10)
+    assert [m["n"] for m in await receiver.receive_all(channel, 2)] == [0, 1]
+    await sender.flush()

@@ -71,8 +71,24 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return containers[0]
 
 
+# What the kubelet would put for the downward API's ``status.podIP`` (the tests run on one host).
+POD_IP = "127.0.0.1"
+
+
+def container_env(spec: dict[str, Any]) -> dict[str, str]:
+    """The container's ``env``, a ``status.podIP`` reference resolved as the kubelet would."""
+    environment = {}
+    for item in spec.get("env", []):
+        if "valueFrom" in item:
+            assert item["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}, item
+            environment[item["name"]] = POD_IP
+        else:
+            environment[item["name"]] = str(item["value"])
+    return environment
+
+
 def env_value(spec: dict[str, Any], name: str) -> str:
-    values = [item["value"] for item in spec.get("env", []) if item["name"] == name]
+    values = [item["value"] for item in spec.get("env", []) if item["name"] == name and "value" in item]
     assert len(values) == 1, name
     return str(values[0])
 
@@ -290,7 +306,7 @@ def test_the_rendered_environment_starts_django(helm, tmp_path, kind, name):
         else:
             data = find(docs, "Secret", source["secretRef"]["name"])["data"]
             environment |= {key: base64.b64decode(value).decode() for key, value in data.items()}
-    environment |= {item["name"]: item["value"] for item in spec.get("env", [])}
+    environment |= container_env(spec)
     report = django_check(environment, tmp_path)
     assert "security.W009" not in report, "the generated DJANGO_SECRET_KEY is too weak for Django"
 
@@ -305,7 +321,7 @@ def test_a_gateway_serves_and_drains_with_the_rendered_environment(helm, tmp_pat
     environment = find(docs, "ConfigMap", "gw-codexgw")["data"] | {
         key: base64.b64decode(value).decode() for key, value in find(docs, "Secret", "gw-codexgw")["data"].items()
     }
-    environment |= {item["name"]: item["value"] for item in spec["env"]}
+    environment |= container_env(spec)
     for infrastructure in ("DATABASE_URL", "REDIS_URL"):
         del environment[infrastructure]
     environment |= {"CODEXGW_DATA_DIR": str(tmp_path / "data"), "CXG_TMP_ROOT": str(tmp_path / "codex")}

@@ -127,3 +127,18 @@ async def test_unreachable_slow_or_unconfigured_is_an_outage(agentserver, settin
 
 def test_the_timeout_is_five_seconds():
     assert api.TIMEOUT == 5.0
+
+
+async def test_callers_waiting_on_a_cancelled_call_ask_again(agentserver):
+    """The caller whose request went to the agentserver hangs up (a TUI leaving mid-handshake):
+    the callers waiting for the same answer are not cancelled with it."""
+    tokens = verifier()
+    agentserver.add_token("tok-4", user_id="u", workspace_id="ws")
+    agentserver.respond("POST", VERIFY, FakeResponse(200, {"workspace_id": "ws", "user_id": "u"}, delay=0.5))
+    first = asyncio.ensure_future(tokens.verify("tok-4"))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.ensure_future(tokens.verify("tok-4"))
+    await asyncio.sleep(0.1)
+    first.cancel()
+    assert await asyncio.wait_for(waiting, 10) == api.Verified("u", "ws")
+    assert first.cancelled()

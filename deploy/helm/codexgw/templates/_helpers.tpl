@@ -114,6 +114,14 @@ cluster when the Secret exists, so upgrades keep them.
 # The root filesystem is read-only; /tmp is an emptyDir.
 - name: HOME
   value: /tmp
+# Channel-layer messages between pods go directly to the pod's IP; Redis keeps the addresses and
+# is the fallback.
+- name: CODEXGW_LAYER_DIRECT_HOST
+  value: 0.0.0.0
+- name: CODEXGW_LAYER_DIRECT_ADVERTISE
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 {{- end -}}
 
 {{- define "codexgw.volumes" -}}
