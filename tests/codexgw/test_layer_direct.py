@@ -78,6 +78,27 @@ def remote() -> Iterator[Callable[..., Remote]]:
         one.stop()
 
 
+def break_once_before_answering(
+    monkeypatch: Any, when: Callable[[Any], bool] = lambda accepted: True
+) -> threading.Event:
+    """The first authenticated connection (for which ``when`` holds) queues what it receives,
+    then dies before its answers go out; the event is set once it did."""
+    original = layer_direct._Accepted.data_received
+    broken = threading.Event()
+
+    def data_received(self: Any, data: bytes) -> None:
+        if self.seen is not None and not broken.is_set() and when(self):
+            broken.set()
+            self.transport.write = lambda data: None  # the answers are lost with the connection
+            original(self, data)
+            self.transport.abort()
+            return
+        original(self, data)
+
+    monkeypatch.setattr(layer_direct._Accepted, "data_received", data_received)
+    return broken
+
+
 async def _inbox_len(receiver: RedisInboxChannelLayer) -> int:
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
     try:
@@ -139,19 +160,7 @@ async def test_a_connection_broken_after_delivery_before_the_answer_duplicates_n
     dials again and sends the batch again; the receiver answers from its record, queues nothing."""
     receiver, sender = remote(), layer()
     channel = await receiver.run(receiver.layer.new_channel)
-    original = layer_direct._Accepted.data_received
-    broken = threading.Event()
-
-    def data_received(self: Any, data: bytes) -> None:
-        if self.seen is not None and not broken.is_set() and self.path.inbox._queues:
-            broken.set()
-            self.transport.write = lambda data: None  # the answers are lost with the connection
-            original(self, data)
-            self.transport.abort()
-            return
-        original(self, data)
-
-    monkeypatch.setattr(layer_direct._Accepted, "data_received", data_received)
+    broken = break_once_before_answering(monkeypatch, lambda accepted: bool(accepted.path.inbox._queues))
     await sender.send(channel, {"type": "t", "n": 0})
     await asyncio.wait_for(asyncio.gather(*(sender.send(channel, {"type": "t", "n": n}) for n in range(1, 200))), 10)
     assert broken.is_set()
@@ -315,19 +324,7 @@ async def test_a_long_lived_session_is_remembered_across_a_broken_connection(rem
     channel = await receiver.run(receiver.layer.new_channel)
     await sender.send(channel, {"type": "t", "n": 0})  # the session authenticates now
     await asyncio.sleep(0.5)  # and its connection lives on past SESSION_KEEP
-    original = layer_direct._Accepted.data_received
-    broken = threading.Event()
-
-    def data_received(self: Any, data: bytes) -> None:
-        if self.seen is not None and not broken.is_set():
-            broken.set()
-            self.transport.write = lambda data: None  # the answer is lost with the connection
-            original(self, data)
-            self.transport.abort()
-            return
-        original(self, data)
-
-    monkeypatch.setattr(layer_direct._Accepted, "data_received", data_received)
+    broken = break_once_before_answering(monkeypatch)
     await asyncio.wait_for(sender.send(channel, {"type": "t", "n": 1}), 10)
     assert broken.is_set()
     assert [m["n"] for m in await receiver.receive_all(channel, 2)] == [0, 1]
