@@ -36,15 +36,12 @@ import contextlib
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from codexgw import layer_wire as wire
 from codexgw import metrics
 from codexgw.layer_inbox import OUTAGE_ERRORS, Inbox
 from codexgw.layer_peer import Peer
-
-if TYPE_CHECKING:
-    from codexgw.channel_layer import RedisInboxChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +92,25 @@ class _Seen:
         self.connections = 0  # authenticated connections of this session open now
 
 
+class Layer(Protocol):
+    """What the direct path uses of its channel layer (``channel_layer.RedisInboxChannelLayer``)."""
+
+    inbox_name: str
+    byte_capacity: int
+    direct_config: dict[str, Any]
+    sessions: Sessions
+
+    def _key(self, *parts: str) -> str: ...
+
+    def get_capacity(self, channel: str) -> int: ...
+
+    async def push_redis(self, channel: str, payload: bytes) -> bool: ...
+
+
 class DirectPath:
     """One event loop's direct path: its listener, if it receives, and its links to peers."""
 
-    def __init__(self, layer: RedisInboxChannelLayer, inbox: Inbox, key: bytes) -> None:
+    def __init__(self, layer: Layer, inbox: Inbox, key: bytes) -> None:
         self.layer = layer
         self.inbox = inbox
         self.key = key

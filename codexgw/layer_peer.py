@@ -15,13 +15,10 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from codexgw import layer_wire as wire
 from codexgw import metrics
-
-if TYPE_CHECKING:
-    from codexgw.layer_direct import DirectPath
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +30,28 @@ DOWN_FOR = 2.0  # seconds a peer that could not be reached is left to Redis
 ANSWER_TIMEOUT = 5.0
 
 
+class RedisPath(Protocol):
+    async def push_redis(self, channel: str, payload: bytes) -> bool: ...
+
+
+class Path(Protocol):
+    """What a peer uses of its event loop's direct path (``layer_direct.DirectPath``)."""
+
+    key: bytes
+
+    @property
+    def layer(self) -> RedisPath: ...
+
+    async def address_of(self, inbox: str, fresh: bool) -> str | None: ...
+
+    def went_to_redis(self, channel: str) -> None: ...
+
+
 class Peer:
     """This loop's link to one receiving process: a session of numbered frames, sent again after
     a broken connection until answered, or moved to Redis if the peer cannot be reached."""
 
-    def __init__(self, path: DirectPath, inbox: str) -> None:
+    def __init__(self, path: Path, inbox: str) -> None:
         self.path = path
         self.inbox = inbox
         self.link: _Dialled | None = None
