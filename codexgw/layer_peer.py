@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from codexgw import layer_wire as wire
 from codexgw import metrics
+from codexgw.layer_pipe import settle
 
 logger = logging.getLogger(__name__)
 
@@ -169,12 +170,7 @@ class Peer:
                 pushes = (self.path.layer.push_redis(channel, payload) for channel, payload, _ in batch)
                 results: list[Any] = await asyncio.gather(*pushes, return_exceptions=True)
                 for (_, _, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                    settle(future, result)
         finally:
             self.forwarder = None
 

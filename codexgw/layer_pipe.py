@@ -26,6 +26,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+
+def settle(future: asyncio.Future[Any] | None, result: Any) -> None:
+    """Hand a waiting sender its result from a batch: the value, or the exception raised for it."""
+    if future is None or future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
 SendCall = tuple[list[Any], "asyncio.Future[Any] | None"]
 
 
@@ -63,12 +74,7 @@ class SendPipe:
                 except Exception as error:
                     results = [error] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):
-                    if future is None or future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                    settle(future, result)
         finally:
             self._busy = False
             for _, future in self._queued:  # only if cancelled (the loop is closing)
