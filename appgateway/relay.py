@@ -198,7 +198,8 @@ class RelayedConnection:
             try:
                 self.leg = await AppServerLeg.open(self.workspace_id)
             except (AppServerUnavailable, supervisor.OwnedElsewhere):
-                end = LegEnd(*CLOSE_UNAVAILABLE)  # OwnedElsewhere: the lease moved since the TUI's process looked
+                # OwnedElsewhere: the lease moved since the TUI's process looked it up.
+                end = LegEnd(*CLOSE_UNAVAILABLE)
                 return
             inbox = await self.layer.new_channel()
             await self._tell(OPENED, inbox=inbox)
@@ -311,8 +312,7 @@ class RelayClient:
         self.owner_channel = owner_channel
         self.tui = tui
         self.layer = _layer()
-        self.inbox = ""
-        self.link: LayerLink | None = None  # to the owner's inbox, once it is known
+        self.link: LayerLink | None = None  # to the owner's inbox (``link.channel``), once it is known
         self._pending: list[Frame] = []  # client frames sent before then
         self._parts = Reassembler()
         self._heard: float | None = None
@@ -352,8 +352,7 @@ class RelayClient:
 
     async def on_opened(self, event: dict[str, Any]) -> None:
         self.heard()
-        self.inbox = str(event["inbox"])
-        self.link = LayerLink(self.layer, self.inbox, CLIENT_FRAME, on_stuck=self._stuck)
+        self.link = LayerLink(self.layer, str(event["inbox"]), CLIENT_FRAME, on_stuck=self._stuck)
         pending, self._pending = self._pending, []
         for frame in pending:
             await self.send(frame)
@@ -376,7 +375,7 @@ class RelayClient:
                 logger.warning("relay: the owning process went silent", extra={"workspace_id": self.workspace_id})
                 await self.tui.close_tui(*CLOSE_UNAVAILABLE)
                 return
-            if self.inbox and now - last_alive >= KEEPALIVE:
+            if self.link is not None and now - last_alive >= KEEPALIVE:
                 last_alive = now
                 with contextlib.suppress(ReceiverStuck):
-                    await send_with_backpressure(self.layer, self.inbox, {"type": ALIVE})
+                    await send_with_backpressure(self.layer, self.link.channel, {"type": ALIVE})
