@@ -84,6 +84,23 @@ async def async_wait_for(condition: Callable[[], object], timeout: float, interv
     return bool(condition())
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            # The state follows the command's closing parenthesis (the name may hold spaces).
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
+def stop_process(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped. kill() only queues the
+    stop: one thread is woken to start the group stop, and until it runs (on a busy machine, a
+    while) the process's other threads go on and may still answer what reaches them."""
+    os.kill(pid, signal.SIGSTOP)
+    assert wait_for(lambda: _all_threads_stopped(pid), timeout, interval=0.001), f"process {pid} did not stop"
+
+
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 

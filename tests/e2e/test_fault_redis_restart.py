@@ -28,7 +28,15 @@ from executors import captoken, services
 from executors.presence import presence_store
 from tests.e2e.conftest import ExecServers
 from tests.e2e.faults import OutputAccount, RedisServer, numbered_lines, ticker_params
-from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, RpcClient, resume_session, wait_for
+from tests.e2e.harness import (
+    ExecServer,
+    ExecutorCredentials,
+    GatewayCluster,
+    RpcClient,
+    resume_session,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -187,7 +195,7 @@ async def _stop_the_bridge_process_across_a_restart(private_redis: RedisServer, 
     account = OutputAccount("tick")
     while not account.order:
         account.add(await client.next_notification("process/output", timeout=10))
-    os.kill(cluster[1].pid, signal.SIGSTOP)
+    stop_process(cluster[1].pid)
     try:
         await asyncio.sleep(1.0)  # ~100 lines are sent to the stopped process meanwhile
         private_redis.kill()

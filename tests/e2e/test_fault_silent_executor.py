@@ -22,7 +22,7 @@ import pytest
 
 from executors.presence import presence_store
 from tests.e2e.faults import OutputAccount, numbered_lines, ticker_params
-from tests.e2e.harness import RpcClient, wait_for
+from tests.e2e.harness import RpcClient, stop_process, wait_for
 from tests.e2e.test_bridge import OnlineExecutor, online_executor, start_params
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +67,7 @@ async def test_a_stopped_executor_is_detected_and_its_output_is_complete_after_i
 
     def go_silent() -> None:
         if silence == "sigstop":
-            os.kill(executor.process.pid, signal.SIGSTOP)
+            stop_process(executor.process.pid)
         else:
             proxy.freeze()
 
