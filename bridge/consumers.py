@@ -18,8 +18,9 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from asgiref.typing import WebSocketConnectEvent, WebSocketDisconnectEvent, WebSocketReceiveEvent
 from channels.db import database_sync_to_async
-from channels.exceptions import ChannelFull
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from bridge import session as sessions
@@ -29,6 +30,7 @@ from bridge.layer_frames import ReceiverStuck, send_with_backpressure
 from bridge.protocol import CLOSE_EXECUTOR_REPLACED
 from bridge.ws_auth import Denial, authenticate_executor, header_map
 from codexgw import logcontext, metrics
+from codexgw.tasks import cancel_and_wait
 from executors import services
 from executors.presence import Holder, presence_store
 
@@ -36,6 +38,49 @@ logger = logging.getLogger(__name__)
 
 
 class GatewayConsumer(AsyncWebsocketConsumer):
+    # Whether the consumer has a channel of its own (for the channel layer's messages to it).
+    listens = True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__`` without its cost per frame (a new task and an
+        ``asyncio.wait`` around every message, measured at a quarter of a bridge's CPU): the
+        socket is read in this task, the channel in a second one, and one message is handled at
+        a time, as Channels does."""
+        self.scope = scope
+        self.base_send = send
+        layer = get_channel_layer(self.channel_layer_alias)
+        assert layer is not None, "the gateway's consumers need a channel layer"
+        self.channel_layer = layer
+        one_at_a_time = asyncio.Lock()
+        listener: asyncio.Task[None] | None = None
+        if self.listens:
+            self.channel_name = await layer.new_channel()
+            listener = asyncio.create_task(self._listen(one_at_a_time))
+            # A handler's error on the channel's side ends the connection, as under Channels.
+            reader = asyncio.current_task()
+            assert reader is not None
+            listener.add_done_callback(lambda done: done.cancelled() or done.exception() is None or reader.cancel())
+        try:
+            while True:
+                message = await receive()
+                async with one_at_a_time:
+                    await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            if listener is not None:
+                await cancel_and_wait([listener])
+                failure = None if listener.cancelled() else listener.exception()
+                if failure is not None:
+                    raise failure
+
+    async def _listen(self, one_at_a_time: asyncio.Lock) -> None:
+        assert self.channel_layer is not None
+        while True:
+            message = await self.channel_layer.receive(self.channel_name)
+            async with one_at_a_time:
+                await self.dispatch(message)
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler; the frame pump
         # never touches the database (lookups go through database_sync_to_async, which does
@@ -98,6 +143,7 @@ class ExecutorConsumer(GatewayConsumer):
     silent until the multiplexer sends ``initialize``."""
 
     role = "executor"
+    listens = False  # the session's inbox is the executor's channel; this connection has none
     connection_id = ""
     session: sessions.ExecutorSession | None = None
     holder: Holder | None = None
