@@ -214,12 +214,8 @@ class ExecutorSession:
             while not self.finished:
                 deadline = self.mux.next_deadline()
                 wake = min((d for d in (deadline, self._flush_at) if d is not None), default=None)
-                timeout = None if wake is None else max(0.0, wake - self.mux.clock())
-                try:
-                    event = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    pass
-                else:
+                event = await self._next_event(None if wake is None else wake - self.mux.clock())
+                if event is not None:
                     await self._step(await self._handle(event))
                 if deadline is not None and self.mux.clock() >= deadline:
                     await self._step(self.mux.tick())
@@ -234,6 +230,20 @@ class ExecutorSession:
             # Events that raced the end (a drain request among them) are not left waiting.
             while not self._queue.empty():
                 await self.put(self._queue.get_nowait())
+
+    async def _next_event(self, patience: float | None) -> Event | None:
+        """The next event, or None once ``patience`` seconds pass. A queued event is taken without
+        waiting (under Python 3.11 ``asyncio.wait_for`` runs every wait in a task of its own)."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if patience is not None and patience <= 0:
+            return None
+        try:
+            # Cancelling Queue.get() leaves its item queued, so a timeout that races it loses nothing.
+            async with asyncio.timeout(patience):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
 
     async def _step(self, actions: list[Action]) -> None:
         if self.mux.has_urgent_changes:

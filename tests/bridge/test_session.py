@@ -217,8 +217,11 @@ async def test_stored_progress_never_runs_ahead_of_frames_still_queued_for_anoth
     assert received == [1, 2, 3, 4, 5]
     assert await async_wait_for(lambda: _stored_progress(far.session.exe_id).get("p1") == 5, 5)
 
-    # The bridge stops reading: one message fits in its channel, the rest wait on the link.
-    for seq in range(6, 21):
+    # The bridge stops reading: one message fits in its channel, the rest wait on the link. (The
+    # pause lets the first go alone: frames that queue up together share one message.)
+    await far.session.put(far.push(6))
+    await asyncio.sleep(sessions.FLUSH_DELAY)
+    for seq in range(7, 21):
         await far.session.put(far.push(seq))
     await asyncio.sleep(sessions.FLUSH_DELAY * 5)
     stored = _stored_progress(far.session.exe_id)["p1"]
@@ -242,7 +245,12 @@ async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_sessio
     for seq in range(1, 4):
         await far.session.put(far.push(seq))
         received += _seqs(await far.receive())
-    for seq in range(4, 12):
+    # One message fits in the channel, the next is in flight, the rest wait on the link (the
+    # pauses make the first two go alone: frames that queue up together share one message).
+    for seq in (4, 5):
+        await far.session.put(far.push(seq))
+        await asyncio.sleep(sessions.FLUSH_DELAY)
+    for seq in range(6, 12):
         await far.session.put(far.push(seq))
     await asyncio.sleep(0.2)
     await far.session.put(session_events.BridgeClosed("far"))
