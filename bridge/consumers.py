@@ -55,11 +55,9 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         listener: asyncio.Task[None] | None = None
         if self.listens:
             self.channel_name = await layer.new_channel()
-            listener = asyncio.create_task(self._listen(one_at_a_time))
-            # A handler's error on the channel's side ends the connection, as under Channels.
             reader = asyncio.current_task()
             assert reader is not None
-            listener.add_done_callback(lambda done: done.cancelled() or done.exception() is None or reader.cancel())
+            listener = asyncio.create_task(self._listen(one_at_a_time, reader))
         try:
             while True:
                 message = await receive()
@@ -74,12 +72,19 @@ class GatewayConsumer(AsyncWebsocketConsumer):
                 if failure is not None:
                     raise failure
 
-    async def _listen(self, one_at_a_time: asyncio.Lock) -> None:
+    async def _listen(self, one_at_a_time: asyncio.Lock, reader: asyncio.Task[Any]) -> None:
         assert self.channel_layer is not None
         while True:
             message = await self.channel_layer.receive(self.channel_name)
             async with one_at_a_time:
-                await self.dispatch(message)
+                try:
+                    await self.dispatch(message)
+                except Exception:
+                    # A handler's error on the channel's side ends the connection, as under
+                    # Channels: the reader is cancelled before it can take the turn and start
+                    # the next frame's handler.
+                    reader.cancel()
+                    raise
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every handler; the frame pump

@@ -72,6 +72,8 @@ from executors import services
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+# Queued events handled before the session lets the process's other tasks run.
+EVENTS_IN_A_ROW = 32
 # Sequence progress reaches the shared table at most this much later (structural changes go
 # out before they take effect); a failed write is retried after FLUSH_RETRY.
 FLUSH_DELAY = 0.1
@@ -166,6 +168,7 @@ class ExecutorSession:
         self._table_lost = False
         self._moved_from: str | None = None
         self._progress = SentProgress()
+        self._in_a_row = 0
 
     async def start(self) -> None:
         self.inbox = await self.layer.new_channel()
@@ -235,8 +238,12 @@ class ExecutorSession:
         """The next event, or None once ``patience`` seconds pass. A queued event is taken without
         waiting (under Python 3.11 ``asyncio.wait_for`` runs every wait in a task of its own)."""
         if not self._queue.empty():
+            self._in_a_row += 1
+            if self._in_a_row % EVENTS_IN_A_ROW == 0:
+                await asyncio.sleep(0)  # a long queue does not hold up the process's other work
             return self._queue.get_nowait()
         if patience is not None and patience <= 0:
+            await asyncio.sleep(0)
             return None
         try:
             # Cancelling Queue.get() leaves its item queued, so a timeout that races it loses nothing.

@@ -37,6 +37,8 @@ class Recorder(GatewayConsumer):
         self.events.append("slow ends")
 
     async def bad_notice(self, message: dict[str, Any]) -> None:
+        self.events.append("bad begins")
+        await asyncio.sleep(0.2)
         raise RuntimeError("handler failed")
 
 
@@ -68,13 +70,19 @@ async def test_a_frame_waits_for_the_channel_message_being_handled() -> None:
     await communicator.disconnect()
 
 
-async def test_a_failing_channel_handler_ends_the_connection() -> None:
-    communicator, _, channel, _ = await connected()
+async def test_a_failing_channel_handler_ends_the_connection_before_the_next_frame() -> None:
+    communicator, events, channel, _ = await connected()
     layer = get_channel_layer()
     assert layer is not None
     await layer.send(channel, {"type": "bad.notice"})
+    for _ in range(200):
+        if events:
+            break
+        await asyncio.sleep(0.01)
+    await communicator.send_to(text_data="waiting")  # for its turn when the handler fails
     with pytest.raises(RuntimeError, match="handler failed"):
         await communicator.wait(timeout=5)
+    assert events == ["bad begins"]
 
 
 async def test_frames_are_handled_in_order_while_the_channel_is_quiet() -> None:
