@@ -30,6 +30,7 @@ rule above would be spread over several of them.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import secrets
 import time
@@ -323,6 +324,10 @@ class Multiplexer:
         self._by_prefix: dict[str, VirtualSession] = {}
         self._int_owners: dict[tuple[str, int], tuple[VirtualSession, int]] = {}
         self._held_reads: list[HeldRead] = []
+        # (when, vsid, process id or None): detach expiries and process timers, so that finding
+        # the next deadline does not walk every session. Entries are checked when they surface
+        # (a timer cleared or moved meanwhile leaves a stale one behind).
+        self._timeline: list[tuple[float, str, str]] = []
         self._backlog: list[tuple[str, Any]] = []  # bridge messages waiting for the handshake
         self._resuming = False
         self._handshake_deadline = 0.0
@@ -343,6 +348,7 @@ class Multiplexer:
             if not isinstance(prefix, str) or prefix in self._by_prefix:
                 continue
             vsession = VirtualSession(vsid=vsid, prefix=prefix, conn_id=None, detached_at=now)
+            self._schedule(now + self.resume_window, vsid)
             for process_id, state in (data.get("processes") or {}).items():
                 vsession.processes[process_id] = ProcessState.restore(state)
             for key, client, mapped in data.get("int_handles") or []:
@@ -590,11 +596,11 @@ class Multiplexer:
             if process.held_overflow and self.state is ExecutorState.READY:
                 return [*actions, self._recover(vsession, process_id, process)]
             if process.reorder_at is None:
-                process.reorder_at = self.clock() + REORDER_WAIT
+                process.reorder_at = self._schedule(self.clock() + REORDER_WAIT, vsession.vsid, process_id)
             return actions
         actions += self._deliver_event(vsession, process, event)
         if process.held:
-            actions += self._drain_held(vsession, process)
+            actions += self._drain_held(vsession, process_id, process)
         return actions
 
     def _hold(self, process: ProcessState, event: JSON) -> None:
@@ -636,7 +642,7 @@ class Multiplexer:
                 continue  # the read in flight (or its retry) reads on from where it is
             if not process.readable:
                 if process.held:
-                    actions.extend(self._drain_held(vsession, process))  # nothing is owed: let them go out
+                    actions.extend(self._drain_held(vsession, process_id, process))  # nothing is owed: let them go out
                 continue
             actions.append(self._recover(vsession, process_id, process))
         return actions
@@ -740,7 +746,8 @@ class Multiplexer:
         message = error.get("message") if isinstance(error, dict) else None
         gone = isinstance(message, str) and message.startswith("unknown process id")
         if not gone and process.failures < RECOVERY_ATTEMPTS:
-            process.retry_at = self.clock() + RECOVERY_RETRY_DELAY * 2 ** (process.failures - 1)
+            delay = RECOVERY_RETRY_DELAY * 2 ** (process.failures - 1)
+            process.retry_at = self._schedule(self.clock() + delay, vsession.vsid, process_id)
             return actions
         process.failures = 0
         held = {e["params"]["seq"] for e in process.held if isinstance(e["params"].get("seq"), int)}
@@ -751,7 +758,7 @@ class Multiplexer:
         owed = (process.missing | set(range(process.last_seq + 1, owed_to + 1))) - held
         actions += self._give_up(vsession, process_id, process, owed, reason="output_lost_unreadable")
         process.recovering = process.needs_recovery = False
-        return actions + self._drain_held(vsession, process)
+        return actions + self._drain_held(vsession, process_id, process)
 
     def _read_again(self, vsession: VirtualSession, process_id: str, process: ProcessState) -> list[Action]:
         """A failed recovery read's retry is due, or a live gap did not fill in time: read what
@@ -820,7 +827,7 @@ class Multiplexer:
             closed = {"processId": process_id, "seq": closed_seq}
             actions.extend(self._deliver_event(vsession, process, {"method": "process/closed", "params": closed}))
         process.recovering = False
-        return actions + self._drain_held(vsession, process)
+        return actions + self._drain_held(vsession, process_id, process)
 
     @staticmethod
     def _exited_event(process_id: str, seq: int, result: JSON) -> JSON:
@@ -832,7 +839,7 @@ class Multiplexer:
         }
         return {"method": "process/exited", "params": params}
 
-    def _drain_held(self, vsession: VirtualSession, process: ProcessState) -> list[Action]:
+    def _drain_held(self, vsession: VirtualSession, process_id: str, process: ProcessState) -> list[Action]:
         """Deliver the held events that owe nothing before them, in seq order (the end of a
         recovery, or a live gap filled), and release the long-polls that now have something to
         read. Events still behind a gap stay held, for at most REORDER_WAIT before it is read."""
@@ -845,7 +852,7 @@ class Multiplexer:
                 break
             actions.extend(self._deliver_event(vsession, process, held.pop(0)))
         if held and (actions or process.reorder_at is None):
-            process.reorder_at = self.clock() + REORDER_WAIT
+            process.reorder_at = self._schedule(self.clock() + REORDER_WAIT, vsession.vsid, process_id)
         elif not held:
             process.reorder_at = None
         process.held = held
@@ -873,6 +880,7 @@ class Multiplexer:
         if link.vsession is not None and link.vsession.conn_id == conn_id:
             link.vsession.conn_id = None
             link.vsession.detached_at = self.clock()
+            self._schedule(link.vsession.detached_at + self.resume_window, link.vsession.vsid)
         return []
 
     def not_delivered(self, conn_id: str, messages: Iterable[Any]) -> int:
@@ -1170,9 +1178,10 @@ class Multiplexer:
         # spin. Expiry needs a ready executor; the executor's window runs only while it is away.
         deadlines = [h.deadline for h in self._held_reads]
         if self.state is ExecutorState.READY:
-            detached = [v.detached_at for v in self._vsessions.values() if v.detached_at is not None]
-            deadlines += [at + self.resume_window for at in detached]
-            deadlines += [at for _, _, at in self._timers()]
+            while self._timeline and not self._due(*self._timeline[0]):
+                heapq.heappop(self._timeline)
+            if self._timeline:
+                deadlines.append(self._timeline[0][0])
         if self.state is ExecutorState.DISCONNECTED and self.disconnected_at is not None:
             deadlines.append(self.disconnected_at + self.retention)
         if self.state is ExecutorState.HANDSHAKING:
@@ -1207,6 +1216,21 @@ class Multiplexer:
             if vsession.detached_at is not None and now >= vsession.detached_at + self.resume_window:
                 actions.extend(self._expire_vsession(vsession))
         return actions
+
+    def _schedule(self, at: float, vsid: str, process_id: str = "") -> float:
+        """Put a session's detach expiry (no ``process_id``) or a process timer on the timeline."""
+        heapq.heappush(self._timeline, (at, vsid, process_id))
+        return at
+
+    def _due(self, at: float, vsid: str, process_id: str) -> bool:
+        """Whether a timeline entry still stands for a timer that is set."""
+        vsession = self._vsessions.get(vsid)
+        if vsession is None:
+            return False
+        if not process_id:
+            return vsession.detached_at is not None and vsession.detached_at + self.resume_window == at
+        process = vsession.processes.get(process_id)
+        return process is not None and at in (process.retry_at, process.reorder_at)
 
     def _timers(self) -> list[tuple[VirtualSession, str, float]]:
         """Failed recovery reads waiting to be tried again, and live gaps waiting to be filled
