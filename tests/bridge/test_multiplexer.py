@@ -1450,8 +1450,10 @@ def test_session_resumed_in_time_does_not_expire():
     vsid = rig.attach("A")
     rig.start("A", "p1")
     rig.mux.bridge_detached("A")
+    assert rig.mux.next_deadline() == rig.clock.now + EXEC_SESSION_RETENTION
     rig.clock.advance(EXEC_SESSION_RETENTION - 1)
     rig.initialize("B", resume=vsid)
+    assert rig.mux.next_deadline() is None  # the expiry it no longer has is not a deadline
     rig.clock.advance(10)
     assert rig.mux.tick() == []
     assert rig.mux.vsession_count == 1
