@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from appgateway.rpc_filter import FALSE_SANDBOX_WARNING
+
 logger = logging.getLogger(__name__)
 child_logger = logging.getLogger("appgateway.codex")
 
@@ -165,7 +167,10 @@ async def _drain(stream: asyncio.StreamReader, workspace_id: str, url: asyncio.F
         if not url.done() and (match := _WS_URL.search(text)):
             url.set_result(match.group(0))
         if text:
-            child_logger.info("[codex-app-server %s] %s", workspace_id, text[:MAX_LOG_LINE])
+            # codex's false bubblewrap ERROR (rpc_filter.FALSE_SANDBOX_WARNING) would read as a
+            # broken sandbox; the relay logs that it held the warning back, at info.
+            level = logging.DEBUG if FALSE_SANDBOX_WARNING in text else logging.INFO
+            child_logger.log(level, "[codex-app-server %s] %s", workspace_id, text[:MAX_LOG_LINE])
 
 
 async def _http_ok(host: str, port: int, path: str) -> bool:
