@@ -27,6 +27,7 @@ from bridge.client import (
 )
 from bridge.client_pool import Pool
 from executors import captoken, services
+from tests.bridge_dial import websocket_connector
 from tests.e2e import conftest as e2e
 from tests.e2e.harness import GatewayCluster, GatewayProcess, http_json, shared_secret_headers
 
@@ -96,15 +97,15 @@ def executor(bound_executors: Callable[..., e2e.BoundExecutor]) -> e2e.BoundExec
 
 
 @pytest.fixture(params=["websocket", "in-process"])
-def gateway(request: pytest.FixtureRequest, gateway_cluster: GatewayCluster) -> str | Connector:
+def gateway(request: pytest.FixtureRequest, gateway_cluster: GatewayCluster) -> Connector:
     if request.param == "websocket":
-        return gateway_cluster[1].ws_base_url
+        return websocket_connector(gateway_cluster[1].ws_base_url)
     request.getfixturevalue("fresh_channel_layer")
     return inproc.connect
 
 
 @pytest.fixture
-async def pool(executor: e2e.BoundExecutor, gateway: str | Connector):
+async def pool(executor: e2e.BoundExecutor, gateway: Connector):
     tokens = Tokens()
     pool = Pool(gateway, tokens, client_name="test-client")
     pool.tokens = tokens  # type: ignore[attr-defined]
@@ -244,7 +245,7 @@ async def test_refused_dials_say_why(executor: e2e.BoundExecutor, gateway, make_
     assert (unavailable.value.status, str(unavailable.value)) == (503, "executor not connected (HTTP 503)")
 
     with pytest.raises(BridgeDialError, match="cannot connect"):
-        await Pool("ws://127.0.0.1:1", Tokens()).get(executor.exe_id)
+        await Pool(websocket_connector("ws://127.0.0.1:1"), Tokens()).get(executor.exe_id)
     with pytest.raises(BridgeError, match="exe_id is required"):
         await stranger.get("")
 
