@@ -6,8 +6,7 @@ text frame, no ``jsonrpc`` field, integer request ids. One reader task per conne
 responses to the waiting ``call`` and hands notifications to subscribers. When the connection
 ends, every pending and later ``call`` fails with ``BridgeClosed``; subscribers hear ``on_close``.
 
-``bridge.client_pool`` dials: the WebSocket connector, and ``Pool``, one initialized client per
-executor, dialled lazily.
+``bridge.client_pool.Pool`` keeps one initialized client per executor, dialled lazily.
 """
 
 # ``call`` takes a per-call deadline rather than leaving every caller to wrap it.
