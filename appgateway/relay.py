@@ -146,7 +146,7 @@ class AppServerLeg:
         await self.ws.close(*CLOSE_GATEWAY)
 
 
-# --- a client of the app-server, wherever it runs ------------------------------------------------
+# --- a client of the app-server in this process (``attach``, at the end, picks it or a relay) ----
 
 
 class TuiSink(Protocol):
@@ -155,27 +155,6 @@ class TuiSink(Protocol):
     async def deliver(self, frame: Frame) -> None: ...
 
     async def close_tui(self, code: int, reason: str) -> None: ...
-
-
-class AppServerClient(Protocol):
-    """``send`` a frame to the app-server; ``stop`` once the sink's side has ended."""
-
-    async def send(self, frame: Frame) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-async def attach(workspace_id: str, conn: str, tui: TuiSink) -> AppServerClient:
-    """A client of the workspace's app-server that hands its frames to ``tui`` and tells it once
-    how the app-server side ended: the leg itself when this process owns the app-server, else a
-    relay to the process that does. Raises ``AppServerUnavailable``."""
-    try:
-        return LocalClient(await AppServerLeg.open(workspace_id), tui)
-    except supervisor.OwnedElsewhere as elsewhere:
-        client = RelayClient(conn, workspace_id, elsewhere.lease.channel_name, tui)
-        await client.open()
-        logger.info("relayed", extra={"workspace_id": workspace_id, "owner": elsewhere.lease.process_id})
-        return client
 
 
 class LocalClient:
@@ -288,7 +267,7 @@ def install() -> None:
     process_messages.on_message(RELAY_CANCEL, _on_relay_cancel)
 
 
-# --- the TUI's side of a relay ----------------------------------------------------------------
+# --- the TUI's side of a relay, and ``attach`` --------------------------------------------------
 
 
 class RelayClient:
@@ -343,3 +322,19 @@ class RelayClient:
             return
         with contextlib.suppress(ReceiverStuck):
             await send_with_backpressure(self.layer, self.owner_channel, {"type": RELAY_CANCEL, "conn": self.conn})
+
+
+AppServerClient = LocalClient | RelayClient
+
+
+async def attach(workspace_id: str, conn: str, tui: TuiSink) -> AppServerClient:
+    """A client of the workspace's app-server that hands its frames to ``tui`` and tells it once
+    how the app-server side ended: the leg itself when this process owns the app-server, else a
+    relay to the process that does. Raises ``AppServerUnavailable``."""
+    try:
+        return LocalClient(await AppServerLeg.open(workspace_id), tui)
+    except supervisor.OwnedElsewhere as elsewhere:
+        client = RelayClient(conn, workspace_id, elsewhere.lease.channel_name, tui)
+        await client.open()
+        logger.info("relayed", extra={"workspace_id": workspace_id, "owner": elsewhere.lease.process_id})
+        return client
