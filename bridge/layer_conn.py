@@ -84,13 +84,11 @@ class LayerEnd:
         """The whole texts a frame message completes, in order (binary ones as latin-1)."""
         return self._parts.add_all("peer", message)
 
-    def finish(self, final: dict[str, Any], on_final_lost: Callable[[], None] | None = None) -> bool:
-        """Send ``final`` after the frames queued before it; False when it cannot go (the other
-        end's channel is not known, or the link failed)."""
-        if self.link is None or self.link.failed:
-            return False
-        self.link.finish(final, on_final_lost)
-        return True
+    def finish(self, final: dict[str, Any], on_final_lost: Callable[[], None] | None = None) -> None:
+        """Send ``final`` after the frames queued before it, once the other end's channel is known
+        (tried even when the link failed: the other end may be reading again by then)."""
+        if self.link is not None:
+            self.link.finish(final, on_final_lost)
 
 
 class Connection(LayerEnd):
@@ -141,9 +139,12 @@ class Connection(LayerEnd):
         before it; None when the other end closed first or is gone: what is queued is dropped."""
         if self._keepalive is not None:
             await cancel_and_wait({self._keepalive})
-        told = end is not None and self.finish({"type": CLOSE, "code": end[0], "reason": end[1]})
-        if not told and self.link is not None:
+        if self.link is None:
+            return
+        if end is None or self.link.failed:
             self.link.abandon()
+        else:
+            self.finish({"type": CLOSE, "code": end[0], "reason": end[1]})
 
     async def _keep_alive(self, channel: str) -> None:
         with contextlib.suppress(ReceiverStuck):
