@@ -336,5 +336,5 @@ async def attach(workspace_id: str, conn: str, tui: TuiSink) -> AppServerClient:
     except supervisor.OwnedElsewhere as elsewhere:
         client = RelayClient(conn, workspace_id, elsewhere.lease.channel_name, tui)
         await client.open()
-        logger.info("relayed", extra={"workspace_id": workspace_id, "owner": elsewhere.lease.process_id})
+        logger.info("app-server relayed", extra={"workspace_id": workspace_id, "owner": elsewhere.lease.process_id})
         return client
