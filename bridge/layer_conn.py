@@ -33,7 +33,7 @@ CLOSE: Final = "layer.close"  # {code, reason}
 
 KEEPALIVE = 15.0
 SILENCE_LIMIT = 60.0
-FIRST_CONTACT_LIMIT = 10.0
+FIRST_CONTACT_LIMIT = 10.0  # the answering end acknowledges an open at once (its first alive), before any slow work
 
 Frame = str | bytes
 
