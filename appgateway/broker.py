@@ -14,9 +14,9 @@ are answered by the leg in ``accept`` mode (``relay.AppServerLeg``); in ``forwar
 reach us, and a broker has nobody to forward them to, so it declines them. Anything else gets
 -32601.
 
-The connection's link (``appgateway.broker_links``) is a ``relay.AppServerLeg`` when this process
-owns the workspace's app-server (the leg touches the supervisor's activity clock on every frame),
-or a ``relay.RelayClient`` through the owner's process otherwise (whose leg touches it there).
+The connection's link (``relay.attach``) is a ``relay.AppServerLeg`` when this process owns the
+workspace's app-server (the leg touches the supervisor's activity clock on every frame), or a
+``relay.RelayClient`` through the owner's process otherwise (whose leg touches it there).
 Request ids, awaited answers and the server's requests are ``codexgw.jsonrpc.Peer``'s.
 
 A turn that outlives its timeout is interrupted (best effort) and its connection closed: the
@@ -31,12 +31,13 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
 from django.conf import settings
 
-from appgateway import broker_links, environments, relay, supervisor
+from appgateway import environments, relay
 from appgateway.rpc_filter import METHOD_DISABLED, Frame
 from appgateway.thread_environments import has_no_environments
 from codexgw.jsonrpc import Peer, RPCError
@@ -113,7 +114,7 @@ class Conn:
 
     def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id
-        self.link: broker_links.Link | None = None
+        self.link: relay.AppServerClient | None = None
         self.last_active = time.monotonic()
         self.closed_reason: str | None = None
         self.peer = Peer(
@@ -138,12 +139,7 @@ class Conn:
         """Open and initialize a connection (raises ``TransportError``)."""
         conn = cls(workspace_id)
         try:
-            leg = await relay.AppServerLeg.open(workspace_id)
-            conn.link = broker_links.LocalLink(leg, conn)
-        except supervisor.OwnedElsewhere as elsewhere:
-            relayed = broker_links.RelayedLink(conn)
-            conn.link = relayed
-            await relayed.open(workspace_id, elsewhere.lease.channel_name)
+            conn.link = await relay.attach(workspace_id, uuid.uuid4().hex, tui=conn)
         except relay.AppServerUnavailable as exc:
             raise SubprocessCrash(str(exc)) from exc
         try:
@@ -272,9 +268,14 @@ class Conn:
 
     # receiving
 
-    async def on_frame(self, frame: Frame) -> None:
+    # relay.TuiSink
+
+    async def deliver(self, frame: Frame) -> None:
         self.last_active = time.monotonic()
         await self.peer.receive(await relay.off_loop_if_large(_decode, frame))
+
+    async def close_tui(self, code: int, reason: str) -> None:
+        self.lost(f"app-server connection closed ({code} {reason})")
 
     def _notified(self, method: str, params: dict[str, Any]) -> None:
         if method == "item/completed":
@@ -321,7 +322,7 @@ class Conn:
     async def close(self, reason: str = "closed by the broker") -> None:
         self.lost(reason)
         if self.link is not None:
-            await self.link.close()
+            await self.link.stop()
 
 
 def _decode(frame: Frame) -> Any:

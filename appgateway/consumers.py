@@ -22,7 +22,7 @@ from typing import Any
 
 from asgiref.typing import WebSocketConnectEvent
 
-from appgateway import environments, relay, rpc_filter, supervisor
+from appgateway import environments, relay, rpc_filter
 from appgateway.auth import authenticate_tui
 from appgateway.rpc_filter import Frame
 from appgateway.thread_environments import ThreadsWithoutEnvironments
@@ -40,9 +40,7 @@ class TuiProxyConsumer(GatewayConsumer):
     role = "tui"
     workspace_id = ""
     connection_id = ""
-    leg: relay.AppServerLeg | None = None  # the app-server is in this process
-    link: relay.RelayClient | None = None  # it is in another one
-    _pump: asyncio.Task[None] | None = None
+    app_server: relay.AppServerClient | None = None
     _threads: ThreadsWithoutEnvironments
     _token_group = ""  # the connections opened with this TUI's token, told when it is revoked
     _expiry: asyncio.Task[None] | None = None
@@ -67,31 +65,11 @@ class TuiProxyConsumer(GatewayConsumer):
         if identity.expires_at is not None:
             self._expiry = asyncio.create_task(self._close_at(identity.expires_at))
         try:
-            self.leg = await relay.AppServerLeg.open(self.workspace_id)
-        except supervisor.OwnedElsewhere as elsewhere:
-            self.link = relay.RelayClient(
-                conn=self.connection_id,
-                reply_to=self.channel_name,
-                workspace_id=self.workspace_id,
-                owner_channel=elsewhere.lease.channel_name,
-                tui=self,
-            )
-            await self.link.open()
-            logger.info("TUI relayed", extra={"workspace_id": self.workspace_id, "owner": elsewhere.lease.process_id})
-            return
+            self.app_server = await relay.attach(self.workspace_id, self.connection_id, tui=self)
         except relay.AppServerUnavailable:
             await self.close_tui(*relay.CLOSE_UNAVAILABLE)
             return
-        self._pump = asyncio.create_task(self._pump_app_server(self.leg), name=f"tui pump {self.workspace_id}")
         logger.info("TUI attached", extra={"workspace_id": self.workspace_id, "user_id": identity.user_id})
-
-    async def _pump_app_server(self, leg: relay.AppServerLeg) -> None:
-        try:
-            end = await leg.pump(self.deliver)
-        except Exception:
-            logger.exception("TUI proxy failed", extra={"workspace_id": self.workspace_id})
-            end = relay.LegEnd(*relay.CLOSE_UNAVAILABLE)
-        await self.close_tui(end.code, end.reason)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         frame: Frame = text_data if text_data is not None else (bytes_data or b"")
@@ -110,10 +88,8 @@ class TuiProxyConsumer(GatewayConsumer):
         # codex's local environment, the gateway host); initialize declares experimentalApi so
         # codex accepts that.
         frame = await environments.rewrite_client_frame(self.workspace_id, frame, self._threads)
-        if self.leg is not None:
-            await self.leg.send(frame)
-        elif self.link is not None:
-            await self.link.send(frame)
+        if self.app_server is not None:
+            await self.app_server.send(frame)
 
     async def disconnect(self, code: int) -> None:
         _live.discard(self)
@@ -121,13 +97,8 @@ class TuiProxyConsumer(GatewayConsumer):
             self._expiry.cancel()
         if self._token_group:
             await self.channel_layer.group_discard(self._token_group, self.channel_name)
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
-        if self.leg is not None:
-            await self.leg.close()
-        if self.link is not None:
-            await self.link.stop()
+        if self.app_server is not None:
+            await self.app_server.stop()
 
     # relay.TuiSink
 
@@ -152,23 +123,6 @@ class TuiProxyConsumer(GatewayConsumer):
     async def _close_for_token(self, reason: str) -> None:
         logger.info("TUI closed: %s", reason, extra={"workspace_id": self.workspace_id})
         await self.close_tui(CLOSE_POLICY, reason)
-
-    # Messages from the owning process (relay.RelayedConnection).
-
-    async def appgw_opened(self, event: dict[str, Any]) -> None:
-        if self.link is not None:
-            await self.link.on_opened(event)
-
-    async def appgw_frame(self, event: dict[str, Any]) -> None:
-        if self.link is not None:
-            await self.link.on_frame(event)
-
-    async def appgw_alive(self, event: dict[str, Any]) -> None:
-        if self.link is not None:
-            self.link.heard()
-
-    async def appgw_close(self, event: dict[str, Any]) -> None:
-        await self.close_tui(int(event["code"]), str(event.get("reason", "")))
 
 
 # This process's TUI connections, for the drain.

@@ -6,16 +6,11 @@ connection gets its own loopback WebSocket (``AppServerLeg``), opened in the own
 
 * TUI on the owner: the consumer holds the leg itself.
 * TUI on another process: the consumer (``RelayClient``) sends ``appgw.relay_open`` to the owner's
-  process channel; the owner (``RelayedConnection``) opens the leg, answers ``appgw.opened`` with a
-  channel of its own for this connection (its inbox), and pumps frames both ways over
-  a ``bridge.layer_frames.LayerLink`` each way (frames that queue up while one is on its way go
-  together in one message; split and reassembled above the layer's safe size; a full channel
-  waited out), so frames stay in order. A close on either side is passed on to the other, after
-  the frames sent before it.
-
-Both sides send ``appgw.alive`` every ``KEEPALIVE`` seconds and give up after ``SILENCE_LIMIT``
-without hearing anything, so a gateway process that dies without a goodbye does not leave a
-TUI attached to nothing or a loopback WebSocket open forever.
+  process channel, naming a channel of its own; the owner (``RelayedConnection``) opens the leg
+  and answers with a channel of its own for this connection. From then on each side is one end
+  of a ``bridge.layer_conn.Connection``: frames both ways in order, a close passed on after the
+  frames sent before it, and a keepalive both ways, so a gateway process that dies without a
+  goodbye does not leave a TUI attached to nothing or a loopback WebSocket open forever.
 
 The leg is also where every frame is seen in both directions, so it bumps the workspace's
 activity clock (``Supervisor.touch``) and answers approval requests (``rpc_filter``).
@@ -26,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -39,7 +33,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from appgateway import process_messages, rpc_filter, supervisor
 from appgateway.rpc_filter import Frame
-from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
+from bridge.layer_conn import Connection
+from bridge.layer_frames import ReceiverStuck, send_with_backpressure
 from bridge.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN, MAX_MESSAGE_BYTES
 from codexgw import drain
 from codexgw.tasks import cancel_and_wait
@@ -50,10 +45,6 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAVAILABLE: Final = (1011, "subprocess unavailable")
 CLOSE_GATEWAY: Final = (1000, "gateway closing")
 DIAL_TIMEOUT = 10.0
-KEEPALIVE = 15.0
-SILENCE_LIMIT = 60.0
-FIRST_CONTACT_LIMIT = 10.0  # the owner acknowledges an open at once, before spawning anything
-WATCH_TICK = 2.5
 # Frames larger than this are inspected on a worker thread: parsing megabytes of JSON would
 # stall every other connection of the process.
 INLINE_INSPECT_LIMIT = 256 * 1024
@@ -61,15 +52,6 @@ INLINE_INSPECT_LIMIT = 256 * 1024
 # On the owner's process channel.
 RELAY_OPEN = "appgw.relay_open"  # {conn, reply_to, workspace_id}
 RELAY_CANCEL = "appgw.relay_cancel"  # {conn}: the TUI left before the relay opened
-# To the owner's per-connection inbox.
-CLIENT_FRAME = "appgw.client_frame"  # {text, [binary], [msg, part, parts]} or {texts}
-CLIENT_CLOSED = "appgw.client_closed"
-# To the TUI consumer's channel (handled by TuiProxyConsumer.appgw_*).
-OPENED = "appgw.opened"  # {inbox}
-SERVER_FRAME = "appgw.frame"  # {text, [binary], [msg, part, parts]} or {texts}
-CLOSE = "appgw.close"  # {code, reason}
-ALIVE = "appgw.alive"  # both ways
-
 
 T = TypeVar("T")
 
@@ -88,19 +70,6 @@ def _layer() -> BaseChannelLayer:
     layer = get_channel_layer()
     assert layer is not None, "the app gateway needs a channel layer"
     return layer
-
-
-def _to_layer(frame: Frame) -> tuple[str, bool]:
-    """Frames travel as text; binary ones byte for byte as latin-1 (no base64 growth)."""
-    if isinstance(frame, bytes):
-        return frame.decode("latin-1"), True
-    return frame, False
-
-
-def _from_layer(sender: str, parts: Reassembler, event: dict[str, Any]) -> list[Frame]:
-    """The whole frames a layer message completes (a batch's frames are text)."""
-    texts = parts.add_all(sender, event)
-    return [text.encode("latin-1") for text in texts] if event.get("binary") else list(texts)
 
 
 # --- the loopback leg ---------------------------------------------------------------------------
@@ -177,6 +146,41 @@ class AppServerLeg:
         await self.ws.close(*CLOSE_GATEWAY)
 
 
+# --- a client of the app-server in this process (``attach``, at the end, picks it or a relay) ----
+
+
+class TuiSink(Protocol):
+    """Where a client's frames from the app-server go: the TUI's consumer, or the turn broker."""
+
+    async def deliver(self, frame: Frame) -> None: ...
+
+    async def close_tui(self, code: int, reason: str) -> None: ...
+
+
+class LocalClient:
+    """This process owns the app-server: a leg, read by a task of its own."""
+
+    def __init__(self, leg: AppServerLeg, tui: TuiSink) -> None:
+        self.leg = leg
+        self._reader = asyncio.create_task(self._read(tui), name=f"app-server leg {leg.workspace_id}")
+
+    async def _read(self, tui: TuiSink) -> None:
+        try:
+            end = await self.leg.pump(tui.deliver)
+        except Exception:
+            logger.exception("app-server leg failed", extra={"workspace_id": self.leg.workspace_id})
+            end = LegEnd(*CLOSE_UNAVAILABLE)
+        await tui.close_tui(end.code, end.reason)
+
+    async def send(self, frame: Frame) -> None:
+        await self.leg.send(frame)
+
+    async def stop(self) -> None:
+        if self._reader is not asyncio.current_task():
+            await cancel_and_wait({self._reader})
+        await self.leg.close()
+
+
 # --- the owner's side of a relay --------------------------------------------------------------
 
 
@@ -187,12 +191,12 @@ class RelayedConnection:
         self.conn = conn
         self.reply_to = reply_to
         self.workspace_id = workspace_id
-        self.layer = _layer()
         self.leg: AppServerLeg | None = None
-        self.link = LayerLink(self.layer, reply_to, SERVER_FRAME, on_stuck=self._stuck)
 
     async def run(self) -> None:
-        keepalive = asyncio.create_task(self._keepalive(), name=f"relay keepalive {self.conn}")
+        layer = _layer()
+        tui = Connection(layer, await layer.new_channel(), on_stuck=self._stuck)
+        await tui.connect(self.reply_to)  # its first ``alive`` acknowledges the open, before any spawn
         end: LegEnd | None = None
         try:
             try:
@@ -201,9 +205,8 @@ class RelayedConnection:
                 # OwnedElsewhere: the lease moved since the TUI's process looked it up.
                 end = LegEnd(*CLOSE_UNAVAILABLE)
                 return
-            inbox = await self.layer.new_channel()
-            await self._tell(OPENED, inbox=inbox)
-            end = await self._pump_both_ways(inbox, self.leg)
+            await tui.opened()
+            end = await self._pump_both_ways(tui, self.leg)
             if end is not None and drain.is_draining():
                 end = LegEnd(CLOSE_SERVICE_RESTART, "gateway restarting")  # the app-server stopped for the drain
         except ReceiverStuck:
@@ -212,60 +215,31 @@ class RelayedConnection:
             logger.exception("relay failed", extra={"workspace_id": self.workspace_id})
             end = LegEnd(*CLOSE_UNAVAILABLE)
         finally:
-            keepalive.cancel()
             # The app-server side ended, never began or failed: so does the TUI, after the frames
             # before. Else the TUI's side ended, stopped reading, or the relay was cancelled.
-            if end is not None and not self.link.failed:
-                self.link.finish({"type": CLOSE, "code": end.code, "reason": end.reason})
-            else:
-                self.link.abandon()
+            await tui.close(None if end is None else (end.code, end.reason))
             if self.leg is not None:
                 await self.leg.close()
 
     async def _stuck(self) -> None:
         """The TUI's process stopped reading: end the leg, which ends the relay."""
+        logger.warning("relay: the TUI's process stopped reading", extra={"workspace_id": self.workspace_id})
         if self.leg is not None:
             await self.leg.close()
 
-    async def _pump_both_ways(self, inbox: str, leg: AppServerLeg) -> LegEnd | None:
+    async def _pump_both_ways(self, tui: Connection, leg: AppServerLeg) -> LegEnd | None:
         """Until either side ends; the app-server side's end, or None when the TUI's ended."""
-        from_tui = asyncio.create_task(self._from_tui(inbox, leg), name=f"relay from tui {self.conn}")
-        to_tui = asyncio.create_task(leg.pump(self._deliver), name=f"relay to tui {self.conn}")
+        from_tui = asyncio.create_task(tui.run(leg.send), name=f"relay from tui {self.conn}")
+        to_tui = asyncio.create_task(leg.pump(tui.send), name=f"relay to tui {self.conn}")
         try:
             done, _ = await asyncio.wait({from_tui, to_tui}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait({from_tui, to_tui})
         if from_tui in done:
-            from_tui.result()  # re-raises its failure, if any
+            if from_tui.result() is None:  # re-raises its failure, if any
+                logger.warning("relay: the TUI's process went silent", extra={"workspace_id": self.workspace_id})
             return None
         return to_tui.result()
-
-    async def _tell(self, message_type: str, **fields: Any) -> None:
-        await send_with_backpressure(self.layer, self.reply_to, {"type": message_type, **fields})
-
-    async def _keepalive(self) -> None:
-        with contextlib.suppress(ReceiverStuck):
-            while True:
-                await self._tell(ALIVE)
-                await asyncio.sleep(KEEPALIVE)
-
-    async def _deliver(self, frame: Frame) -> None:
-        await self.link.send(*_to_layer(frame))
-
-    async def _from_tui(self, inbox: str, leg: AppServerLeg) -> None:
-        parts = Reassembler()
-        while True:
-            try:
-                async with asyncio.timeout(SILENCE_LIMIT):
-                    event = await self.layer.receive(inbox)
-            except TimeoutError:
-                logger.warning("relay: the TUI's process went silent", extra={"workspace_id": self.workspace_id})
-                return
-            if event["type"] == CLIENT_FRAME:
-                for frame in _from_layer(self.conn, parts, event):
-                    await leg.send(frame)
-            elif event["type"] == CLIENT_CLOSED:
-                return
 
 
 _relays: dict[str, asyncio.Task[None]] = {}
@@ -293,45 +267,45 @@ def install() -> None:
     process_messages.on_message(RELAY_CANCEL, _on_relay_cancel)
 
 
-# --- the TUI's side of a relay ----------------------------------------------------------------
-
-
-class TuiSink(Protocol):
-    async def deliver(self, frame: Frame) -> None: ...
-
-    async def close_tui(self, code: int, reason: str) -> None: ...
+# --- the TUI's side of a relay, and ``attach`` --------------------------------------------------
 
 
 class RelayClient:
-    """The TUI's end of a relay: a consumer in a process that does not own the workspace."""
+    """The TUI's end of a relay, in a process that does not own the workspace: what arrives on
+    its channel goes to ``tui``, read by a task of its own."""
 
-    def __init__(self, conn: str, reply_to: str, workspace_id: str, owner_channel: str, tui: TuiSink) -> None:
+    def __init__(self, conn: str, workspace_id: str, owner_channel: str, tui: TuiSink) -> None:
         self.conn = conn
-        self.reply_to = reply_to
         self.workspace_id = workspace_id
         self.owner_channel = owner_channel
         self.tui = tui
         self.layer = _layer()
-        self.link: LayerLink | None = None  # to the owner's inbox (``link.channel``), once it is known
-        self._pending: list[Frame] = []  # client frames sent before then
-        self._parts = Reassembler()
-        self._heard: float | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+        self.owner: Connection | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
+        owner = self.owner = Connection(self.layer, await self.layer.new_channel(), on_stuck=self._stuck)
         await send_with_backpressure(
             self.layer,
             self.owner_channel,
-            {"type": RELAY_OPEN, "conn": self.conn, "reply_to": self.reply_to, "workspace_id": self.workspace_id},
+            {"type": RELAY_OPEN, "conn": self.conn, "reply_to": owner.inbox, "workspace_id": self.workspace_id},
         )
-        self._watchdog = asyncio.create_task(self._watch(), name=f"relay watchdog {self.conn}")
+        self._reader = asyncio.create_task(self._read(owner), name=f"relay reader {self.conn}")
 
     async def send(self, frame: Frame) -> None:
-        if self.link is None:
-            self._pending.append(frame)
-            return
-        with contextlib.suppress(ReceiverStuck):  # the link failed: _stuck closes the TUI
-            await self.link.send(*_to_layer(frame))
+        assert self.owner is not None, "send after open"
+        await self.owner.send(frame)  # held until the owner has answered
+
+    async def _read(self, owner: Connection) -> None:
+        try:
+            end = await owner.run(self.tui.deliver)
+        except Exception:
+            logger.exception("relay failed", extra={"workspace_id": self.workspace_id})
+            end = CLOSE_UNAVAILABLE
+        if end is None:
+            logger.warning("relay: the owning process went silent", extra={"workspace_id": self.workspace_id})
+            end = CLOSE_UNAVAILABLE
+        await self.tui.close_tui(*end)
 
     async def _stuck(self) -> None:
         logger.warning("relay: the owner stopped reading", extra={"workspace_id": self.workspace_id})
@@ -339,43 +313,28 @@ class RelayClient:
 
     async def stop(self) -> None:
         """The TUI left: tell the owner to close its leg (after the frames sent before)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self.link is not None:
-            if not self.link.failed:  # else the owner's silence limit closes its side
-                self.link.finish({"type": CLIENT_CLOSED})
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            await cancel_and_wait({self._reader})
+        if self.owner is None:
+            return
+        if self.owner.link is not None:
+            await self.owner.close(CLOSE_GATEWAY)  # a failed link sends nothing: the owner's silence limit ends it
             return
         with contextlib.suppress(ReceiverStuck):
             await send_with_backpressure(self.layer, self.owner_channel, {"type": RELAY_CANCEL, "conn": self.conn})
 
-    # Messages from the owner, dispatched by the consumer in arrival order.
 
-    async def on_opened(self, event: dict[str, Any]) -> None:
-        self.heard()
-        self.link = LayerLink(self.layer, str(event["inbox"]), CLIENT_FRAME, on_stuck=self._stuck)
-        pending, self._pending = self._pending, []
-        for frame in pending:
-            await self.send(frame)
+AppServerClient = LocalClient | RelayClient
 
-    async def on_frame(self, event: dict[str, Any]) -> None:
-        self.heard()
-        for frame in _from_layer("owner", self._parts, event):
-            await self.tui.deliver(frame)
 
-    def heard(self) -> None:
-        self._heard = time.monotonic()
-
-    async def _watch(self) -> None:
-        started = last_alive = time.monotonic()
-        while True:
-            await asyncio.sleep(WATCH_TICK)
-            now = time.monotonic()
-            last, limit = (started, FIRST_CONTACT_LIMIT) if self._heard is None else (self._heard, SILENCE_LIMIT)
-            if now - last > limit:
-                logger.warning("relay: the owning process went silent", extra={"workspace_id": self.workspace_id})
-                await self.tui.close_tui(*CLOSE_UNAVAILABLE)
-                return
-            if self.link is not None and now - last_alive >= KEEPALIVE:
-                last_alive = now
-                with contextlib.suppress(ReceiverStuck):
-                    await send_with_backpressure(self.layer, self.link.channel, {"type": ALIVE})
+async def attach(workspace_id: str, conn: str, tui: TuiSink) -> AppServerClient:
+    """A client of the workspace's app-server that hands its frames to ``tui`` and tells it once
+    how the app-server side ended: the leg itself when this process owns the app-server, else a
+    relay to the process that does. Raises ``AppServerUnavailable``."""
+    try:
+        return LocalClient(await AppServerLeg.open(workspace_id), tui)
+    except supervisor.OwnedElsewhere as elsewhere:
+        client = RelayClient(conn, workspace_id, elsewhere.lease.channel_name, tui)
+        await client.open()
+        logger.info("app-server relayed", extra={"workspace_id": workspace_id, "owner": elsewhere.lease.process_id})
+        return client

@@ -6,8 +6,7 @@ text frame, no ``jsonrpc`` field, integer request ids. One reader task per conne
 responses to the waiting ``call`` and hands notifications to subscribers. When the connection
 ends, every pending and later ``call`` fails with ``BridgeClosed``; subscribers hear ``on_close``.
 
-``bridge.client_pool`` dials: the WebSocket connector, and ``Pool``, one initialized client per
-executor, dialled lazily.
+``bridge.client_pool.Pool`` keeps one initialized client per executor, dialled lazily.
 """
 
 # ``call`` takes a per-call deadline rather than leaving every caller to wrap it.
@@ -101,12 +100,13 @@ class BridgeDialError(BridgeError):
 
 
 class Subscription:
-    """A registration for notifications; ``cancel()`` (or leaving the ``with`` block) ends it."""
+    """A registration for one process's notifications; ``cancel()`` (or leaving the ``with``
+    block) ends it."""
 
     def __init__(
         self,
         client: BridgeClient,
-        process_id: str | None,
+        process_id: str,
         on_notification: NotificationCallback,
         on_close: CloseCallback | None,
     ) -> None:
@@ -137,7 +137,6 @@ class BridgeClient:
             self._send, on_notification=self._notified, rpc_error=BridgeRPCError, timeout_error=BridgeTimeout
         )
         self._by_process: dict[str, list[Subscription]] = {}
-        self._everything: list[Subscription] = []
         self._closed: BridgeClosed | None = None
         self._reader = asyncio.create_task(self._read(), name=f"bridge reader {exe_id}")
 
@@ -195,27 +194,20 @@ class BridgeClient:
         self,
         on_notification: NotificationCallback,
         *,
-        process_id: str | None = None,
+        process_id: str,
         on_close: CloseCallback | None = None,
     ) -> Subscription:
-        """Call ``on_notification(method, params)`` for every notification (or only those whose
-        ``params.processId`` is ``process_id``), and ``on_close(error)`` once when the connection
+        """Call ``on_notification(method, params)`` for every notification whose
+        ``params.processId`` is ``process_id``, and ``on_close(error)`` once when the connection
         ends. Callbacks run on the reader task: they must be quick and must not block.
         Subscribe before starting a process so none of its events is missed."""
         if self._closed is not None:
             raise self._closed
         subscription = Subscription(self, process_id, on_notification, on_close)
-        if process_id is None:
-            self._everything.append(subscription)
-        else:
-            self._by_process.setdefault(process_id, []).append(subscription)
+        self._by_process.setdefault(process_id, []).append(subscription)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
-        if subscription.process_id is None:
-            with contextlib.suppress(ValueError):
-                self._everything.remove(subscription)
-            return
         listeners = self._by_process.get(subscription.process_id, [])
         with contextlib.suppress(ValueError):
             listeners.remove(subscription)
@@ -241,8 +233,7 @@ class BridgeClient:
         finally:
             self._closed = self._close_error()
             self._peer.close(self._closed)
-            subscriptions = [*self._everything, *(s for ss in self._by_process.values() for s in ss)]
-            self._everything.clear()
+            subscriptions = [s for ss in self._by_process.values() for s in ss]
             self._by_process.clear()
             for subscription in subscriptions:
                 if subscription.on_close is not None:
@@ -250,10 +241,8 @@ class BridgeClient:
 
     def _notified(self, method: str, params: JSON) -> None:
         process_id = params.get("processId")
-        listeners = list(self._everything)
-        if isinstance(process_id, str):
-            listeners += self._by_process.get(process_id, [])
-        for subscription in listeners:
+        listeners = self._by_process.get(process_id, []) if isinstance(process_id, str) else []
+        for subscription in list(listeners):
             self._run_callback(subscription.on_notification, method, params)
 
     def _run_callback(self, callback: Callable[..., None], *args: Any) -> None:

@@ -1,15 +1,9 @@
-"""Dialling the bridge: ``websocket_connector`` (the ``/bridge/{exe_id}`` WebSocket) and ``Pool``,
-one initialized ``bridge.client.BridgeClient`` per executor."""
+"""``Pool``: one initialized ``bridge.client.BridgeClient`` per executor, dialled on first use."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from bridge.client import (
     RETRY_FIRST_DELAY,
@@ -21,56 +15,18 @@ from bridge.client import (
     Connector,
     TokenProvider,
 )
-from bridge.protocol import INVALID_REQUEST, MAX_MESSAGE_BYTES, SESSION_ATTACHED
+from bridge.protocol import INVALID_REQUEST, SESSION_ATTACHED
 
-# Keepalive: a dead gateway is noticed within a minute, and idle middleboxes see traffic.
-PING_INTERVAL = 20.0
-PING_TIMEOUT = 30.0
 # How long a tool waits for an executor that is moving between gateway processes (it reconnects
 # about a second after its process dies or drains) before its dial is reported as refused.
 FAILOVER_GRACE = 15.0
 
 
-def _refusal_message(refused: InvalidStatus) -> str:
-    response = refused.response
-    text = response.body.decode(errors="replace").strip() if response.body else ""
-    with contextlib.suppress(ValueError):
-        body = json.loads(text)
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            text = body["error"]
-    return f"{text or response.reason_phrase} (HTTP {response.status_code})"
-
-
-def websocket_connector(ws_base_url: str) -> Connector:
-    """Dials ``<ws_base_url>/bridge/<exe_id>``. Never offers permessage-deflate: exec-server drops
-    connections that negotiate it, and the gateway relays frames verbatim."""
-    base = ws_base_url.rstrip("/")
-
-    async def connect_bridge(exe_id: str, token: str, open_timeout: float) -> ClientConnection:
-        try:
-            return await connect(
-                f"{base}/bridge/{exe_id}",
-                additional_headers={"Authorization": f"Bearer {token}"},
-                compression=None,
-                max_size=MAX_MESSAGE_BYTES,
-                open_timeout=open_timeout,
-                ping_interval=PING_INTERVAL,
-                ping_timeout=PING_TIMEOUT,
-            )
-        except InvalidStatus as refused:
-            raise BridgeDialError(_refusal_message(refused), refused.response.status_code) from None
-        except (OSError, TimeoutError, InvalidHandshake) as error:
-            raise BridgeDialError(f"cannot connect to the gateway: {error or type(error).__name__}") from None
-
-    return connect_bridge
-
-
 class Pool:
     """One initialized ``BridgeClient`` per executor, dialled on first use.
 
-    ``gateway`` is the gateway's WebSocket origin (``ws://host:port``: clients connect to
-    ``<base>/bridge/<exe_id>``) or a ``Connector`` (``bridge.inproc.connect``: the bridge of this
-    process without a socket). Each dial takes a token from ``token_provider`` (awaited per dial,
+    ``connect`` dials the bridge (``bridge.inproc.connect``: the bridge of this process without a
+    socket; the tests dial its WebSocket). Each dial takes a token from ``token_provider`` (awaited per dial,
     so the caller can renew tokens). A closed client is replaced on the next ``get``; the new
     connection resumes the old virtual session when the gateway still has it, so its processes
     live on.
@@ -80,14 +36,14 @@ class Pool:
 
     def __init__(
         self,
-        gateway: str | Connector,
+        connect: Connector,
         token_provider: TokenProvider,
         *,
         client_name: str = "codexgw",
         open_timeout: float = 10.0,
         unavailable_grace: float = 0.0,
     ) -> None:
-        self._connect = websocket_connector(gateway) if isinstance(gateway, str) else gateway
+        self._connect = connect
         self._unavailable_grace = unavailable_grace
         self._token_provider = token_provider
         self._client_name = client_name

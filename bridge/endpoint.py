@@ -12,7 +12,6 @@ first (``authorize``): a refusal carries the HTTP status the caller acts on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,8 @@ from channels.layers import BaseChannelLayer
 
 from bridge import session as sessions
 from bridge import session_events
-from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, send_with_backpressure
+from bridge.layer_conn import LayerEnd
+from bridge.layer_frames import send_with_backpressure
 from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_UNBOUND, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
 from bridge.ws_auth import BridgeGrant, Denial, authorize_bridge
@@ -54,8 +54,8 @@ class BridgeEndpoint:
         self.outbox = BridgeOutbox(send, context={"exe_id": exe_id, "connection_id": self.conn_id})
         self.target = ""  # the inbox of the executor session this bridge talks to
         self.local: sessions.ExecutorSession | None = None
-        self.link: LayerLink | None = None
-        self._parts = Reassembler()
+        # Frames to a session in another process: ordered, batched while a send is in flight.
+        self.remote = LayerEnd(layer, "mux.bridge_frame", extra={"conn": self.conn_id}, on_stuck=self._session_stuck)
         self._groups: list[str] = []
         self._expiry: asyncio.Task[None] | None = None
         self._detached = False
@@ -78,10 +78,7 @@ class BridgeEndpoint:
         await send_with_backpressure(
             self.layer, self.target, {"type": "mux.bridge_open", "conn": self.conn_id, "reply_to": self.channel}
         )
-        # Frames to the session: ordered, batched while a send is in flight.
-        self.link = LayerLink(
-            self.layer, self.target, "mux.bridge_frame", extra={"conn": self.conn_id}, on_stuck=self._session_stuck
-        )
+        await self.remote.connect(self.target)
 
     async def _holder_unchanged(self) -> bool:
         """The executor may have moved to another process between the presence lookup and
@@ -103,9 +100,8 @@ class BridgeEndpoint:
         """A frame from the client."""
         if self.local is not None:
             await self.local.put(session_events.BridgeFrame(self.conn_id, text))
-        elif self.link is not None:
-            with contextlib.suppress(ReceiverStuck):  # the link's on_stuck closes this bridge with 1013
-                await self.link.send(text)
+        elif self.remote.link is not None:  # else not attached: the bridge is closing
+            await self.remote.send(text)
 
     async def detach(self) -> None:
         """The client's connection has ended: leave the session and the groups (once)."""
@@ -119,10 +115,10 @@ class BridgeEndpoint:
             await self.layer.group_discard(group, self.channel)
         if self.local is not None:
             await self.local.put(session_events.BridgeClosed(self.conn_id))
-        elif self.link is not None:
+        else:
             # After this bridge's queued frames, in order; the link's pump sends it.
             exe_id = self.exe_id
-            self.link.finish(
+            self.remote.finish(
                 {"type": "mux.bridge_closed", "conn": self.conn_id},
                 on_final_lost=lambda: sessions.drop("bridge_close_not_delivered", exe_id=exe_id),
             )
@@ -133,7 +129,7 @@ class BridgeEndpoint:
         kind = message.get("type")
         if kind == "bridge.frame":
             # One text, a part of a split one, or a batch (``texts``), delivered in order.
-            for text in self._parts.add_all("mux", message):
+            for text in self.remote.received(message):
                 try:
                     await self.deliver(text)
                 except ConnectionError:

@@ -27,8 +27,7 @@ from appgateway import relay
 from appgateway.consumers import TuiProxyConsumer
 from appgateway.leases import LeaseInfo
 from appgateway.rpc_filter import Frame
-from bridge import process_rpc
-from bridge.layer_frames import Reassembler
+from bridge import layer_conn, process_rpc
 from bridge.protocol import LAYER_CHUNK_CHARS
 from codexgw import redis as gwredis
 from tests.appgateway.fake_model import FunctionCall, Reply
@@ -182,8 +181,7 @@ def plant_foreign_lease(channel: str) -> None:
 
 
 async def test_a_tui_relayed_to_an_owner_that_never_answers_is_closed(sup, agentserver, monkeypatch):
-    monkeypatch.setattr(relay, "FIRST_CONTACT_LIMIT", 0.5)
-    monkeypatch.setattr(relay, "WATCH_TICK", 0.1)
+    monkeypatch.setattr(layer_conn, "FIRST_CONTACT_LIMIT", 0.5)
     layer = channel_layer()
     plant_foreign_lease(await layer.new_channel())  # nobody reads this channel
     communicator = WebsocketCommunicator(
@@ -197,7 +195,7 @@ async def test_a_tui_relayed_to_an_owner_that_never_answers_is_closed(sup, agent
 
 
 async def test_the_owner_closes_a_relayed_leg_whose_tui_went_silent(sup, agentserver, monkeypatch):
-    monkeypatch.setattr(relay, "SILENCE_LIMIT", 1.0)
+    monkeypatch.setattr(layer_conn, "SILENCE_LIMIT", 1.0)
     layer = channel_layer()
     reply_to = await layer.new_channel()
     await layer.send(
@@ -205,9 +203,9 @@ async def test_the_owner_closes_a_relayed_leg_whose_tui_went_silent(sup, agentse
         {"type": relay.RELAY_OPEN, "conn": "c1", "reply_to": reply_to, "workspace_id": WORKSPACE},
     )
     seen = []
-    while relay.OPENED not in seen:
+    while layer_conn.OPENED not in seen:
         seen.append((await asyncio.wait_for(layer.receive(reply_to), 60))["type"])
-    assert seen[0] == relay.ALIVE  # acknowledged before the app-server was spawned
+    assert seen[0] == layer_conn.ALIVE  # acknowledged before the app-server was spawned
     assert "c1" in relay._relays
     # The TUI's side sends nothing more (its process died): the owner gives up on it.
     assert await async_wait_for(lambda: "c1" not in relay._relays, 10)
@@ -228,51 +226,66 @@ class Sink:
         self.closed = (code, reason)
 
 
+async def opened_relay(layer: BaseChannelLayer, conn: str, sink: Sink) -> tuple[relay.RelayClient, str]:
+    """A relay's TUI side, with frames sent before the owner answered, and the owner's inbox."""
+    owner_channel, inbox = [await layer.new_channel() for _ in range(2)]
+    client = relay.RelayClient(conn, WORKSPACE, owner_channel, sink)
+    await client.open()
+    await client.send("early")
+    assert client.owner is not None
+    owner = client.owner
+    await layer.send(owner.inbox, {"type": layer_conn.OPENED, "inbox": inbox})
+    assert await async_wait_for(lambda: owner.link is not None, 10)
+    return client, inbox
+
+
+async def frames_until_close(layer: BaseChannelLayer, inbox: str) -> tuple[list[Frame], int]:
+    """The frames that arrive on ``inbox`` until a close, and in how many messages."""
+    received: list[Frame] = []
+    decoder, messages = layer_conn.Connection(layer, inbox, on_stuck=lambda: asyncio.sleep(0)), 0
+    while True:
+        event = await asyncio.wait_for(layer.receive(inbox), 10)
+        if event["type"] == layer_conn.CLOSE:
+            return received, messages
+        if event["type"] == layer_conn.FRAME:
+            messages += 1
+            received += decoder.frames(event)
+
+
 async def test_relayed_frames_keep_their_type_bytes_and_order(appgw):
     layer = channel_layer()
-    tui_channel, owner_channel, inbox = [await layer.new_channel() for _ in range(3)]
     sink = Sink()
-    client = relay.RelayClient("c2", tui_channel, WORKSPACE, owner_channel, sink)
+    # Sent before the owner answered: held, then flushed in order.
+    client, inbox = await opened_relay(layer, "c2", sink)
     big_binary = bytes(range(256)) * (LAYER_CHUNK_CHARS // 256 + 5)  # every byte value, two chunks
     frames: list[Frame] = ['{"id":1,"method":"a"}', big_binary, "ü" * (LAYER_CHUNK_CHARS + 3), b""]
-    # Sent before the owner answered: held, then flushed in order.
-    await client.send(frames[0])
-    await client.on_opened({"inbox": inbox})
-    for frame in frames[1:]:
-        await client.send(frame)
-    received: list[Frame] = []
-    parts = Reassembler()
-    while len(received) < len(frames):
-        received += relay._from_layer("c2", parts, await layer.receive(inbox))
-    assert received == frames
-    # And back: what the owner delivers comes out of the TUI's side the same.
-    owner = relay.RelayedConnection("c2", tui_channel, WORKSPACE)
     for frame in frames:
-        await owner._deliver(frame)
-    while len(sink.frames) < len(frames):
-        await client.on_frame(await layer.receive(tui_channel))
+        await client.send(frame)
+    await client.stop()
+    assert (await frames_until_close(layer, inbox))[0] == ["early", *frames]
+    # And back: what the owner sends comes out of the TUI's side the same.
+    client, inbox = await opened_relay(layer, "c3", sink)
+    assert client.owner is not None
+    owner = layer_conn.Connection(layer, inbox, on_stuck=client.stop)
+    await owner.connect(client.owner.inbox)
+    for frame in frames:
+        await owner.send(frame)
+    await owner.close((1000, "done"))
+    assert await async_wait_for(lambda: sink.closed == (1000, "done"), 10)
     assert sink.frames == frames
     assert [type(frame) for frame in sink.frames] == [str, bytes, str, bytes]
+    await client.stop()
 
 
 async def test_relayed_frames_are_batched_and_the_close_comes_after_them(appgw):
     layer = channel_layer()
-    tui_channel, owner_channel, inbox = [await layer.new_channel() for _ in range(3)]
-    client = relay.RelayClient("c3", tui_channel, WORKSPACE, owner_channel, Sink())
-    await client.on_opened({"inbox": inbox})
+    client, inbox = await opened_relay(layer, "c4", Sink())
     frames = [f'{{"method":"delta","params":{{"n":{n}}}}}' for n in range(200)]
     for frame in frames:
         await client.send(frame)  # queued; the link's pump sends what queues up together
     await client.stop()
-    received: list[Frame] = []
-    parts, messages = Reassembler(), 0
-    while True:
-        event = await asyncio.wait_for(layer.receive(inbox), 10)
-        if event["type"] == relay.CLIENT_CLOSED:
-            break
-        messages += 1
-        received += relay._from_layer("c3", parts, event)
-    assert received == frames
+    received, messages = await frames_until_close(layer, inbox)
+    assert received == ["early", *frames]
     assert messages < len(frames) / 4
 
 

@@ -19,6 +19,7 @@ from sdk.resolver import NameResolver, bindings_fetcher
 from sdk.tools.base import ToolContext
 from sdk.tools.files import apply_patch
 from sdk.tools.sessions import InMemoryProcessSessions
+from tests.bridge_dial import websocket_connector
 from tests.e2e.harness import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gateway_cluster(count=1)]
@@ -39,7 +40,7 @@ async def ctx(gateway_cluster, make_executor_credentials, exec_servers) -> Async
     async def token() -> str:
         return captoken.mint(settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id="trn_patch", workspace_id=WORKSPACE, ttl=600)
 
-    pool = Pool(gateway_cluster[0].ws_base_url, token)
+    pool = Pool(websocket_connector(gateway_cluster[0].ws_base_url), token)
     try:
         yield ToolContext(WORKSPACE, pool, NameResolver(bindings_fetcher(WORKSPACE)), InMemoryProcessSessions())
     finally:

@@ -21,6 +21,7 @@ from bridge.client import BridgeClient
 from bridge.client_pool import Pool
 from executors import captoken
 from executors.models import Executor
+from tests.bridge_dial import websocket_connector
 from tests.e2e.conftest import BoundExecutor
 from tests.e2e.harness import GatewayCluster, http_json, internal_secret_headers
 
@@ -93,7 +94,7 @@ async def pool(older_executor: BoundExecutor, gateway_cluster: GatewayCluster):
     async def token() -> str:
         return captoken.mint(settings.CXG_CAPTOKEN_HMAC_SECRET, turn_id="trn_older", workspace_id=WORKSPACE, ttl=600)
 
-    pool = Pool(gateway_cluster[1].ws_base_url, token, client_name="older-executor-test")
+    pool = Pool(websocket_connector(gateway_cluster[1].ws_base_url), token, client_name="older-executor-test")
     try:
         yield pool
     finally:

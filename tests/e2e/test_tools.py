@@ -29,6 +29,7 @@ from sdk.resolver import NameResolver, bindings_fetcher
 from sdk.tools import base, get_tool
 from sdk.tools.base import ToolContext, ToolResult, uri_path
 from sdk.tools.sessions import InMemoryProcessSessions
+from tests.bridge_dial import websocket_connector
 from tests.e2e.conftest import BoundExecutor
 from tests.e2e.harness import GatewayCluster
 
@@ -53,7 +54,7 @@ def make_context(cluster: GatewayCluster, workspace: str = WORKSPACE) -> ToolCon
         secret = settings.CXG_CAPTOKEN_HMAC_SECRET
         return captoken.mint(secret, turn_id=f"sdk-pool:{workspace}", workspace_id=workspace, ttl=600)
 
-    pool = Pool(cluster[1].ws_base_url, token, client_name="test-tools")
+    pool = Pool(websocket_connector(cluster[1].ws_base_url), token, client_name="test-tools")
     return ToolContext(workspace, pool, NameResolver(bindings_fetcher(workspace)), InMemoryProcessSessions())
 
 

@@ -312,7 +312,7 @@ async def test_a_turn_through_a_process_that_does_not_own_the_workspace(app_clus
     assert fake_model.responses_requests()[-1].user_texts()[-1] == f"say hi {big}"
     assert thread_id in [thread["id"] for thread in listed["data"]]
     assert owner_pid() == owner.pid  # still served by the owner: the other process spawned nothing
-    assert "TUI relayed" in other.log()
+    assert "app-server relayed" in other.log()
     assert "app-server started" not in other.log()
 
 

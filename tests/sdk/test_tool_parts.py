@@ -17,6 +17,7 @@ from sdk.tools.base import ToolContext, ToolError, ToolResult
 from sdk.tools.processes import ReadOutputArguments
 from sdk.tools.running import CappedOutput
 from sdk.tools.sessions import InMemoryProcessSessions, ProcessSession
+from tests.bridge_dial import websocket_connector
 
 
 async def no_token() -> str:
@@ -28,7 +29,12 @@ async def no_bindings() -> list[dict[str, Any]]:
 
 
 def context() -> ToolContext:
-    return ToolContext("ws", Pool("ws://127.0.0.1:1", no_token), NameResolver(no_bindings), InMemoryProcessSessions())
+    return ToolContext(
+        "ws",
+        Pool(websocket_connector("ws://127.0.0.1:1"), no_token),
+        NameResolver(no_bindings),
+        InMemoryProcessSessions(),
+    )
 
 
 def test_capped_output_keeps_head_and_tail():
@@ -53,7 +59,7 @@ class Clock:
 async def test_in_memory_sessions_forget_idle_ones():
     clock = Clock()
     sessions = InMemoryProcessSessions(max_idle=60, clock=clock)
-    pool = Pool("ws://127.0.0.1:1", no_token)
+    pool = Pool(websocket_connector("ws://127.0.0.1:1"), no_token)
     idle = ProcessSession(workspace_id="ws", environment="box", exe_id="exe_1", pool=pool, clock=clock)
     busy = ProcessSession(workspace_id="ws", environment="box", exe_id="exe_1", pool=pool, clock=clock)
     await sessions.register(idle)
@@ -155,7 +161,9 @@ def output(seq: int, data: bytes, stream: str = "stdout") -> dict[str, Any]:
 
 
 async def test_a_session_takes_events_out_of_seq_order_once_each():
-    session = ProcessSession(workspace_id="ws", environment="box", exe_id="exe_1", pool=Pool("ws://x", no_token))
+    session = ProcessSession(
+        workspace_id="ws", environment="box", exe_id="exe_1", pool=Pool(websocket_connector("ws://x"), no_token)
+    )
     deliver = session._on_event  # what the bridge client calls for each pushed event
     deliver("process/output", output(1, b"a"))
     deliver("process/exited", {"processId": "p", "seq": 3, "exitCode": 4})
@@ -170,7 +178,11 @@ async def test_a_session_takes_events_out_of_seq_order_once_each():
 
 async def test_a_session_buffer_drops_the_oldest_output():
     session = ProcessSession(
-        workspace_id="ws", environment="box", exe_id="exe_1", pool=Pool("ws://x", no_token), max_buffer=10
+        workspace_id="ws",
+        environment="box",
+        exe_id="exe_1",
+        pool=Pool(websocket_connector("ws://x"), no_token),
+        max_buffer=10,
     )
     for seq, data in enumerate((b"12345", b"6789", b"abcd", b"efghijklmnop"), start=1):
         session._on_event("process/output", output(seq, data))
@@ -212,7 +224,9 @@ async def test_an_unreachable_environment_is_an_error_result():
     async def box() -> list[dict[str, Any]]:
         return [{"exe_id": "exe_1", "name": "box"}]
 
-    ctx = ToolContext("ws", Pool("ws://127.0.0.1:1", token), NameResolver(box), InMemoryProcessSessions())
+    ctx = ToolContext(
+        "ws", Pool(websocket_connector("ws://127.0.0.1:1"), token), NameResolver(box), InMemoryProcessSessions()
+    )
     shell = get_tool("shell")
     assert shell is not None
     result = await shell(ctx, {"environment_id": "box", "command": ["ls"]})
