@@ -317,8 +317,12 @@ class RelayClient:
             await cancel_and_wait({self._reader})
         if self.owner is None:
             return
-        if self.owner.link is not None:
-            await self.owner.close(CLOSE_GATEWAY)  # a failed link sends nothing: the owner's silence limit ends it
+        answered = self.owner.link is not None
+        # Also stops the keepalive, which runs from the owner's answer on, while the frames held
+        # until then are still going out. A failed link sends nothing: the owner's silence limit
+        # ends it.
+        await self.owner.close(CLOSE_GATEWAY)
+        if answered:
             return
         with contextlib.suppress(ReceiverStuck):
             await send_with_backpressure(self.layer, self.owner_channel, {"type": RELAY_CANCEL, "conn": self.conn})

@@ -118,14 +118,18 @@ class Connection(LayerEnd):
         """Read ``inbox``, handing each frame to ``deliver`` in order, until the other end closes
         (its code and reason) or stays silent (None)."""
         heard = self.link is not None  # the answering end: the dialling end has spoken (open)
+        first_contact_by = asyncio.get_running_loop().time() + FIRST_CONTACT_LIMIT
         while True:
             try:
-                async with asyncio.timeout(SILENCE_LIMIT if heard else FIRST_CONTACT_LIMIT):
+                silence = asyncio.timeout(SILENCE_LIMIT) if heard else asyncio.timeout_at(first_contact_by)
+                async with silence:
                     message = await self.layer.receive(self.inbox)
             except TimeoutError:
                 return None
-            heard = True
             kind = message.get("type")
+            # Only this protocol's messages count as contact: an end of an older version answers
+            # with messages of its own, and must be given up on after FIRST_CONTACT_LIMIT.
+            heard = heard or kind in (FRAME, OPENED, CLOSE, ALIVE)
             if kind == FRAME:
                 for frame in self.frames(message):
                     await deliver(frame)
