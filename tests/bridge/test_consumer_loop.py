@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from bridge.consumers import GatewayConsumer
+from tests.e2e.harness import async_wait_for
 
 pytestmark = pytest.mark.usefixtures("fresh_channel_layer")
 
@@ -52,15 +53,17 @@ async def connected() -> tuple[WebsocketCommunicator, list[str], str, asyncio.Ev
     return communicator, events, await channel, release
 
 
-async def test_a_frame_waits_for_the_channel_message_being_handled() -> None:
-    communicator, events, channel, release = await connected()
+async def handling(channel: str, kind: str, events: list[str]) -> None:
+    """Send the consumer a channel message and return once its handler has begun."""
     layer = get_channel_layer()
     assert layer is not None
-    await layer.send(channel, {"type": "slow.notice"})
-    for _ in range(200):
-        if events:
-            break
-        await asyncio.sleep(0.01)
+    await layer.send(channel, {"type": kind})
+    assert await async_wait_for(lambda: events, 2)
+
+
+async def test_a_frame_waits_for_the_channel_message_being_handled() -> None:
+    communicator, events, channel, release = await connected()
+    await handling(channel, "slow.notice", events)
     await communicator.send_to(text_data="one")
     await asyncio.sleep(0.2)
     assert events == ["slow begins"]
@@ -72,13 +75,7 @@ async def test_a_frame_waits_for_the_channel_message_being_handled() -> None:
 
 async def test_a_failing_channel_handler_ends_the_connection_before_the_next_frame() -> None:
     communicator, events, channel, _ = await connected()
-    layer = get_channel_layer()
-    assert layer is not None
-    await layer.send(channel, {"type": "bad.notice"})
-    for _ in range(200):
-        if events:
-            break
-        await asyncio.sleep(0.01)
+    await handling(channel, "bad.notice", events)
     await communicator.send_to(text_data="waiting")  # for its turn when the handler fails
     with pytest.raises(RuntimeError, match="handler failed"):
         await communicator.wait(timeout=5)
