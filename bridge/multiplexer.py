@@ -324,7 +324,7 @@ class Multiplexer:
         self._by_prefix: dict[str, VirtualSession] = {}
         self._int_owners: dict[tuple[str, int], tuple[VirtualSession, int]] = {}
         self._held_reads: list[HeldRead] = []
-        # (when, vsid, process id or None): detach expiries and process timers, so that finding
+        # (when, vsid, process id or ""): detach expiries and process timers, so that finding
         # the next deadline does not walk every session. Entries are checked when they surface
         # (a timer cleared or moved meanwhile leaves a stale one behind).
         self._timeline: list[tuple[float, str, str]] = []

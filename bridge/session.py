@@ -242,6 +242,7 @@ class ExecutorSession:
             if self._in_a_row % EVENTS_IN_A_ROW == 0:
                 await asyncio.sleep(0)  # a long queue does not hold up the process's other work
             return self._queue.get_nowait()
+        self._in_a_row = 0
         if patience is not None and patience <= 0:
             await asyncio.sleep(0)
             return None
