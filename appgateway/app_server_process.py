@@ -52,7 +52,6 @@ class SpawnError(RuntimeError):
 class AppServerHandle:
     workspace_id: str
     ws_url: str
-    http_url: str
     pid: int
     codex_home: Path
     started_at: float
@@ -128,7 +127,6 @@ class AppServerProcess:
         handle = AppServerHandle(
             workspace_id=workspace_id,
             ws_url=f"ws://127.0.0.1:{port}",
-            http_url=f"http://127.0.0.1:{port}",
             pid=process.pid,
             codex_home=home,
             started_at=time.time(),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -37,7 +36,7 @@ from typing import Any, Final
 
 from django.conf import settings
 
-from appgateway import environments, relay
+from appgateway import environments, relay, rpc_filter
 from appgateway.rpc_filter import METHOD_DISABLED, Frame
 from appgateway.thread_environments import has_no_environments
 from codexgw.jsonrpc import Peer, RPCError
@@ -80,8 +79,6 @@ class CodexRPCError(TransportError):
 
     def __init__(self, method: str, rpc_code: int, message: str, data: Any = None) -> None:
         super().__init__(f"{method}: {message} (code {rpc_code})")
-        self.rpc_code = rpc_code
-        self.data = data
 
 
 class SubprocessCrash(TransportError):
@@ -155,10 +152,6 @@ class Conn:
             await conn.close()
             raise
         return conn
-
-    @property
-    def _log_extra(self) -> dict[str, str]:
-        return {"workspace_id": self.workspace_id}
 
     @property
     def alive(self) -> bool:
@@ -239,7 +232,10 @@ class Conn:
                 break
             if (not statuses and loop.time() >= quiet_until) or loop.time() >= settle_until:
                 if statuses:
-                    logger.warning("MCP servers still starting; turn starts without them", extra=self._log_extra)
+                    logger.warning(
+                        "MCP servers still starting; turn starts without them",
+                        extra={"workspace_id": self.workspace_id},
+                    )
                 break
             self._mcp_changed.clear()
             until = settle_until if statuses else quiet_until
@@ -272,7 +268,7 @@ class Conn:
 
     async def deliver(self, frame: Frame) -> None:
         self.last_active = time.monotonic()
-        await self.peer.receive(await relay.off_loop_if_large(_decode, frame))
+        await self.peer.receive(await relay.off_loop_if_large(rpc_filter.decode, frame))
 
     async def close_tui(self, code: int, reason: str) -> None:
         self.lost(f"app-server connection closed ({code} {reason})")
@@ -305,7 +301,7 @@ class Conn:
         if decline is None:
             raise RPCError(method, METHOD_DISABLED, f"method not implemented by agentserver broker: {method}")
         # Only in forward mode: in accept mode the leg has answered it already.
-        logger.info("broker declined %s: nobody to forward it to", method, extra=self._log_extra)
+        logger.info("broker declined %s: nobody to forward it to", method, extra={"workspace_id": self.workspace_id})
         return decline
 
     # ending
@@ -325,28 +321,17 @@ class Conn:
             await self.link.stop()
 
 
-def _decode(frame: Frame) -> Any:
-    try:
-        return json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
-
-
 # --- the pool --------------------------------------------------------------------------------
 
 
 class Pool:
-    """One connection per workspace, dialled single-flight, closed after ``idle_ttl`` seconds
-    without a frame and without a turn in flight."""
+    """One connection per workspace, dialled single-flight, closed after
+    ``CXG_BROKER_POOL_IDLE_TTL`` seconds without a frame and without a turn in flight."""
 
-    def __init__(self, idle_ttl: float | None = None) -> None:
-        self.idle_ttl = idle_ttl
+    def __init__(self) -> None:
         self._conns: dict[str, Conn] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
-
-    def _ttl(self) -> float:
-        return self.idle_ttl if self.idle_ttl is not None else float(settings.CXG_BROKER_POOL_IDLE_TTL)
 
     async def get(self, workspace_id: str) -> Conn:
         if self._reaper is None or self._reaper.done():
@@ -363,7 +348,7 @@ class Pool:
 
     async def _reap(self) -> None:
         while True:
-            ttl = self._ttl()
+            ttl = float(settings.CXG_BROKER_POOL_IDLE_TTL)
             await asyncio.sleep(min(max(ttl / 4, 0.05), REAP_TICK_MAX))
             now = time.monotonic()
             for workspace_id, conn in list(self._conns.items()):

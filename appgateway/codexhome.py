@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,15 +183,11 @@ def render_config_toml(config: CodexConfig) -> str:
         "analytics": {"enabled": False},
     }
     if config.mcp_servers:
-        servers: dict[str, Any] = {}
-        for server in config.mcp_servers:
-            block: dict[str, Any] = {"url": server.url}
-            if server.bearer_token_env_var is not None:
-                block["bearer_token_env_var"] = server.bearer_token_env_var
-            if server.default_tools_approval_mode is not None:
-                block["default_tools_approval_mode"] = server.default_tools_approval_mode
-            servers[server.name] = block
-        document["mcp_servers"] = servers
+        # Each block: the server's fields but its name, which is the table's, and those it leaves unset.
+        document["mcp_servers"] = {
+            server.name: {key: value for key, value in asdict(server).items() if key != "name" and value is not None}
+            for server in config.mcp_servers
+        }
     return tomli_w.dumps(document)
 
 

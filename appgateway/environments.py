@@ -30,7 +30,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from appgateway import supervisor
-from appgateway.rpc_filter import Frame, request_named
+from appgateway.rpc_filter import Frame, encode, request_named
 from appgateway.thread_environments import ThreadsWithoutEnvironments
 from bridge import exec_session_store
 from codexgw import redis as gwredis
@@ -40,7 +40,6 @@ from executors.models import WorkspaceExecutor
 logger = logging.getLogger(__name__)
 
 FALLBACK_CWD: Final = "/"  # exists on every executor, holds nothing of the gateway's
-_THREAD_START: Final = "thread/start"
 
 # --- pure ---------------------------------------------------------------------------------------
 
@@ -52,7 +51,6 @@ class Binding:
     name: str
     exe_id: str
     is_default: bool
-    bound_at: float  # epoch seconds
 
 
 def environment_add_params(binding: Binding, ws_base_url: str, token: str) -> dict[str, Any]:
@@ -104,7 +102,7 @@ def selection(
 def thread_start_environments(frame: Frame) -> tuple[dict[str, Any], str | None] | None:
     """For a ``thread/start`` request that names no environments: the decoded request and the
     ``cwd`` the client named (or None). Anything else: None (the frame passes unchanged)."""
-    message = request_named(frame, _THREAD_START)
+    message = request_named(frame, "thread/start")
     if message is None:
         return None
     params = message.get("params")
@@ -134,7 +132,7 @@ def with_experimental_api(message: dict[str, Any]) -> str:
     params = message["params"]
     capabilities = params.get("capabilities")
     capabilities = {**(capabilities if isinstance(capabilities, dict) else {}), "experimentalApi": True}
-    return json.dumps({**message, "params": {**params, "capabilities": capabilities}}, separators=(",", ":"))
+    return encode({**message, "params": {**params, "capabilities": capabilities}})
 
 
 # turn/start keys that, without ``environments``, make codex re-select its default environments
@@ -160,14 +158,14 @@ def without_turn_placement(message: dict[str, Any]) -> str:
     """The ``turn/start`` without ``cwd`` and ``runtimeWorkspaceRoots``: the turn keeps the
     thread's environments, each in its own directory."""
     params = {key: value for key, value in message["params"].items() if key not in _TURN_PLACEMENT}
-    return json.dumps({**message, "params": params}, separators=(",", ":"))
+    return encode({**message, "params": params})
 
 
 def with_environments(message: dict[str, Any], environments: list[dict[str, Any]]) -> str:
     """The request with ``params.environments`` set (everything else kept)."""
     params = message.get("params")
     rewritten = {**message, "params": {**(params if isinstance(params, dict) else {}), "environments": environments}}
-    return json.dumps(rewritten, separators=(",", ":"))
+    return encode(rewritten)
 
 
 # --- reading the bindings -----------------------------------------------------------------------
@@ -175,10 +173,7 @@ def with_environments(message: dict[str, Any], environments: list[dict[str, Any]
 
 def _bindings_sync(workspace_id: str) -> list[Binding]:
     rows = WorkspaceExecutor.objects.filter(workspace_id=workspace_id).order_by("created_at", "id")
-    return [
-        Binding(name=row.name, exe_id=row.executor_id, is_default=row.is_default, bound_at=row.created_at.timestamp())
-        for row in rows
-    ]
+    return [Binding(name=row.name, exe_id=row.executor_id, is_default=row.is_default) for row in rows]
 
 
 bindings = database_sync_to_async(_bindings_sync)
@@ -219,20 +214,15 @@ async def default_selection(workspace_id: str, client_cwd: str | None = None) ->
     """``environments`` for a new thread of the workspace that names none (see ``selection``).
     When the bindings cannot be read (an outage): none, so the thread still starts, on no machine."""
     try:
-        return await _default_selection(workspace_id, client_cwd)
+        if await supervisor.get_supervisor().lease_owner(workspace_id) is None:
+            return []
+        chosen = thread_bindings(await bindings(workspace_id), await load_registered(workspace_id))
+        cwds = {binding.exe_id: await executor_cwd(binding.exe_id) for binding in chosen}
     except Exception:
         logger.warning(
             "default environment unknown: the thread gets none", extra={"workspace_id": workspace_id}, exc_info=True
         )
         return []
-
-
-async def _default_selection(workspace_id: str, client_cwd: str | None) -> list[dict[str, Any]]:
-    lease = await supervisor.get_supervisor().lease_owner(workspace_id)
-    if lease is None:
-        return []
-    chosen = thread_bindings(await bindings(workspace_id), await load_registered(workspace_id))
-    cwds = {binding.exe_id: await executor_cwd(binding.exe_id) for binding in chosen}
     return selection(chosen, cwds, client_cwd)
 
 

@@ -77,14 +77,6 @@ class Token:
         return self.expires_at - now < margin
 
 
-@dataclass
-class ModelSpawn:
-    """What a spawn needs for model calls (consumed by the spawn builder)."""
-
-    env: dict[str, str]
-    provider_base_url: str | None
-
-
 # --- the agentserver ------------------------------------------------------------------------
 
 
@@ -215,16 +207,17 @@ def workspace_for_credential(credential: str) -> str | None:
     return workspace_id
 
 
-async def spawn_settings(workspace_id: str) -> ModelSpawn:
-    """The model env and base_url for a spawn: the proxy and the workspace's proxy credential.
+async def spawn_settings(workspace_id: str) -> supervisor.SpawnConfig:
+    """The model env and base_url for a spawn (the spawn builder adds the rest): the proxy and the
+    workspace's proxy credential.
 
     Built-in mode always goes through the proxy too, so the static key stays in the gateway and
     a missing key is explained by the proxy. An agentserver backend without its URL has no
     per-workspace tokens: the supervisor's defaults apply (the static key,
     ``CXG_MODEL_PROVIDER_BASE_URL``)."""
     if not identity.builtin() and not settings.CXG_AGENTSERVER_INTERNAL_URL:
-        return ModelSpawn(env={}, provider_base_url=None)
-    return ModelSpawn(
+        return supervisor.SpawnConfig()
+    return supervisor.SpawnConfig(
         env={settings.CXG_MODEL_PROVIDER_ENV_KEY: proxy_credential(workspace_id)},
         provider_base_url=self_http_base_url() + PROXY_BASE_PATH,
     )

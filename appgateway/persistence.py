@@ -95,15 +95,11 @@ def _is_sqlite(path: Path) -> bool:
 def _snapshot_sqlite(path: Path, target: Path) -> bool:
     """A consistent copy of a (possibly live) database into ``target``; False if SQLite refused."""
     try:
-        source = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
-        try:
-            destination = sqlite3.connect(target)
-            try:
-                source.backup(destination)  # one step: a single read transaction, a consistent view
-            finally:
-                destination.close()
-        finally:
-            source.close()
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)) as source,
+            contextlib.closing(sqlite3.connect(target)) as destination,
+        ):
+            source.backup(destination)  # one step: a single read transaction, a consistent view
     except sqlite3.Error as exc:
         logger.warning(
             "sqlite snapshot failed, copying the files instead", extra={"path": str(path), "error": str(exc)}
@@ -185,11 +181,8 @@ def _store_atomically(target: Storage, name: str, content: IO[bytes]) -> None:
         # FileSystemStorage writes in place and leaves what it wrote when the source fails.
         if target.save(partial, File(content, name=name)) != partial:
             raise PersistenceError(f"storage renamed {partial!r}")
-        fd = os.open(partial_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(partial_path, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(partial_path, final_path)
     except BaseException:
         with contextlib.suppress(OSError):

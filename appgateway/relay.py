@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -42,6 +41,7 @@ from codexgw.websocket import SENDABLE_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
 
+Close = tuple[int, str]  # how a side ended: the WebSocket close (code, reason) to pass on
 CLOSE_UNAVAILABLE: Final = (1011, "subprocess unavailable")
 CLOSE_GATEWAY: Final = (1000, "gateway closing")
 DIAL_TIMEOUT = 10.0
@@ -73,14 +73,6 @@ def _layer() -> BaseChannelLayer:
 
 
 # --- the loopback leg ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LegEnd:
-    """How the app-server side ended: the close to give the TUI."""
-
-    code: int
-    reason: str
 
 
 class AppServerLeg:
@@ -121,9 +113,10 @@ class AppServerLeg:
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(frame)
 
-    async def pump(self, deliver: Callable[[Frame], Awaitable[None]]) -> LegEnd:
+    async def pump(self, deliver: Callable[[Frame], Awaitable[None]]) -> Close:
         """Read the app-server until it closes: answer approval requests (per
-        ``CXG_APPROVAL_MODE``), ``deliver`` every other frame verbatim, in order."""
+        ``CXG_APPROVAL_MODE``), ``deliver`` every other frame verbatim, in order. Returns the
+        close to give the TUI."""
         mode = rpc_filter.approval_mode(settings.CXG_APPROVAL_MODE)
         try:
             async for frame in self.ws:
@@ -139,8 +132,8 @@ class AppServerLeg:
             pass
         received = self.ws.protocol.close_rcvd
         if received is None or received.code not in SENDABLE_CLOSE_CODES:
-            return LegEnd(*CLOSE_UNAVAILABLE)
-        return LegEnd(received.code, received.reason)
+            return CLOSE_UNAVAILABLE
+        return received.code, received.reason
 
     async def close(self) -> None:
         await self.ws.close(*CLOSE_GATEWAY)
@@ -157,20 +150,27 @@ class TuiSink(Protocol):
     async def close_tui(self, code: int, reason: str) -> None: ...
 
 
+async def _read_to_end(reading: Awaitable[Close | None], tui: TuiSink, workspace_id: str, what: str) -> None:
+    """A client's reader (``what``: the leg or the relay): tell ``tui`` once how the app-server
+    side ended, when ``reading`` returns (None: the owning process went silent) or fails."""
+    try:
+        end = await reading
+    except Exception:
+        logger.exception("%s failed", what, extra={"workspace_id": workspace_id})
+        end = CLOSE_UNAVAILABLE
+    if end is None:
+        logger.warning("relay: the owning process went silent", extra={"workspace_id": workspace_id})
+        end = CLOSE_UNAVAILABLE
+    await tui.close_tui(*end)
+
+
 class LocalClient:
     """This process owns the app-server: a leg, read by a task of its own."""
 
     def __init__(self, leg: AppServerLeg, tui: TuiSink) -> None:
         self.leg = leg
-        self._reader = asyncio.create_task(self._read(tui), name=f"app-server leg {leg.workspace_id}")
-
-    async def _read(self, tui: TuiSink) -> None:
-        try:
-            end = await self.leg.pump(tui.deliver)
-        except Exception:
-            logger.exception("app-server leg failed", extra={"workspace_id": self.leg.workspace_id})
-            end = LegEnd(*CLOSE_UNAVAILABLE)
-        await tui.close_tui(end.code, end.reason)
+        reading = _read_to_end(leg.pump(tui.deliver), tui, leg.workspace_id, "app-server leg")
+        self._reader = asyncio.create_task(reading, name=f"app-server leg {leg.workspace_id}")
 
     async def send(self, frame: Frame) -> None:
         await self.leg.send(frame)
@@ -197,27 +197,27 @@ class RelayedConnection:
         layer = _layer()
         tui = Connection(layer, await layer.new_channel(), on_stuck=self._stuck)
         await tui.connect(self.reply_to)  # its first ``alive`` acknowledges the open, before any spawn
-        end: LegEnd | None = None
+        end: Close | None = None
         try:
             try:
                 self.leg = await AppServerLeg.open(self.workspace_id)
             except (AppServerUnavailable, supervisor.OwnedElsewhere):
                 # OwnedElsewhere: the lease moved since the TUI's process looked it up.
-                end = LegEnd(*CLOSE_UNAVAILABLE)
+                end = CLOSE_UNAVAILABLE
                 return
             await tui.opened()
             end = await self._pump_both_ways(tui, self.leg)
             if end is not None and drain.is_draining():
-                end = LegEnd(CLOSE_SERVICE_RESTART, "gateway restarting")  # the app-server stopped for the drain
+                end = (CLOSE_SERVICE_RESTART, "gateway restarting")  # the app-server stopped for the drain
         except ReceiverStuck:
             logger.warning("relay: the TUI's process stopped reading", extra={"workspace_id": self.workspace_id})
         except Exception:
             logger.exception("relay failed", extra={"workspace_id": self.workspace_id})
-            end = LegEnd(*CLOSE_UNAVAILABLE)
+            end = CLOSE_UNAVAILABLE
         finally:
             # The app-server side ended, never began or failed: so does the TUI, after the frames
             # before. Else the TUI's side ended, stopped reading, or the relay was cancelled.
-            await tui.close(None if end is None else (end.code, end.reason))
+            await tui.close(end)
             if self.leg is not None:
                 await self.leg.close()
 
@@ -227,7 +227,7 @@ class RelayedConnection:
         if self.leg is not None:
             await self.leg.close()
 
-    async def _pump_both_ways(self, tui: Connection, leg: AppServerLeg) -> LegEnd | None:
+    async def _pump_both_ways(self, tui: Connection, leg: AppServerLeg) -> Close | None:
         """Until either side ends; the app-server side's end, or None when the TUI's ended."""
         from_tui = asyncio.create_task(tui.run(leg.send), name=f"relay from tui {self.conn}")
         to_tui = asyncio.create_task(leg.pump(tui.send), name=f"relay to tui {self.conn}")
@@ -290,22 +290,12 @@ class RelayClient:
             self.owner_channel,
             {"type": RELAY_OPEN, "conn": self.conn, "reply_to": owner.inbox, "workspace_id": self.workspace_id},
         )
-        self._reader = asyncio.create_task(self._read(owner), name=f"relay reader {self.conn}")
+        reading = _read_to_end(owner.run(self.tui.deliver), self.tui, self.workspace_id, "relay")
+        self._reader = asyncio.create_task(reading, name=f"relay reader {self.conn}")
 
     async def send(self, frame: Frame) -> None:
         assert self.owner is not None, "send after open"
         await self.owner.send(frame)  # held until the owner has answered
-
-    async def _read(self, owner: Connection) -> None:
-        try:
-            end = await owner.run(self.tui.deliver)
-        except Exception:
-            logger.exception("relay failed", extra={"workspace_id": self.workspace_id})
-            end = CLOSE_UNAVAILABLE
-        if end is None:
-            logger.warning("relay: the owning process went silent", extra={"workspace_id": self.workspace_id})
-            end = CLOSE_UNAVAILABLE
-        await self.tui.close_tui(*end)
 
     async def _stuck(self) -> None:
         logger.warning("relay: the owner stopped reading", extra={"workspace_id": self.workspace_id})

@@ -21,6 +21,7 @@ all the same, so a later codex that reads them cannot be used to slip past the f
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -132,11 +133,16 @@ def _object(pairs: list[tuple[str, Any]]) -> _Pairs:
     return decoded
 
 
-def _decode(frame: Frame) -> Any:
+def decode(frame: Frame, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+    """The frame's JSON, or None when it is none (or nested too deep to parse)."""
     try:
-        return json.loads(frame, object_pairs_hook=_object)
+        return json.loads(frame, object_pairs_hook=object_pairs_hook)
     except (ValueError, RecursionError):
         return None
+
+
+def encode(message: Any) -> str:
+    return json.dumps(message, separators=(",", ":"))
 
 
 def decode_object(frame: Frame, needle: str) -> dict[str, Any] | None:
@@ -144,10 +150,7 @@ def decode_object(frame: Frame, needle: str) -> dict[str, Any] | None:
     before the parse: most frames are not the one wanted); else None."""
     if isinstance(frame, bytes) or needle not in frame:
         return None
-    try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
+    message = decode(frame)
     return message if isinstance(message, dict) else None
 
 
@@ -261,7 +264,7 @@ def inspect_client_frame(frame: Frame) -> ClientVerdict:
     """Refuse requests for blocked methods: an error reply when they carry an id, silently when
     they do not (notifications, ``id: null``). A batch (the app-server rejects arrays today) is
     refused whole if any element is blocked."""
-    message = _decode(frame)
+    message = decode(frame, _object)
     if isinstance(message, list):
         blocked = [(element, method) for element in message if (method := _blocked_method(element))]
         if not blocked:
@@ -269,7 +272,7 @@ def inspect_client_frame(frame: Frame) -> ClientVerdict:
         replies = [_error_reply(element["id"], method) for element, method in blocked if element.get("id") is not None]
         return ClientVerdict(
             forward=False,
-            reply=_encode(replies) if replies else None,
+            reply=encode(replies) if replies else None,
             method=", ".join(method for _, method in blocked),
             refusal="local IO",
         )
@@ -285,7 +288,7 @@ def inspect_client_frame(frame: Frame) -> ClientVerdict:
     refused = method or local or message["method"]
     if message.get("id") is None:
         return ClientVerdict(forward=False, method=refused, refusal=refusal)
-    reply = _encode(_error_reply(message["id"], refused, reason))
+    reply = encode(_error_reply(message["id"], refused, reason))
     return ClientVerdict(forward=False, reply=reply, method=refused, refusal=refusal)
 
 
@@ -299,17 +302,14 @@ def approval_answer(frame: Frame, mode: ApprovalMode) -> str | None:
             return None
     elif not any(marker in frame for marker in _APPROVAL_BYTES):
         return None
-    try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
+    message = decode(frame)
     if not isinstance(message, dict) or message.get("id") is None:
         return None
     method = message.get("method")
     answer = APPROVAL_ANSWERS.get(method) if isinstance(method, str) else None
     if answer is None:
         return None
-    return _encode({"id": message["id"], "result": answer})
+    return encode({"id": message["id"], "result": answer})
 
 
 # The start of codex's warning (0.171.0); a later wording is passed on, as any other frame.
@@ -324,7 +324,3 @@ def false_sandbox_warning(frame: Frame) -> bool:
     params = message.get("params")
     summary = params.get("summary") if isinstance(params, dict) else None
     return isinstance(summary, str) and summary.startswith(FALSE_SANDBOX_WARNING)
-
-
-def _encode(message: Any) -> str:
-    return json.dumps(message, separators=(",", ":"))

@@ -133,14 +133,14 @@ async def build(workspace_id: str) -> SpawnConfig:
         # Only a process that serves (manage.py serve) has env-mcp and bridges; a script driving
         # the supervisor gets an app-server without executor tools.
         logger.warning("spawning without env-mcp: this process serves no routes", extra={"workspace_id": workspace_id})
-        return SpawnConfig(env=model.env, provider_base_url=model.provider_base_url)
+        return model
     exec_gateway_url = runtime.self_ws_base_url()
     turn, token = mint_turn(workspace_id)
     _turns[workspace_id] = turn
-    return SpawnConfig(
+    return replace(
+        model,
         env={**model.env, TOKEN_ENV: token},
         mcp_servers=[env_mcp_server(workspace_id, self_http_base_url)],
-        provider_base_url=model.provider_base_url,
         # Every bound executor becomes a native environment of the app-server, reached at this
         # process's /bridge with a token of the spawn's turn for that executor alone (sent over
         # the loopback WebSocket only).

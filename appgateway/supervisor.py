@@ -39,6 +39,7 @@ from appgateway.app_server_process import START_TIMEOUT, AppServerHandle, AppSer
 from appgateway.codexhome import McpServer
 from appgateway.leases import HeldLeases, LeaseInfo, LiveSession
 from bridge import process_rpc
+from codexgw.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +266,7 @@ class Supervisor:
                     await self._shutdown_locked(state, workspace_id, reason)
             except Exception:
                 logger.exception("shutdown failed", extra={"workspace_id": workspace_id})
-        for task in list(state.tasks):
-            task.cancel()
-        await asyncio.gather(*state.tasks, return_exceptions=True)
+        await cancel_and_wait(state.tasks)
         await state.leases.store.close()
         self._state = None
 

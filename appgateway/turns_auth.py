@@ -12,7 +12,6 @@ bad key. Keys are not cached: a turn costs far more than its validation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Final
 
 from django.conf import settings
@@ -29,17 +28,9 @@ logger = logging.getLogger(__name__)
 
 VALIDATE_PATH: Final = "/internal/workspace-api-keys/validate"
 KEY_PREFIX: Final = "wak_"
-TURNS_SCOPE: Final = identity.TURNS
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    workspace_id: str
-    key_id: str
-    scopes: frozenset[str]
-
-
-async def validate_api_key(secret: str) -> ApiKey:
+async def validate_api_key(secret: str) -> identity.Grant:
     """The key's grant; raises ``InvalidToken`` or ``VerifierUnavailable``."""
     response = await agentserver.ask(VALIDATE_PATH, {"secret": secret})
     try:
@@ -49,7 +40,7 @@ async def validate_api_key(secret: str) -> ApiKey:
         raise VerifierUnavailable(f"undecodable validate response: {response.text[:BODY_LOG_LIMIT]!r}") from exc
     if not isinstance(workspace_id, str) or not workspace_id or not isinstance(scopes, list):
         raise VerifierUnavailable(f"validate response without a grant: {response.text[:BODY_LOG_LIMIT]!r}")
-    return ApiKey(workspace_id, str(key_id), frozenset(str(scope) for scope in scopes))
+    return identity.Grant(workspace_id, "", str(key_id), frozenset(str(scope) for scope in scopes))
 
 
 async def validate_for_identity(token: str) -> identity.Grant:
@@ -57,11 +48,10 @@ async def validate_for_identity(token: str) -> identity.Grant:
     if not token.startswith(KEY_PREFIX):
         raise identity.Unauthorized("unauthorized")  # not an API key: agentserver is not even asked
     with agentserver.answers():
-        key = await validate_api_key(token)
-    return identity.Grant(key.workspace_id, "", key.key_id, key.scopes)
+        return await validate_api_key(token)
 
 
-async def authenticate(request: Request) -> ApiKey | None:
+async def authenticate(request: Request) -> identity.Grant | None:
     """None for agentserver (no further checks), else the caller's key with the ``turns:submit``
     scope. Raises 401 (``Unauthorized``), 403 (``PermissionDenied``: no scope) or 503
     (``ServiceUnavailable``: the identity backend cannot answer)."""
@@ -74,7 +64,7 @@ async def authenticate(request: Request) -> ApiKey | None:
             logger.error("CXG_AGENTSERVER_INTERNAL_SECRET is not set: refusing %s", request.path)
         raise Unauthorized()
     try:
-        grant = await identity.authenticate(token, TURNS_SCOPE)
+        return await identity.authenticate(token, identity.TURNS)
     except identity.Unavailable as exc:
         logger.warning("API key validation unavailable", extra={"error": exc.reason})
         raise ServiceUnavailable("API key validation unavailable, retry later") from exc
@@ -82,4 +72,3 @@ async def authenticate(request: Request) -> ApiKey | None:
         raise exceptions.PermissionDenied(exc.reason) from None
     except identity.IdentityError as exc:
         raise Unauthorized(exc.reason) from None
-    return ApiKey(grant.workspace_id, grant.token_id, grant.scopes)

@@ -289,7 +289,7 @@ async def test_a_timeout_interrupts_poisons_the_connection_and_the_next_turn_dia
     assert [m.get("method") for m in app.received if "method" in m].count("thread/resume") == 2
 
 
-async def test_a_lost_connection_fails_its_turn_and_idle_connections_are_closed(scripted):
+async def test_a_lost_connection_fails_its_turn_and_idle_connections_are_closed(scripted, settings):
     async def on_request(app: Scripted, message: dict[str, Any]) -> None:
         if message["method"] == "thread/resume":
             await app.send({"id": message["id"], "result": {}})
@@ -301,7 +301,8 @@ async def test_a_lost_connection_fails_its_turn_and_idle_connections_are_closed(
             await app.send(completed("t"))
 
     app = await scripted(on_request)
-    pool = broker.Pool(idle_ttl=0.3)
+    settings.CXG_BROKER_POOL_IDLE_TTL = 0.3
+    pool = broker.Pool()
     try:
         dropped = await pool.run_turn(WORKSPACE, "th", {"input": "drop"}, 5)
         assert dropped["transport"]["code"] == "wsDisconnect", dropped

@@ -11,8 +11,8 @@ from appgateway import environments, spawn_builder
 from appgateway.environments import Binding
 from executors import captoken
 
-BOX = Binding(name="box", exe_id="exe_1", is_default=True, bound_at=100.0)
-OTHER = Binding(name="other", exe_id="exe_2", is_default=False, bound_at=50.0)
+BOX = Binding(name="box", exe_id="exe_1", is_default=True)
+OTHER = Binding(name="other", exe_id="exe_2", is_default=False)
 
 
 def test_environment_add_reaches_the_bridge_with_the_token():
@@ -41,7 +41,7 @@ def test_path_from_file_uri(uri, path):
     assert environments.path_from_file_uri(uri) == path
 
 
-LATE = Binding(name="late", exe_id="exe_3", is_default=False, bound_at=500.0)
+LATE = Binding(name="late", exe_id="exe_3", is_default=False)
 
 
 def test_a_thread_gets_the_default_binding_first_then_the_other_registered_ones():

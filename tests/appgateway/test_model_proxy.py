@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from appgateway import codexhome, model_credentials
-from appgateway.supervisor import SpawnConfig
 from tests.appgateway.conftest import app_client, run_turn
 from tests.appgateway.test_model_credentials import SECRET, TokenIssuer, token_path
 from tests.e2e.harness import GatewayCluster, async_wait_for, http_request
@@ -59,11 +58,7 @@ async def test_turns_use_the_current_token_and_rotation_needs_no_respawn(
     appgw.CXG_AGENTSERVER_INTERNAL_URL = agentserver.base_url
     appgw.CXG_SELF_HTTP_BASE_URL = proxy_gateway(fake_model.base_url)
 
-    async def builder(workspace_id: str) -> SpawnConfig:
-        spawn = await model_credentials.spawn_settings(workspace_id)
-        return SpawnConfig(env=spawn.env, provider_base_url=spawn.provider_base_url)
-
-    sup.set_spawn_builder(builder)
+    sup.set_spawn_builder(model_credentials.spawn_settings)
     handle = await sup.ensure_app_server("ws-rot")
     config = (codexhome.home_path("ws-rot") / codexhome.CONFIG_FILE).read_text()
     assert f'base_url = "{appgw.CXG_SELF_HTTP_BASE_URL}/api/model-proxy/v1"' in config

@@ -49,7 +49,7 @@ async def test_spawn_serves_a_real_turn_and_holds_the_lease(sup, appgw, fake_mod
     handle = await sup.ensure_app_server("ws-turn")
 
     assert handle.ws_url.startswith("ws://127.0.0.1:")
-    status, body = await asyncio.to_thread(http_request, "GET", handle.http_url + "/readyz")
+    status, body = await asyncio.to_thread(http_request, "GET", handle.ws_url.replace("ws://", "http://") + "/readyz")
     assert status == 200, body
     home = codexhome.home_path("ws-turn")
     assert handle.codex_home == home
@@ -409,7 +409,7 @@ async def test_another_process_takes_over_after_the_owner_dies(sup, appgw, tmp_p
 
         handle = await sup.ensure_app_server("ws-takeover")
         assert (await sup.lease_owner("ws-takeover")).process_id == sup.process_id
-        status, _ = await asyncio.to_thread(http_request, "GET", handle.http_url + "/readyz")
+        status, _ = await asyncio.to_thread(http_request, "GET", handle.ws_url.replace("ws://", "http://") + "/readyz")
         assert status == 200
     finally:
         if owner.poll() is None:
