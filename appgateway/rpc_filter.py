@@ -187,7 +187,13 @@ def _protected_keys(value: Any) -> set[str]:
                 found.add(key.split(".", 1)[0])
             if key in ("keyPath", "key_path") and isinstance(inner, str) and inner.split(".", 1)[0] in PROTECTED_CONFIG:
                 found.add(inner.split(".", 1)[0])
-            if key in ("keyPath", "key_path") and isinstance(inner, list) and inner and inner[0] in PROTECTED_CONFIG:
+            if (
+                key in ("keyPath", "key_path")
+                and isinstance(inner, list)
+                and inner
+                and isinstance(inner[0], str)
+                and inner[0] in PROTECTED_CONFIG
+            ):
                 found.add(str(inner[0]))
             found |= _protected_keys(inner)
     elif isinstance(value, list):

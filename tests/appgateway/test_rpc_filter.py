@@ -227,6 +227,7 @@ def test_approval_mode_names():
         {"id": 5, "method": "config/value/write", "params": {"keyPath": "features.shell_tool", "value": True}},
         {"id": 5, "method": "config/batchWrite", "params": {"edits": [{"keyPath": "notify", "value": ["sh"]}]}},
         {"id": 5, "method": "config/value/write", "params": {"keyPath": "", "value": {"hooks": {}}}},
+        {"id": 5, "method": "config/value/write", "params": {"keyPath": [{"features": {}}], "value": True}},
         {"id": 5, "method": "modelProvider/default/set", "params": {"providerId": "ollama"}},
         # Turning things off passes only as such: not mixed with turning on, nor a server's other keys.
         {"id": 5, "method": "thread/start", "params": {"config": {"features": {"a": False, "b": True}}}},
@@ -333,3 +334,12 @@ def test_only_codexs_bubblewrap_config_warning_is_held_back():
     for frame in others:
         assert not rpc_filter.false_sandbox_warning(json.dumps(frame)), frame
     assert not rpc_filter.false_sandbox_warning(json.dumps(warning).encode())
+
+
+def test_a_key_path_that_starts_with_an_object_is_judged_not_crashed_on():
+    # A list key path is read by its first element; an object there (unhashable) once raised
+    # TypeError in the TUI consumer's receive. Nothing protected is named: codex answers it.
+    frame = json.dumps({"id": 7, "method": "config/value/write", "params": {"keyPath": [{}], "value": 1}})
+    verdict = inspect_client_frame(frame)
+    assert verdict.forward
+    assert verdict.reply is None
