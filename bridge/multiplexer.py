@@ -1208,12 +1208,16 @@ class Multiplexer:
                 self._links.clear()
                 self.finished = True
             return actions
-        if self.state is ExecutorState.READY:
-            for vsession, process_id, at in self._timers():
-                if now >= at:
-                    actions.extend(self._read_again(vsession, process_id, vsession.processes[process_id]))
-        for vsession in list(self._vsessions.values()):
-            if vsession.detached_at is not None and now >= vsession.detached_at + self.resume_window:
+        # The timeline fires only while the executor is ready: a read and a process/terminate
+        # both need it. A disconnect cancels the process timers; expiries wait for it to be back.
+        while self.state is ExecutorState.READY and self._timeline and self._timeline[0][0] <= now:
+            at, vsid, process_id = heapq.heappop(self._timeline)
+            if not self._due(at, vsid, process_id):
+                continue  # the timer was cleared or moved, or the session resumed or is gone
+            vsession = self._vsessions[vsid]
+            if process_id:
+                actions.extend(self._read_again(vsession, process_id, vsession.processes[process_id]))
+            else:
                 actions.extend(self._expire_vsession(vsession))
         return actions
 
@@ -1232,21 +1236,9 @@ class Multiplexer:
         process = vsession.processes.get(process_id)
         return process is not None and at in (process.retry_at, process.reorder_at)
 
-    def _timers(self) -> list[tuple[VirtualSession, str, float]]:
-        """Failed recovery reads waiting to be tried again, and live gaps waiting to be filled
-        (only ever while the executor is ready: a disconnect cancels both)."""
-        timers = []
-        for vsession in self._vsessions.values():
-            for process_id, process in vsession.processes.items():
-                for at in (process.retry_at, process.reorder_at):
-                    if at is not None:
-                        timers.append((vsession, process_id, at))
-        return timers
-
     def _expire_vsession(self, vsession: VirtualSession) -> list[Action]:
-        """Nobody resumed the virtual session in time: end its processes on the executor."""
-        if self.state is not ExecutorState.READY:
-            return []  # retried on a later tick, once the executor is back
+        """Nobody resumed the virtual session in time: end its processes on the executor (only
+        once it is ready: tick() leaves the expiry on the timeline until then)."""
         actions: list[Action] = []
         for process_id, process in vsession.processes.items():
             if process.closed:

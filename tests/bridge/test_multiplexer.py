@@ -1623,6 +1623,43 @@ def test_next_deadline_is_never_in_the_past_after_a_tick():
     assert rig.mux.next_deadline() is None
 
 
+def test_tick_fires_each_due_timer_once_and_none_that_was_cleared_or_moved():
+    """tick() takes what is due from the timeline. A timer cleared (its gap filled) or moved (its
+    session resumed and left again) leaves a stale entry behind that must not fire; a timer put
+    on the timeline twice, or ticked twice, fires once."""
+    rig = ready_rig()
+    t0 = rig.clock.now
+    rig.attach("A")
+    pid = rig.start("A", "p1")
+    rig.deliver(output(pid, 1), "A", output("p1", 1))
+    assert rig.push(output(pid, 3)) == []  # a gap: read at t0 + 1 unless it fills
+    rig.clock.now = t0 + 0.5
+    assert rig.push(output(pid, 2)) == [ToBridge("A", output("p1", 2)), ToBridge("A", output("p1", 3))]
+    assert rig.push(output(pid, 5)) == []  # a new gap: read at t0 + 1.5
+    rig.clock.now = t0 + 1
+    assert rig.mux.tick() == []
+    rig.clock.now = t0 + 1.5
+    read = only(to_executor(rig.mux.tick()))
+    assert read == recovery_read(read, pid, 3)
+    assert rig.mux.tick() == []
+
+    vsid = rig.attach("B")
+    pid_b = rig.start("B", "q1")
+    rig.mux.bridge_detached("B")  # expires at t0 + 1.5 + the window...
+    rig.clock.now = t0 + 2.5
+    rig.initialize("C", resume=vsid)
+    rig.mux.bridge_detached("C")  # ...no: at t0 + 2.5 + the window...
+    rig.initialize("D", resume=vsid)
+    rig.mux.bridge_detached("D")  # ...the same expiry again (the same clock reading)
+    rig.clock.now = t0 + 1.5 + EXEC_SESSION_RETENTION
+    assert rig.mux.tick() == []
+    rig.clock.now = t0 + 2.5 + EXEC_SESSION_RETENTION
+    terminate = only(to_executor(rig.mux.tick()))
+    assert terminate["params"] == {"processId": pid_b}
+    assert rig.mux.tick() == []
+    assert rig.mux.vsession_count == 1  # A's
+
+
 def test_events_before_the_start_response_are_kept():
     """exec-server may push a fast process's events before the process/start result. Before
     the fix the result reset the (already closed) process, so the next reconnect re-read it and
