@@ -400,19 +400,11 @@ class Multiplexer:
         self._urgent = False
         return changes
 
-    # --- introspection (tests, metrics, admin) ----------------------------------------------
-
-    @property
-    def bridge_count(self) -> int:
-        return len(self._links)
+    # --- introspection (metrics, the table's write) ---------------------------------------------
 
     @property
     def pending_count(self) -> int:
         return len(self._pending) + len(self._held_reads)
-
-    @property
-    def vsession_count(self) -> int:
-        return len(self._vsessions)
 
     def delivery_conn(self, vsid: str) -> str | None:
         """The connection the virtual session's events last went to, attached or not."""
@@ -1020,9 +1012,9 @@ class Multiplexer:
                     vsession.processes[process_id] = ProcessState(starting=True)
                     self._touch(vsession, urgent=True)
             if method == "process/read" and process_id is not None and self._should_hold(vsession, process_id, params):
-                wait = params.get("waitMs")
-                # min() before any float(): a JSON integer can be beyond a float's range.
-                deadline = self.clock() + min(wait, 300_000) / 1000.0 if isinstance(wait, int | float) else self.clock()
+                # min() before any float(): a JSON integer can be beyond a float's range (_should_hold
+                # made sure waitMs is a number above 0).
+                deadline = self.clock() + min(params["waitMs"], 300_000) / 1000.0
                 self._held_reads.append(HeldRead(link.conn_id, client_id, vsession, process_id, params, deadline))
                 return []
             params = self._namespace_handles(vsession, params)
