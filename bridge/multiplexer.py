@@ -541,22 +541,17 @@ class Multiplexer:
                     self._touch(vsession)
         if pending.conn_id not in self._links or vsession.conn_id != pending.conn_id:
             return [Dropped("response_for_departed_bridge", pending.method)]
-        reply: JSON = {"id": pending.client_id}
-        result = message.get("result")
         if "error" in message:
-            reply["error"] = message["error"]
-        else:
-            if isinstance(result, dict):
-                result = self._restore_handles(vsession, result)
-            reply["result"] = result
-        return [ToBridge(pending.conn_id, reply)]
+            return [ToBridge(pending.conn_id, {"id": pending.client_id, "error": message["error"]})]
+        result = message.get("result")
+        if isinstance(result, dict):
+            result = self._restore_handles(vsession, result)
+        return [ToBridge(pending.conn_id, {"id": pending.client_id, "result": result})]
 
     def _executor_notification(self, message: JSON) -> list[Action]:
         method = str(message.get("method"))
         params = message.get("params")
-        if not isinstance(params, dict):
-            return [Dropped("unrouted_notification", method)]
-        owner = self._owner_of(params)
+        owner = self._owner_of(params) if isinstance(params, dict) else None
         if owner is None:
             return [Dropped("unrouted_notification", method)]
         vsession, restored = owner
