@@ -152,6 +152,13 @@ class LinkState(Enum):
     READY = "ready"
 
 
+# What a bridge that sends a request before its handshake is done is told, by how far it got.
+NOT_READY = {
+    LinkState.AWAITING_INITIALIZE: "client must call initialize before using exec methods",
+    LinkState.AWAITING_INITIALIZED: "client must send initialized before using exec methods",
+}
+
+
 @dataclass
 class ProcessState:
     """What the gateway knows of one process of a virtual session.
@@ -175,7 +182,6 @@ class ProcessState:
     retry_at: float | None = None  # when a failed recovery read is tried again
     reorder_at: float | None = None  # when a live gap that did not fill is read
     failures: int = 0  # failed recovery reads in a row
-    exit_info: JSON | None = None
     starting: bool = False  # process/start forwarded, no answer yet
 
     @property
@@ -293,6 +299,11 @@ def _unavailable(request_id: Any, message: str) -> JSON:
     return rpc_error(request_id, EXECUTOR_UNAVAILABLE, message, {"retryable": True})
 
 
+def _refuse(conn_id: str, request_id: Any, code: int, message: str) -> list[Action]:
+    """The gateway answers a bridge's request itself, with an error."""
+    return [ToBridge(conn_id, rpc_error(request_id, code, message))]
+
+
 def _valid_id(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
 
@@ -389,19 +400,11 @@ class Multiplexer:
         self._urgent = False
         return changes
 
-    # --- introspection (tests, metrics, admin) ----------------------------------------------
-
-    @property
-    def bridge_count(self) -> int:
-        return len(self._links)
+    # --- introspection (metrics, the table's write) ---------------------------------------------
 
     @property
     def pending_count(self) -> int:
         return len(self._pending) + len(self._held_reads)
-
-    @property
-    def vsession_count(self) -> int:
-        return len(self._vsessions)
 
     def delivery_conn(self, vsid: str) -> str | None:
         """The connection the virtual session's events last went to, attached or not."""
@@ -418,10 +421,14 @@ class Multiplexer:
         return [self._initialize_executor(self.session_id)]
 
     def _initialize_executor(self, resume: str | None) -> ToExecutor:
-        request_id = next(self._ids)
-        self._pending[request_id] = Pending(kind="handshake")
         params: JSON = {"clientName": GATEWAY_CLIENT_NAME, "resumeSessionId": resume}
-        return ToExecutor({"id": request_id, "method": "initialize", "params": params})
+        return self._request(Pending(kind="handshake"), {"method": "initialize", "params": params})
+
+    def _request(self, pending: Pending, message: JSON) -> ToExecutor:
+        """A request to the executor (``message`` less its id): its answer goes where ``pending`` says."""
+        request_id = next(self._ids)
+        self._pending[request_id] = pending
+        return ToExecutor({"id": request_id, **message})
 
     def executor_disconnected(self) -> list[Action]:
         if self.state is ExecutorState.DISCONNECTED:
@@ -429,17 +436,10 @@ class Multiplexer:
         self.state = ExecutorState.DISCONNECTED
         self.disconnected_at = self.clock()
         actions: list[Action] = []
+        in_flight = "executor connection lost before the response; the request may or may not have run"
         for pending in self._pending.values():
             if pending.kind == "client" and pending.conn_id in self._links:
-                actions.append(
-                    ToBridge(
-                        pending.conn_id,
-                        _unavailable(
-                            pending.client_id,
-                            "executor connection lost before the response; the request may or may not have run",
-                        ),
-                    )
-                )
+                actions.append(ToBridge(pending.conn_id, _unavailable(pending.client_id, in_flight)))
         self._pending.clear()
         for held in self._held_reads:
             if held.conn_id in self._links:
@@ -521,9 +521,7 @@ class Multiplexer:
             if conn_id is not None:
                 # Requests queued during the handshake are answered before the close: codex waits
                 # out its 45 s session recovery for a request that dies with its connection.
-                queued = [m for c, m in self._backlog if c == conn_id]
-                self._backlog = [(c, m) for c, m in self._backlog if c != conn_id]
-                actions.extend(ToBridge(conn_id, _unavailable(m["id"], reason)) for m in queued if "id" in m)
+                actions.extend(self._fail_backlog(reason, conn_id))
                 actions.append(CloseBridge(conn_id, CLOSE_EXECUTOR_LOST, reason))
                 self._links.pop(conn_id, None)
             self._drop_vsession(vsession)
@@ -543,22 +541,17 @@ class Multiplexer:
                     self._touch(vsession)
         if pending.conn_id not in self._links or vsession.conn_id != pending.conn_id:
             return [Dropped("response_for_departed_bridge", pending.method)]
-        reply: JSON = {"id": pending.client_id}
-        result = message.get("result")
         if "error" in message:
-            reply["error"] = message["error"]
-        else:
-            if isinstance(result, dict):
-                result = self._restore_handles(vsession, result)
-            reply["result"] = result
-        return [ToBridge(pending.conn_id, reply)]
+            return [ToBridge(pending.conn_id, {"id": pending.client_id, "error": message["error"]})]
+        result = message.get("result")
+        if isinstance(result, dict):
+            result = self._restore_handles(vsession, result)
+        return [ToBridge(pending.conn_id, {"id": pending.client_id, "result": result})]
 
     def _executor_notification(self, message: JSON) -> list[Action]:
         method = str(message.get("method"))
         params = message.get("params")
-        if not isinstance(params, dict):
-            return [Dropped("unrouted_notification", method)]
-        owner = self._owner_of(params)
+        owner = self._owner_of(params) if isinstance(params, dict) else None
         if owner is None:
             return [Dropped("unrouted_notification", method)]
         vsession, restored = owner
@@ -657,8 +650,7 @@ class Multiplexer:
     def _recovery_read(
         self, vsession: VirtualSession, process_id: str, after_seq: int, *, continued: bool = False
     ) -> ToExecutor:
-        request_id = next(self._ids)
-        self._pending[request_id] = Pending(
+        pending = Pending(
             kind="recover", vsession=vsession, process=process_id, after_seq=after_seq, continued=continued
         )
         params = {
@@ -667,7 +659,7 @@ class Multiplexer:
             "maxBytes": RECOVERY_READ_BYTES,
             "waitMs": 0,
         }
-        return ToExecutor({"id": request_id, "method": "process/read", "params": params})
+        return self._request(pending, {"method": "process/read", "params": params})
 
     def _recovery_response(self, pending: Pending, message: JSON) -> list[Action]:
         vsession, process_id = pending.vsession, pending.process
@@ -924,12 +916,7 @@ class Multiplexer:
         if link is None:
             return [Dropped("message_from_unknown_bridge", conn_id)]
         if not isinstance(message, dict):
-            return [
-                ToBridge(
-                    conn_id,
-                    rpc_error(-1, INVALID_REQUEST, "failed to parse JSON-RPC message: expected a JSON-RPC object"),
-                )
-            ]
+            return _refuse(conn_id, -1, INVALID_REQUEST, "failed to parse JSON-RPC message: expected a JSON-RPC object")
         method = message.get("method")
         if method is None:
             # A response: the gateway never sends bridges requests, so it has no owner.
@@ -938,34 +925,13 @@ class Multiplexer:
             return self._client_notification(link, str(method))
         request_id = message["id"]
         if not _valid_id(request_id) or not isinstance(method, str):
-            return [
-                ToBridge(
-                    conn_id, rpc_error(-1, INVALID_REQUEST, "failed to parse JSON-RPC message: invalid id or method")
-                )
-            ]
+            return _refuse(conn_id, -1, INVALID_REQUEST, "failed to parse JSON-RPC message: invalid id or method")
         if method == "initialize":
             if link.state is not LinkState.AWAITING_INITIALIZE:
-                return [
-                    ToBridge(
-                        conn_id,
-                        rpc_error(request_id, INVALID_REQUEST, "initialize may only be sent once per connection"),
-                    )
-                ]
+                return _refuse(conn_id, request_id, INVALID_REQUEST, "initialize may only be sent once per connection")
             return self._initialize_bridge(link, request_id, message.get("params"))
-        if link.state is LinkState.AWAITING_INITIALIZE:
-            return [
-                ToBridge(
-                    conn_id,
-                    rpc_error(request_id, INVALID_REQUEST, "client must call initialize before using exec methods"),
-                )
-            ]
-        if link.state is LinkState.AWAITING_INITIALIZED:
-            return [
-                ToBridge(
-                    conn_id,
-                    rpc_error(request_id, INVALID_REQUEST, "client must send initialized before using exec methods"),
-                )
-            ]
+        if link.state is not LinkState.READY:
+            return _refuse(conn_id, request_id, INVALID_REQUEST, NOT_READY[link.state])
         if self.state is ExecutorState.HANDSHAKING:
             self._backlog.append((conn_id, message))
             return []
@@ -985,45 +951,28 @@ class Multiplexer:
         if link.state is LinkState.AWAITING_INITIALIZED:
             link.state = LinkState.READY
             assert link.vsession is not None
-            if self.state is ExecutorState.READY:
-                return self._start_recovery_if_needed(link.vsession)
-        return []
-
-    def _start_recovery_if_needed(self, vsession: VirtualSession) -> list[Action]:
-        if any(p.needs_recovery for p in vsession.processes.values()):
-            return self._start_recovery(vsession)
+            if self.state is ExecutorState.READY and any(p.needs_recovery for p in link.vsession.processes.values()):
+                return self._start_recovery(link.vsession)
         return []
 
     def _initialize_bridge(self, link: BridgeLink, request_id: Any, params: Any) -> list[Action]:
         conn_id = link.conn_id
         if not isinstance(params, dict):
-            return [
-                ToBridge(
-                    conn_id,
-                    rpc_error(request_id, INVALID_PARAMS, "invalid type: null, expected struct InitializeParams"),
-                )
-            ]
+            return _refuse(conn_id, request_id, INVALID_PARAMS, "invalid type: null, expected struct InitializeParams")
         if not isinstance(params.get("clientName"), str):
-            return [ToBridge(conn_id, rpc_error(request_id, INVALID_PARAMS, "missing field `clientName`"))]
+            return _refuse(conn_id, request_id, INVALID_PARAMS, "missing field `clientName`")
         if self.environment_info is None:
             # Only possible before the executor's first handshake: answer once it is known.
             self._backlog.append((conn_id, {"id": request_id, "method": "initialize", "params": params}))
             return []
         resume = params.get("resumeSessionId")
-        actions: list[Action] = []
         if isinstance(resume, str):
             vsession = self._vsessions.get(resume)
             if vsession is None:
-                return [ToBridge(conn_id, rpc_error(request_id, INVALID_REQUEST, f"unknown session id {resume}"))]
+                return _refuse(conn_id, request_id, INVALID_REQUEST, f"unknown session id {resume}")
             if vsession.conn_id is not None and vsession.conn_id in self._links:
-                return [
-                    ToBridge(
-                        conn_id,
-                        rpc_error(
-                            request_id, SESSION_ATTACHED, f"session {resume} is already attached to another connection"
-                        ),
-                    )
-                ]
+                attached = f"session {resume} is already attached to another connection"
+                return _refuse(conn_id, request_id, SESSION_ATTACHED, attached)
             vsession.conn_id = conn_id
             vsession.delivered_via = conn_id
             vsession.detached_at = None
@@ -1042,8 +991,7 @@ class Multiplexer:
         link.vsession = vsession
         link.state = LinkState.AWAITING_INITIALIZED
         result = {"sessionId": vsession.vsid, "environmentInfo": self.environment_info}
-        actions.append(ToBridge(conn_id, {"id": request_id, "result": result}))
-        return actions
+        return [ToBridge(conn_id, {"id": request_id, "result": result})]
 
     def _forward_request(
         self, link: BridgeLink, vsession: VirtualSession, client_id: Any, method: str, params: Any, has_params: bool
@@ -1059,9 +1007,9 @@ class Multiplexer:
                     vsession.processes[process_id] = ProcessState(starting=True)
                     self._touch(vsession, urgent=True)
             if method == "process/read" and process_id is not None and self._should_hold(vsession, process_id, params):
-                wait = params.get("waitMs")
-                # min() before any float(): a JSON integer can be beyond a float's range.
-                deadline = self.clock() + min(wait, 300_000) / 1000.0 if isinstance(wait, int | float) else self.clock()
+                # min() before any float(): a JSON integer can be beyond a float's range (_should_hold
+                # made sure waitMs is a number above 0).
+                deadline = self.clock() + min(params["waitMs"], 300_000) / 1000.0
                 self._held_reads.append(HeldRead(link.conn_id, client_id, vsession, process_id, params, deadline))
                 return []
             params = self._namespace_handles(vsession, params)
@@ -1069,19 +1017,11 @@ class Multiplexer:
                 # Never long-poll on the shared connection: exec-server serves requests one at a
                 # time by default, so one client's wait would stall every other client.
                 params["waitMs"] = 0
-        request_id = next(self._ids)
-        self._pending[request_id] = Pending(
-            kind="client",
-            conn_id=link.conn_id,
-            client_id=client_id,
-            vsession=vsession,
-            process=process_id,
-            method=method,
-        )
-        forwarded: JSON = {"id": request_id, "method": method}
+        forwarded: JSON = {"method": method}
         if has_params:
             forwarded["params"] = params
-        return [ToExecutor(forwarded)]
+        pending = Pending("client", link.conn_id, client_id, vsession, process_id, method)
+        return [self._request(pending, forwarded)]
 
     def _should_hold(self, vsession: VirtualSession, process_id: str, params: JSON) -> bool:
         wait = params.get("waitMs")
@@ -1108,18 +1048,9 @@ class Multiplexer:
             link = self._links.get(held.conn_id)
             if link is None or link.vsession is not held.vsession:
                 continue
-            params = self._namespace_handles(held.vsession, held.params)
-            params["waitMs"] = 0
-            request_id = next(self._ids)
-            self._pending[request_id] = Pending(
-                kind="client",
-                conn_id=held.conn_id,
-                client_id=held.client_id,
-                vsession=held.vsession,
-                process=held.process,
-                method="process/read",
-            )
-            actions.append(ToExecutor({"id": request_id, "method": "process/read", "params": params}))
+            params = {**self._namespace_handles(held.vsession, held.params), "waitMs": 0}
+            pending = Pending("client", held.conn_id, held.client_id, held.vsession, held.process, "process/read")
+            actions.append(self._request(pending, {"method": "process/read", "params": params}))
         return actions
 
     # --- handles ----------------------------------------------------------------------------
@@ -1203,17 +1134,18 @@ class Multiplexer:
                 # exec-server has killed the session's processes by now.
                 actions.extend(self._lose_all_vsessions("the executor did not come back within the session window"))
                 actions.extend(self._fail_backlog("executor did not come back"))
-                for conn_id in list(self._links):
-                    actions.append(CloseBridge(conn_id, CLOSE_EXECUTOR_LOST, "executor did not come back"))
-                self._links.clear()
-                self.finished = True
+                actions.extend(self._finish(CLOSE_EXECUTOR_LOST, "executor did not come back"))
             return actions
-        if self.state is ExecutorState.READY:
-            for vsession, process_id, at in self._timers():
-                if now >= at:
-                    actions.extend(self._read_again(vsession, process_id, vsession.processes[process_id]))
-        for vsession in list(self._vsessions.values()):
-            if vsession.detached_at is not None and now >= vsession.detached_at + self.resume_window:
+        # The timeline fires only while the executor is ready: a read and a process/terminate
+        # both need it. A disconnect cancels the process timers; expiries wait for it to be back.
+        while self.state is ExecutorState.READY and self._timeline and self._timeline[0][0] <= now:
+            at, vsid, process_id = heapq.heappop(self._timeline)
+            if not self._due(at, vsid, process_id):
+                continue  # the timer was cleared or moved, or the session resumed or is gone
+            vsession = self._vsessions[vsid]
+            if process_id:
+                actions.extend(self._read_again(vsession, process_id, vsession.processes[process_id]))
+            else:
                 actions.extend(self._expire_vsession(vsession))
         return actions
 
@@ -1232,29 +1164,15 @@ class Multiplexer:
         process = vsession.processes.get(process_id)
         return process is not None and at in (process.retry_at, process.reorder_at)
 
-    def _timers(self) -> list[tuple[VirtualSession, str, float]]:
-        """Failed recovery reads waiting to be tried again, and live gaps waiting to be filled
-        (only ever while the executor is ready: a disconnect cancels both)."""
-        timers = []
-        for vsession in self._vsessions.values():
-            for process_id, process in vsession.processes.items():
-                for at in (process.retry_at, process.reorder_at):
-                    if at is not None:
-                        timers.append((vsession, process_id, at))
-        return timers
-
     def _expire_vsession(self, vsession: VirtualSession) -> list[Action]:
-        """Nobody resumed the virtual session in time: end its processes on the executor."""
-        if self.state is not ExecutorState.READY:
-            return []  # retried on a later tick, once the executor is back
+        """Nobody resumed the virtual session in time: end its processes on the executor (only
+        once it is ready: tick() leaves the expiry on the timeline until then)."""
         actions: list[Action] = []
         for process_id, process in vsession.processes.items():
             if process.closed:
                 continue
-            request_id = next(self._ids)
-            self._pending[request_id] = Pending(kind="internal")
             params = {"processId": f"{vsession.prefix}.{process_id}"}
-            actions.append(ToExecutor({"id": request_id, "method": "process/terminate", "params": params}))
+            actions.append(self._request(Pending(kind="internal"), {"method": "process/terminate", "params": params}))
         self._drop_vsession(vsession)
         return actions
 
@@ -1274,31 +1192,30 @@ class Multiplexer:
         link = self._links.get(vsession.conn_id)
         return link is not None and link.state is LinkState.READY and link.vsession is vsession
 
-    def _fail_backlog(self, reason: str) -> list[Action]:
-        actions: list[Action] = []
-        backlog, self._backlog = self._backlog, []
-        for conn_id, message in backlog:
-            if isinstance(message, dict) and "id" in message and conn_id in self._links:
-                actions.append(ToBridge(conn_id, _unavailable(message["id"], reason)))
-        return actions
+    def _fail_backlog(self, reason: str, conn_id: str | None = None) -> list[Action]:
+        """Answer the requests queued during the handshake (every bridge's, or ``conn_id``'s):
+        retryable, ``reason``."""
+        failed = [(c, m) for c, m in self._backlog if conn_id is None or c == conn_id]
+        self._backlog = [(c, m) for c, m in self._backlog if conn_id is not None and c != conn_id]
+        return [
+            ToBridge(c, _unavailable(m["id"], reason))
+            for c, m in failed
+            if isinstance(m, dict) and "id" in m and c in self._links
+        ]
 
     def drain(self, code: int, reason: str) -> list[Action]:
         """This gateway process is going away: answer everything that waits (retryable), then
         close every bridge and the executor with ``code`` so both reconnect to another process,
         which takes the virtual sessions over from the shared table."""
-        actions = self.executor_disconnected()
-        for conn_id in list(self._links):
-            actions.append(CloseBridge(conn_id, code, reason))
-        self._links.clear()
-        actions.append(CloseExecutor(code, reason))
-        self.finished = True
-        return actions
+        return [*self.executor_disconnected(), *self._finish(code, reason), CloseExecutor(code, reason)]
 
     def evicted(self, reason: str) -> list[Action]:
         """Another gateway process now holds the executor: every bridge must reconnect there."""
-        actions: list[Action] = [CloseExecutor(CLOSE_EXECUTOR_REPLACED, reason)]
-        for conn_id in list(self._links):
-            actions.append(CloseBridge(conn_id, CLOSE_EXECUTOR_LOST, reason))
+        return [CloseExecutor(CLOSE_EXECUTOR_REPLACED, reason), *self._finish(CLOSE_EXECUTOR_LOST, reason)]
+
+    def _finish(self, code: int, reason: str) -> list[Action]:
+        """This multiplexer is done: every bridge is closed with ``code``."""
+        closes: list[Action] = [CloseBridge(conn_id, code, reason) for conn_id in self._links]
         self._links.clear()
         self.finished = True
-        return actions
+        return closes

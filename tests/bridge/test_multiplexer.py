@@ -176,6 +176,12 @@ class Rig:
     def send(self, conn_id: str, message: Any) -> list[Action]:
         return self.mux.bridge_message(conn_id, message)
 
+    def gone(self, conn_id: str) -> bool:
+        """The multiplexer no longer knows the bridge (it closed it)."""
+        return self.send(conn_id, {"id": 0, "method": "environment/status"}) == [
+            Dropped("message_from_unknown_bridge", conn_id)
+        ]
+
     def forward(self, conn_id: str, message: JSON) -> JSON:
         """A bridge request the gateway forwards at once: returns what the executor receives."""
         actions = self.send(conn_id, message)
@@ -256,7 +262,7 @@ def test_unknown_session_on_resume_reinitializes_fresh_and_loses_every_virtual_s
     rig.attach("C")
     rig.mux.bridge_detached("C")  # C's virtual session is detached
     rig.mux.bridge_attached("D")  # D has not initialized: it has no virtual session yet
-    assert rig.mux.vsession_count == 3
+    assert len(rig.mux.take_changes().upserts) == 3
     rig.mux.executor_disconnected()
 
     init = only(to_executor(rig.mux.executor_connected()))
@@ -276,8 +282,12 @@ def test_unknown_session_on_resume_reinitializes_fresh_and_loses_every_virtual_s
         ("B", CLOSE_EXECUTOR_LOST),
     ]
     assert len(actions) == 4
-    assert rig.mux.vsession_count == 0
-    assert rig.mux.bridge_count == 1  # D stays: it can still initialize a fresh virtual session
+    changes = rig.mux.take_changes()
+    assert changes.upserts == {}
+    assert len(changes.deletes) == 3
+    assert rig.gone("A")
+    assert rig.gone("B")
+    assert not rig.gone("D")  # D stays: it can still initialize a fresh virtual session
     # The lost virtual session is gone for good.
     assert to_bridge(rig.initialize("E", resume=ready), "E") == [
         error(1, -32600, f"unknown session id {ready}"),
@@ -362,7 +372,7 @@ def test_bridge_initialize_is_answered_by_the_gateway_with_a_new_session():
     second = rig.attach("B")
     assert first != second
     assert str(uuid.UUID(first)) == first
-    assert rig.mux.vsession_count == 2
+    assert sorted(rig.mux.take_changes().upserts) == sorted([first, second])
     assert rig.initialized("A") == []  # a second initialized is ignored, as exec-server does
 
 
@@ -1439,7 +1449,7 @@ def test_detached_session_expires_and_its_live_processes_are_terminated():
     assert actions == [
         ToExecutor({"id": terminate["id"], "method": "process/terminate", "params": {"processId": pid_live}})
     ]
-    assert rig.mux.vsession_count == 0
+    assert rig.mux.take_changes().deletes == [vsid]
     assert rig.answer(terminate, {"running": True}) == []
     assert rig.push(exited(pid_live, 1, 137)) == [Dropped("unrouted_notification", "process/exited")]
     assert rig.initialize("B", resume=vsid) == [ToBridge("B", error(1, -32600, f"unknown session id {vsid}"))]
@@ -1456,7 +1466,7 @@ def test_session_resumed_in_time_does_not_expire():
     assert rig.mux.next_deadline() is None  # the expiry it no longer has is not a deadline
     rig.clock.advance(10)
     assert rig.mux.tick() == []
-    assert rig.mux.vsession_count == 1
+    assert rig.mux.take_changes().deletes == []
 
 
 def test_expiry_waits_for_the_executor():
@@ -1492,8 +1502,9 @@ def test_executor_away_too_long_closes_every_bridge_and_finishes():
     ]
     assert len(actions) == 2
     assert rig.mux.finished
-    assert rig.mux.bridge_count == 0
-    assert rig.mux.vsession_count == 0
+    assert rig.gone("A")
+    assert rig.gone("B")
+    assert rig.mux.take_changes().deletes == [rig.vsids["A"]]
 
 
 def test_executor_that_never_connects_finishes_after_the_window():
@@ -1516,7 +1527,7 @@ def test_evicted_closes_executor_and_every_bridge():
         CloseBridge("C", CLOSE_EXECUTOR_LOST, "taken over"),
     ]
     assert rig.mux.finished
-    assert rig.mux.bridge_count == 0
+    assert all(rig.gone(conn_id) for conn_id in "ABC")
 
 
 # --- regressions: bugs found in bridge/multiplexer.py while writing these tests ---------------
@@ -1621,6 +1632,43 @@ def test_next_deadline_is_never_in_the_past_after_a_tick():
     terminate = only(to_executor(rig.mux.tick()))
     assert terminate["params"] == {"processId": pid}
     assert rig.mux.next_deadline() is None
+
+
+def test_tick_fires_each_due_timer_once_and_none_that_was_cleared_or_moved():
+    """tick() takes what is due from the timeline. A timer cleared (its gap filled) or moved (its
+    session resumed and left again) leaves a stale entry behind that must not fire; a timer put
+    on the timeline twice, or ticked twice, fires once."""
+    rig = ready_rig()
+    t0 = rig.clock.now
+    rig.attach("A")
+    pid = rig.start("A", "p1")
+    rig.deliver(output(pid, 1), "A", output("p1", 1))
+    assert rig.push(output(pid, 3)) == []  # a gap: read at t0 + 1 unless it fills
+    rig.clock.now = t0 + 0.5
+    assert rig.push(output(pid, 2)) == [ToBridge("A", output("p1", 2)), ToBridge("A", output("p1", 3))]
+    assert rig.push(output(pid, 5)) == []  # a new gap: read at t0 + 1.5
+    rig.clock.now = t0 + 1
+    assert rig.mux.tick() == []
+    rig.clock.now = t0 + 1.5
+    read = only(to_executor(rig.mux.tick()))
+    assert read == recovery_read(read, pid, 3)
+    assert rig.mux.tick() == []
+
+    vsid = rig.attach("B")
+    pid_b = rig.start("B", "q1")
+    rig.mux.bridge_detached("B")  # expires at t0 + 1.5 + the window...
+    rig.clock.now = t0 + 2.5
+    rig.initialize("C", resume=vsid)
+    rig.mux.bridge_detached("C")  # ...no: at t0 + 2.5 + the window...
+    rig.initialize("D", resume=vsid)
+    rig.mux.bridge_detached("D")  # ...the same expiry again (the same clock reading)
+    rig.clock.now = t0 + 1.5 + EXEC_SESSION_RETENTION
+    assert rig.mux.tick() == []
+    rig.clock.now = t0 + 2.5 + EXEC_SESSION_RETENTION
+    terminate = only(to_executor(rig.mux.tick()))
+    assert terminate["params"] == {"processId": pid_b}
+    assert rig.mux.tick() == []
+    assert rig.mux.take_changes().deletes == [vsid]  # B's, not A's
 
 
 def test_events_before_the_start_response_are_kept():
