@@ -50,6 +50,7 @@ from codexgw import layer_wire
 from codexgw.layer_direct import DirectPath, Sessions
 from codexgw.layer_inbox import OUTAGE_ERRORS, RETRY_FIRST, RETRY_MAX, Inbox
 from codexgw.layer_pipe import SendPipe
+from codexgw.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -164,36 +165,29 @@ class RedisInboxChannelLayer(BaseChannelLayer):
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Push ``message`` onto its receiver's inbox. A full channel is watched for room a little
-        while (a cheap read, not the message again) before ``ChannelFull`` is raised."""
+        while (``_try_send``) before ``ChannelFull`` is raised."""
         assert isinstance(message, dict), "message is not a dict"
         payload = channel.encode() + b"\n" + msgpack.packb(message, use_bin_type=True)
         direct = self._state()[2]
-        if direct is not None:
-            await self._send_direct(direct, channel, payload)
-            return
-        if await self._retrying("send", lambda: self._push(channel, payload)):
-            return
         deadline = time.monotonic() + FULL_WAIT
         delay = FULL_POLL_FIRST
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, FULL_POLL_MAX)
-            if await self._retrying("send", lambda: self._has_room(channel, len(payload))) and await self._retrying(
-                "send", lambda: self._push(channel, payload)
-            ):
-                return
-        raise ChannelFull(channel)
-
-    async def _send_direct(self, direct: DirectPath, channel: str, payload: bytes) -> None:
-        """The direct path's answer to a full channel is cheap: ask again (the message again)."""
-        inbox = self._inbox_of(channel)
-        deadline = time.monotonic() + FULL_WAIT
-        delay = FULL_POLL_FIRST
-        while not await direct.send(inbox, channel, payload):
+        again = False
+        while not await self._try_send(direct, channel, payload, again):
             if time.monotonic() >= deadline:
                 raise ChannelFull(channel)
             await asyncio.sleep(delay)
             delay = min(delay * 2, FULL_POLL_MAX)
+            again = True
+
+    async def _try_send(self, direct: DirectPath | None, channel: str, payload: bytes, again: bool) -> bool:
+        """One attempt: True if sent, False if the channel is full. Asking again is cheap on the
+        direct path (the message again); on the Redis path a cheap read (not the message again)
+        comes first."""
+        if direct is not None:
+            return await direct.send(self._inbox_of(channel), channel, payload)
+        if again and not await self._retrying("send", lambda: self._has_room(channel, len(payload))):
+            return False
+        return await self.push_redis(channel, payload)
 
     async def push_redis(self, channel: str, payload: bytes) -> bool:
         """The Redis path of one message (the direct path's fallback): True, or False if full."""
@@ -320,6 +314,5 @@ class RedisInboxChannelLayer(BaseChannelLayer):
             await direct.shut()
         await inbox.shut()
         if pipe.flusher is not None:
-            pipe.flusher.cancel()
-            await asyncio.gather(pipe.flusher, return_exceptions=True)
+            await cancel_and_wait([pipe.flusher])
         await inbox.client.aclose()

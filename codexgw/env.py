@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -20,20 +19,20 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
 _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
-def _raw(name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    value = (os.environ if environ is None else environ).get(name)
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
     if value is None or value.strip() == "":
         return None
     return value.strip()
 
 
-def env_str(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
-    value = _raw(name, environ)
+def env_str(name: str, default: str = "") -> str:
+    value = _raw(name)
     return default if value is None else value
 
 
-def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
-    value = _raw(name, environ)
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name)
     if value is None:
         return default
     lowered = value.lower()
@@ -44,15 +43,8 @@ def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None)
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use one of true/false, 1/0, yes/no, on/off)")
 
 
-def env_int(
-    name: str,
-    default: int,
-    *,
-    minimum: int | None = None,
-    maximum: int | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> int:
-    value = _raw(name, environ)
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    value = _raw(name)
     if value is None:
         return default
     try:
@@ -86,9 +78,9 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def env_duration(name: str, default: float, *, minimum: float = 0.0, environ: Mapping[str, str] | None = None) -> float:
+def env_duration(name: str, default: float, *, minimum: float = 0.0) -> float:
     """Seconds, from a Go-style duration string or a plain number of seconds."""
-    value = _raw(name, environ)
+    value = _raw(name)
     if value is None:
         return default
     try:
@@ -100,15 +92,15 @@ def env_duration(name: str, default: float, *, minimum: float = 0.0, environ: Ma
     return seconds
 
 
-def env_list(name: str, default: list[str], environ: Mapping[str, str] | None = None) -> list[str]:
-    value = _raw(name, environ)
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = _raw(name)
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def env_choice(name: str, default: str, choices: set[str], environ: Mapping[str, str] | None = None) -> str:
-    value = _raw(name, environ)
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    value = _raw(name)
     if value is None:
         return default
     if value.lower() not in choices:
@@ -116,10 +108,10 @@ def env_choice(name: str, default: str, choices: set[str], environ: Mapping[str,
     return value.lower()
 
 
-def env_secret(name: str, environ: Mapping[str, str] | None = None) -> str:
+def env_secret(name: str) -> str:
     """A secret from ``NAME`` or from the file named by ``NAME_FILE`` (not both)."""
-    direct = _raw(name, environ)
-    path = _raw(f"{name}_FILE", environ)
+    direct = _raw(name)
+    path = _raw(f"{name}_FILE")
     if direct is not None and path is not None:
         raise ImproperlyConfigured(f"set either {name} or {name}_FILE, not both")
     if path is None:

@@ -42,6 +42,7 @@ from codexgw import layer_wire as wire
 from codexgw import metrics
 from codexgw.layer_inbox import OUTAGE_ERRORS, Inbox
 from codexgw.layer_peer import Peer
+from codexgw.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +217,7 @@ class DirectPath:
     async def shut(self) -> None:
         """Stop listening (answers already written: what was answered is queued, what was not
         is sent again by its sender) and close the links to peers."""
-        for task in (self._refresher, self._listening):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task for task in (self._refresher, self._listening) if task is not None)
         if self._server is not None:
             self._server.close()
             for accepted in list(self._accepted):

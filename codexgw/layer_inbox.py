@@ -31,6 +31,7 @@ import redis.exceptions
 
 from codexgw import metrics
 from codexgw.layer_wire import untag
+from codexgw.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,7 @@ class Inbox:
             self._last_receive[channel] = time.monotonic()
             if queue.empty() and channel not in self._waiting:
                 self._forget(channel)
-        if direct:
-            self._release_direct(channel, 1, len(payload))
-        else:
-            self._owe_credit(channel, 1, len(payload))
+        self._give_back(channel, payload, direct)
         message: dict[str, Any] = msgpack.unpackb(
             memoryview(payload)[payload.index(b"\n", _body(payload)) + 1 :], raw=False
         )
@@ -122,14 +120,6 @@ class Inbox:
         self._queue(channel).put_nowait((payload, True))
         self._sweep()
         return True
-
-    def _release_direct(self, channel: str, messages: int, size: int) -> None:
-        held = self._direct_held.get(channel)
-        if held is not None:
-            held[0] -= messages
-            held[1] -= size
-            if held[0] <= 0:
-                del self._direct_held[channel]
 
     def _queue(self, channel: str) -> asyncio.Queue[tuple[bytes, bool]]:
         queue = self._queues.get(channel)
@@ -166,7 +156,7 @@ class Inbox:
             delay = RETRY_FIRST
             for payload in payloads:
                 if payload.startswith(b"\x00") and self._duplicate(payload):
-                    self._owe_credit(self.channel_of(payload), 1, len(payload))  # charged by the send
+                    self._give_back(self.channel_of(payload), payload, False)  # charged by the send
                     continue
                 self._queue(self.channel_of(payload)).put_nowait((payload, False))
             self._sweep()
@@ -201,16 +191,23 @@ class Inbox:
                 metrics.LAYER_EXPIRED.inc(len(expired))
                 logger.warning("channel layer: dropped messages nobody received", extra={"channel": channel})
                 for payload, direct in expired:
-                    if direct:
-                        self._release_direct(channel, 1, len(payload))
-                    else:
-                        self._owe_credit(channel, 1, len(payload))
+                    self._give_back(channel, payload, direct)
 
     # --- credit ----------------------------------------------------------------------------
 
-    def _owe_credit(self, channel: str, messages: int, size: int) -> None:
-        self._owed_messages[channel] += messages
-        self._owed_bytes[channel] += size
+    def _give_back(self, channel: str, payload: bytes, direct: bool) -> None:
+        """The credit of one message taken or dropped: this process's count if it came directly,
+        else owed to Redis, where it goes back in batches."""
+        if direct:
+            held = self._direct_held.get(channel)
+            if held is not None:
+                held[0] -= 1
+                held[1] -= len(payload)
+                if held[0] <= 0:
+                    del self._direct_held[channel]
+            return
+        self._owed_messages[channel] += 1
+        self._owed_bytes[channel] += len(payload)
         if self._owed_bytes[channel] >= CREDIT_AT_ONCE:
             self._credit_now.set()
         if self.crediting is None:
@@ -246,11 +243,9 @@ class Inbox:
         queued back at the head of the inbox, in order (its credit is still held; what came
         directly is charged to the Redis credit, as the next loop gives it back there)."""
         if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
-        if self.crediting is not None:
-            self.crediting.cancel()
-            await asyncio.gather(self.crediting, return_exceptions=True)
+            await cancel_and_wait([self.reader])
+        if self.crediting is not None:  # after the reader: it may have owed credit as it ended
+            await cancel_and_wait([self.crediting])
         if self._owed_messages:
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await self._release(self._owed_messages, self._owed_bytes)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from codexgw import layer_wire as wire
 from codexgw import metrics
 from codexgw.layer_pipe import settle
+from codexgw.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +178,7 @@ class Peer:
     async def shut(self) -> None:
         if self.watchdog is not None:
             self.watchdog.cancel()
-        for task in (self.dialling, self.forwarder):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task for task in (self.dialling, self.forwarder) if task is not None)
         if self.link is not None:
             self.link.close()
 

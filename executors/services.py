@@ -182,15 +182,20 @@ def client_meta(headers: dict[str, str], remote_addr: str) -> ClientMeta:
     return ClientMeta(ip=ip[:64], user_agent=headers.get("user-agent", "")[:512])
 
 
-def _meta_fields(meta: ClientMeta) -> dict[str, str]:
-    fields = {"client_ip": meta.ip, "client_ua": meta.user_agent}
-    # codex sends no User-Agent; its version and OS then come from its initialize answer
-    # (record_environment), which a connection without one must not blank.
-    if meta.codex_version:
-        fields["codex_version"] = meta.codex_version[:64]
-    if meta.os:
-        fields["client_os"] = meta.os[:255]
+def _reported(version: Any, platform: Any) -> dict[str, str]:
+    """The codex version and OS a source reported, leaving out what it did not report: codex sends
+    no User-Agent, its version and OS then come from its initialize answer (record_environment),
+    which a connection without one must not blank."""
+    fields = {}
+    if isinstance(version, str) and version:
+        fields["codex_version"] = version[:64]
+    if isinstance(platform, str) and platform:
+        fields["client_os"] = platform[:255]
     return fields
+
+
+def _meta_fields(meta: ClientMeta) -> dict[str, str]:
+    return {"client_ip": meta.ip, "client_ua": meta.user_agent, **_reported(meta.codex_version, meta.os)}
 
 
 def record_registration(exe_id: str, meta: ClientMeta) -> None:
@@ -207,13 +212,7 @@ def record_connected(exe_id: str, meta: ClientMeta) -> None:
 def record_environment(exe_id: str, environment_info: Mapping[str, Any]) -> None:
     """The codex version and OS the executor's exec-server reports in its ``initialize`` answer
     (``environmentInfo.executorVersion`` and ``platformOs``, codex-wire §A.1)."""
-    fields = {}
-    version = environment_info.get("executorVersion")
-    if isinstance(version, str) and version:
-        fields["codex_version"] = version[:64]
-    platform = environment_info.get("platformOs")
-    if isinstance(platform, str) and platform:
-        fields["client_os"] = platform[:255]
+    fields = _reported(environment_info.get("executorVersion"), environment_info.get("platformOs"))
     if fields:
         Executor.objects.filter(exe_id=exe_id).update(**fields)
 

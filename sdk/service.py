@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -108,27 +108,27 @@ _sessions = SharedProcessSessions()
 
 @dataclass
 class _Workspace:
-    context: ToolContext
+    workspace_id: str
+    context: ToolContext = field(init=False)
     token: str = ""
     token_expires: float = 0.0
     last_used: float = 0.0
 
+    async def fresh_token(self) -> str:
+        if self.token_expires - time.time() < SDK_TOKEN_RENEW_BEFORE:
+            now = time.time()
+            self.token = captoken.mint(
+                settings.CXG_CAPTOKEN_HMAC_SECRET,
+                turn_id=f"sdk-pool:{self.workspace_id}",
+                workspace_id=self.workspace_id,
+                ttl=SDK_TOKEN_TTL,
+                now=now,
+            )
+            self.token_expires = now + SDK_TOKEN_TTL
+        return self.token
+
 
 _workspaces: dict[str, _Workspace] = {}
-
-
-async def _token(workspace: _Workspace) -> str:
-    if workspace.token_expires - time.time() < SDK_TOKEN_RENEW_BEFORE:
-        now = time.time()
-        workspace.token = captoken.mint(
-            settings.CXG_CAPTOKEN_HMAC_SECRET,
-            turn_id=f"sdk-pool:{workspace.context.workspace_id}",
-            workspace_id=workspace.context.workspace_id,
-            ttl=SDK_TOKEN_TTL,
-            now=now,
-        )
-        workspace.token_expires = now + SDK_TOKEN_TTL
-    return workspace.token
 
 
 def relay_client() -> RelayClient | None:
@@ -147,27 +147,17 @@ async def context_for(workspace_id: str) -> ToolContext:
             await idle.context.pool.close()
     workspace = _workspaces.get(workspace_id)
     if workspace is None:
-        relay = relay_client()
-        holder: list[_Workspace] = []
-
-        async def token_provider() -> str:
-            return await _token(holder[0])
-
-        context = ToolContext(
+        workspace = _Workspace(workspace_id)
+        workspace.context = ToolContext(
             workspace_id=workspace_id,
             # The bridge of this process, without a socket: tokens are checked as for /bridge.
             pool=Pool(
-                inproc.connect,
-                token_provider,
-                client_name="codexgw-sdk",
-                unavailable_grace=FAILOVER_GRACE,
+                inproc.connect, workspace.fresh_token, client_name="codexgw-sdk", unavailable_grace=FAILOVER_GRACE
             ),
             resolver=NameResolver(bindings_fetcher(workspace_id)),
             sessions=_sessions,
-            relay=relay,
+            relay=relay_client(),
         )
-        workspace = _Workspace(context=context)
-        holder.append(workspace)
         _workspaces[workspace_id] = workspace
     workspace.last_used = now
     return workspace.context
@@ -249,24 +239,22 @@ async def _local_session_op(session_id: str, op: str, body: JSON) -> JSON:
     raise SdkError(400, "bad_request", f"unknown operation {op}")
 
 
-async def _serve_forwarded_tool(payload: JSON) -> JSON:
-    try:
-        return {"result": await _run_tool(payload["workspace_id"], payload["tool"], payload["arguments"])}
-    except SdkError as error:
-        return {"sdk_error": {"status": error.status, "code": error.code, "message": str(error)}}
+def _serving(run: process_rpc.Handler) -> process_rpc.Handler:
+    """A handler of calls forwarded here: ``run``'s result, or its SdkError for ``_forward`` to raise."""
 
+    async def serve(payload: JSON) -> JSON:
+        try:
+            return {"result": await run(payload)}
+        except SdkError as error:
+            return {"sdk_error": {"status": error.status, "code": error.code, "message": str(error)}}
 
-async def _serve_forwarded_session(payload: JSON) -> JSON:
-    try:
-        return {"result": await _local_session_op(payload["session_id"], payload["op"], payload["body"])}
-    except SdkError as error:
-        return {"sdk_error": {"status": error.status, "code": error.code, "message": str(error)}}
+    return serve
 
 
 def install() -> None:
     """Serve the calls other processes forward here (``SdkConfig.ready()``)."""
-    process_rpc.register("sdk.tool", _serve_forwarded_tool)
-    process_rpc.register("sdk.session", _serve_forwarded_session)
+    process_rpc.register("sdk.tool", _serving(lambda p: _run_tool(p["workspace_id"], p["tool"], p["arguments"])))
+    process_rpc.register("sdk.session", _serving(lambda p: _local_session_op(p["session_id"], p["op"], p["body"])))
 
 
 async def list_envs(workspace_id: str) -> list[JSON]:

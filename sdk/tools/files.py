@@ -35,6 +35,15 @@ def fs_failure(error: BridgeRPCError, path: str) -> ToolError:
     return ToolError(f"{path}: {error.message}")
 
 
+async def fs_call(client: BridgeClient, method: str, params: JSON, path: str, *, idempotent: bool = True) -> JSON:
+    """An ``fs/*`` call about ``path``; the executor's refusal is a ``ToolError`` naming the path."""
+    try:
+        result: JSON = await client.call(method, params, FS_TIMEOUT, idempotent=idempotent)
+    except BridgeRPCError as error:
+        raise fs_failure(error, path) from None
+    return result
+
+
 async def lookup(client: BridgeClient, path: str) -> JSON | None:
     """``fs/getMetadata`` (``isFile``, ``isDirectory``, ``size``…), None if nothing is there."""
     try:
@@ -67,27 +76,18 @@ class RemoteFile:
 
     async def __aenter__(self) -> RemoteFile:
         params = {"handleId": self.handle_id, "path": file_uri(self.path), "mode": self.mode}
-        try:
-            await self.client.call("fs/open", params, FS_TIMEOUT)
-        except BridgeRPCError as error:
-            raise fs_failure(error, self.path) from None
+        await fs_call(self.client, "fs/open", params, self.path, idempotent=False)
         return self
 
     async def read(self, offset: int, length: int) -> tuple[bytes, bool]:
         """Up to ``length`` (≤ ``BLOCK``) bytes at ``offset`` and whether the end was reached."""
         params = {"handleId": self.handle_id, "offset": offset, "len": length}
-        try:
-            result = await self.client.call("fs/readBlock", params, FS_TIMEOUT, idempotent=True)
-        except BridgeRPCError as error:
-            raise fs_failure(error, self.path) from None
+        result = await fs_call(self.client, "fs/readBlock", params, self.path)
         return base64.b64decode(result.get("chunk") or ""), bool(result.get("eof"))
 
     async def write(self, offset: int, data: bytes) -> None:
         params = {"handleId": self.handle_id, "offset": offset, "chunk": base64.b64encode(data).decode()}
-        try:
-            await self.client.call("fs/writeBlock", params, FS_TIMEOUT, idempotent=True)
-        except BridgeRPCError as error:
-            raise fs_failure(error, self.path) from None
+        await fs_call(self.client, "fs/writeBlock", params, self.path)
 
     async def close(self) -> None:
         try:
@@ -173,12 +173,7 @@ async def write_file(ctx: ToolContext, args: WriteFileArguments) -> ToolResult:
     env = await environment(ctx, args.environment_id)
     if args.create_parents:
         parent = posixpath.dirname(path)
-        try:
-            await env.client.call(
-                "fs/createDirectory", {"path": file_uri(parent), "recursive": True}, FS_TIMEOUT, idempotent=True
-            )
-        except BridgeRPCError as error:
-            raise fs_failure(error, parent) from None
+        await fs_call(env.client, "fs/createDirectory", {"path": file_uri(parent), "recursive": True}, parent)
     params = {"path": file_uri(path), "dataBase64": base64.b64encode(data).decode()}
     try:
         await env.client.call("fs/writeFile", params, FS_TIMEOUT, idempotent=True)

@@ -1,8 +1,9 @@
 """The ``apply_patch`` tool: Codex's patch grammar, parsed and applied in the gateway, with the files
 read and written on the executor through exec-server ``fs/*`` calls (codex-wire §A.6).
 
-``run_patch(client, patch, cwd=None)`` runs against a resolved executor (the tool, ``apply_patch``
-in ``sdk.tools.files``, resolves it first): every failure is a result, never an exception. The
+``apply_changes(client, changes, cwd=None)`` runs a parsed patch against a resolved executor (the
+tool, ``apply_patch`` in ``sdk.tools.files``, parses the patch and resolves the executor first):
+every failure is a result, never an exception. The
 grammar and the text work, pure (``parse_patch``, ``apply_hunks``): ``sdk.tools.patch_text``.
 
 Decisions (where Codex's own behaviour is loose or differs, this module's choice is stated):
@@ -41,15 +42,7 @@ from bridge.client import BridgeRPCError
 from bridge.protocol import MAX_FRAME_BYTES
 from sdk.tools.base import ToolResult, file_uri
 from sdk.tools.patch_hunks import apply_hunks
-from sdk.tools.patch_text import (
-    AddFile,
-    DeleteFile,
-    FileChange,
-    PatchError,
-    PatchParseError,
-    UpdateFile,
-    parse_patch,
-)
+from sdk.tools.patch_text import AddFile, DeleteFile, FileChange, PatchError, UpdateFile
 
 JSON = dict[str, Any]
 
@@ -69,40 +62,12 @@ class BridgeCaller(Protocol):
     ) -> Any: ...
 
 
-TOOL_NAME = "apply_patch"
 FS_TIMEOUT = 60.0  # seconds per fs/* call
 PLAN_CONCURRENCY = 8  # reads and metadata checks in flight at once
 NOT_FOUND = -32004  # exec-server: "No such file or directory"
 # fs/writeFile sends the whole file, base64, in one WebSocket frame; a larger frame would get the
 # bridge closed with 1009, so bigger contents are refused before anything is written.
 MAX_WRITE_BASE64 = MAX_FRAME_BYTES - 64 * 1024
-
-DESCRIPTION = (
-    "Edit files on an environment with a patch in the Codex patch format. The patch starts with "
-    "'*** Begin Patch' and ends with '*** End Patch'. Between them, one section per file: "
-    "'*** Add File: <path>' followed by the new file's lines, each prefixed with '+'; "
-    "'*** Delete File: <path>'; or '*** Update File: <path>' (optionally followed directly by "
-    "'*** Move to: <new path>') followed by hunks. A hunk is an optional '@@ <line to find first>' "
-    "header and lines prefixed with ' ' (unchanged context), '-' (removed) or '+' (added); give about "
-    "three context lines around each change, list hunks in file order, and end a hunk that must match "
-    "at the end of the file with '*** End of File'. Paths are absolute, or relative to 'cwd' when it "
-    "is given. Nothing is written unless every file of the patch applies."
-)
-
-INPUT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "environment_id": {"type": "string", "description": "The environment's name (from list_environments)."},
-        "patch": {"type": "string", "description": "The patch, '*** Begin Patch' … '*** End Patch'."},
-        "cwd": {
-            "type": "string",
-            "description": "Absolute directory for relative paths in the patch.",
-        },
-    },
-    "required": ["environment_id", "patch"],
-    "additionalProperties": False,
-}
-
 
 # --- paths -------------------------------------------------------------------------------------
 
@@ -119,22 +84,9 @@ def resolve_path(path: str, cwd: str | None = None) -> str:
     return "/" + normalised.lstrip("/")
 
 
-async def run_patch(client: BridgeCaller, patch: str, *, cwd: str | None = None) -> ToolResult:
-    """Parse and apply ``patch`` on the executor behind ``client``: the tool without argument checks
-    and environment resolution."""
-    try:
-        changes = parse_patch(patch)
-    except PatchParseError as error:
-        return ToolResult.error(f"invalid patch: {error}")
-    return await apply_changes(client, changes, cwd=cwd)
-
-
 async def apply_changes(client: BridgeCaller, changes: Sequence[FileChange], *, cwd: str | None = None) -> ToolResult:
     """Validate every change (reads, in-memory application, metadata checks) and, only if all of them
     validate, write them in patch order. Never raises for a failure of the patch or the executor."""
-    if cwd is not None and not posixpath.isabs(cwd):
-        return ToolResult.error(f"invalid arguments: cwd must be an absolute path, not {cwd!r}")
-
     plans: list[_Plan | None] = [None] * len(changes)
     work: list[tuple[int, str, FileChange, str, str | None]] = []
     seen: dict[str, str] = {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 # --- the patch model ---------------------------------------------------------------------------
 
@@ -75,11 +75,6 @@ class Hunk:
     def old_lines(self) -> list[str]:
         """What the hunk expects to find: context and removed lines."""
         return [line.text for line in self.lines if line.kind != "+"]
-
-    @property
-    def new_lines(self) -> list[str]:
-        """What it leaves: context and added lines."""
-        return [line.text for line in self.lines if line.kind != "-"]
 
 
 @dataclass(frozen=True)
@@ -273,7 +268,7 @@ class _Parser:
                     if hunks:
                         raise PatchParseError(number, f"a hunk after '{END_OF_FILE}' must start with an '@@' line")
                     current = _HunkBuilder(number)  # the first hunk may leave out its '@@'
-                current.lines.append(HunkLine(_kind(raw[0]), raw[1:]))
+                current.lines.append(HunkLine(cast(HunkLineKind, raw[0]), raw[1:]))
             else:
                 raise PatchParseError(
                     number,
@@ -286,11 +281,3 @@ class _Parser:
         if not hunks:
             raise PatchParseError(header_line, f"'{UPDATE} {path}' has no hunks: an update must change some lines")
         return UpdateFile(path, tuple(hunks), move_to, header_line)
-
-
-def _kind(prefix: str) -> HunkLineKind:
-    if prefix == "-":
-        return "-"
-    if prefix == "+":
-        return "+"
-    return " "

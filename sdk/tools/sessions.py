@@ -76,11 +76,10 @@ class ProcessSession:
         environment: str,
         exe_id: str,
         pool: Pool,
-        session_id: str | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.session_id = session_id or str(uuid.uuid4())
+        self.session_id = str(uuid.uuid4())
         self.workspace_id = workspace_id
         self.environment = environment
         self.exe_id = exe_id
@@ -120,10 +119,7 @@ class ProcessSession:
     # --- attachment -------------------------------------------------------------------------------
 
     def attach(self, client: BridgeClient) -> None:
-        """Start listening on ``client``; call before ``process/start``."""
-        self._subscribe(client)
-
-    def _subscribe(self, client: BridgeClient) -> None:
+        """Start listening on ``client``; call before ``process/start`` (and on re-attaching)."""
         self._subscription = client.subscribe(self._on_event, process_id=self.process_id, on_close=self._on_close)
         self._client = client
 
@@ -138,7 +134,7 @@ class ProcessSession:
             client = await self.pool.get(self.exe_id)
             self._held = []
             try:
-                self._subscribe(client)
+                self.attach(client)
                 await self._catch_up(client)
             finally:
                 held, self._held = self._held, None

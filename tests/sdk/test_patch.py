@@ -13,9 +13,9 @@ import pytest
 from bridge.client import BridgeClient, BridgeRPCError
 from sdk.resolver import NameResolver
 from sdk.tools import patch as patch_module
-from sdk.tools.base import ToolContext
+from sdk.tools.base import ToolContext, ToolResult
 from sdk.tools.files import apply_patch
-from sdk.tools.patch import BridgeCaller, resolve_path, run_patch
+from sdk.tools.patch import BridgeCaller, resolve_path
 from sdk.tools.patch_hunks import apply_hunks
 from sdk.tools.patch_text import (
     AddFile,
@@ -36,6 +36,11 @@ def _bridge_client_is_a_bridge_caller(client: BridgeClient) -> BridgeCaller:
 
 def patch(*lines: str) -> str:
     return "\n".join(["*** Begin Patch", *lines, "*** End Patch"]) + "\n"
+
+
+async def run_patch(executor: FakeExecutor, text: str, cwd: str | None = None) -> ToolResult:
+    """The ``apply_patch`` tool with ``executor`` as the environment "box"."""
+    return await apply_patch(tool_context(executor), {"environment_id": "box", "patch": text, "cwd": cwd})
 
 
 def hunks_of(text: str) -> tuple[Hunk, ...]:
@@ -105,10 +110,11 @@ def test_parse_first_hunk_without_header_nested_anchors_and_empty_context_lines(
     )
     assert isinstance(change, UpdateFile)
     first, second, third = change.hunks
-    assert (first.anchors, first.line, first.old_lines, first.new_lines) == ((), 3, ["a"], ["b"])
+    assert (first.anchors, first.line, first.old_lines) == ((), 3, ["a"])
+    assert first.lines == (HunkLine("-", "a"), HunkLine("+", "b"))
     assert second.anchors == ("class B:", "def m(self):")
     assert second.lines == (HunkLine(" ", "x"), HunkLine(" ", ""), HunkLine("-", "y"))
-    assert (third.anchors, third.old_lines, third.new_lines) == ((), [], ["z"])
+    assert (third.anchors, third.old_lines, third.lines) == ((), [], (HunkLine("+", "z"),))
 
 
 def test_parse_is_lenient_about_crlf_surrounding_blanks_and_a_heredoc():
@@ -565,7 +571,7 @@ async def test_relative_paths_resolve_against_cwd():
     assert result.text == "src/a.py: ok"
     assert executor.files["/work/src/a.py"] == b"2\n"
     refused = await run_patch(executor, patch("*** Delete File: a"), cwd="work")
-    assert (refused.text, refused.is_error) == ("invalid arguments: cwd must be an absolute path, not 'work'", True)
+    assert (refused.text, refused.is_error) == ("invalid arguments: cwd: must be an absolute path, got 'work'", True)
 
 
 async def test_crlf_and_no_trailing_newline_survive_the_round_trip():
