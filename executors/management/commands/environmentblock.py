@@ -9,15 +9,16 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from codexgw.management.database_command import DatabaseCommand
 from executors.environment_block import DEFAULT_LIFETIME, BlockError, make_block
 from executors.models import WorkspaceExecutor
 from workspaces import identity, tokens
 from workspaces.models import Workspace
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Print a ~/.codex/environments.toml block for an executor bound to a workspace (with a new token)."
 
     def add_arguments(self, parser: CommandParser) -> None:

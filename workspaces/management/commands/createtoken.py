@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from codexgw.management.database_command import DatabaseCommand
 from workspaces import tokens
 from workspaces.models import Workspace
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create a personal access token for a workspace and print it (shown only this once)."
 
     def add_arguments(self, parser: CommandParser) -> None:
