@@ -79,20 +79,6 @@ def _event_seq(text: str) -> tuple[str, int] | None:
     return (decoded, int(seq.group(1))) if isinstance(decoded, str) else None
 
 
-def _output_seq(text: str) -> tuple[str, int] | None:
-    """(processId, seq) of a ``process/output`` notification as the multiplexer encodes it."""
-    if not text.startswith(_OUTPUT_PREFIX):
-        return None
-    try:
-        params = json.loads(text)["params"]
-        process_id, seq = params["processId"], params["seq"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if isinstance(process_id, str) and isinstance(seq, int):
-        return process_id, seq
-    return None
-
-
 class BridgeOutbox:
     def __init__(
         self,
@@ -143,7 +129,7 @@ class BridgeOutbox:
         if not self._check_continuity(text):
             return True
         if self.queued_chars + len(text) > self.limit and self._queue:
-            found = _output_seq(text)
+            found = _event_seq(text) if text.startswith(_OUTPUT_PREFIX) else None
             if found is not None:
                 if not self.stalled and not await self._room_for(len(text)):
                     self.stalled = True
