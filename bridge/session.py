@@ -111,22 +111,21 @@ async def session_for(exe_id: str) -> ExecutorSession:
         return session
 
 
-async def drain_all(code: int = CLOSE_SERVICE_RESTART, reason: str = "gateway restarting: reconnect") -> int:
+async def drain_all() -> None:
     """This process is shutting down: every executor session stores its virtual-session table,
     answers every pending bridge request (retryable error), closes its bridges and its executor
-    with ``code`` (they reconnect to another process, which takes the sessions over) and ends.
+    with 1012 (they reconnect to another process, which takes the sessions over) and ends.
     Returns once the closes have been sent to bridges in other processes too; the caller bounds
-    the wait. Returns how many sessions were drained."""
+    the wait."""
     loop = asyncio.get_running_loop()
     waits: list[asyncio.Future[None]] = []
     for session in list(_sessions.values()):
         if not session.finished:
             done: asyncio.Future[None] = loop.create_future()
-            await session.put(Drain(code, reason, done))
+            await session.put(Drain(CLOSE_SERVICE_RESTART, "gateway restarting: reconnect", done))
             waits.append(done)
     await asyncio.gather(*waits)
     await links_drained()
-    return len(waits)
 
 
 def live_sessions() -> list[ExecutorSession]:
