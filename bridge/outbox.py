@@ -105,7 +105,6 @@ class BridgeOutbox:
         self._open: dict[str, _Lost] = {}  # per process, the notice still queued that may grow
         self._task: asyncio.Task[None] | None = None
         self.closed = False
-        self.lost_events = 0
         self._closer: Callable[[], Awaitable[None]] | None = None
         self._seen: dict[str, int] = {}  # per process, the highest seq given to the client
         self._told: dict[str, list[tuple[int, int]]] = {}  # per process, gaps told by this outbox
@@ -174,7 +173,6 @@ class BridgeOutbox:
             notice = _Lost(process_id, last + 1, seq - 1)
             self._append(notice, self.queued + 1)  # stands for no frame: the one after it comes next
             self._told.setdefault(process_id, []).append((last + 1, seq - 1))
-            self.lost_events += seq - 1 - last
             metrics.DROPS.labels("output_lost_in_transit").inc()
             logger.warning(
                 "dropped: output_lost_in_transit",
@@ -204,7 +202,6 @@ class BridgeOutbox:
             notice = _Lost(process_id, seq, seq)
             self._open[process_id] = notice
             self._append(notice)
-        self.lost_events += 1
         metrics.DROPS.labels("output_lost_slow_reader").inc()
 
     def finish(self, closer: Callable[[], Awaitable[None]]) -> None:
