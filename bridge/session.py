@@ -122,7 +122,7 @@ async def drain_all() -> None:
     for session in list(_sessions.values()):
         if not session.finished:
             done: asyncio.Future[None] = loop.create_future()
-            await session.put(Drain(CLOSE_SERVICE_RESTART, "gateway restarting: reconnect", done))
+            await session.put(Drain(done))
             waits.append(done)
     await asyncio.gather(*waits)
     await links_drained()
@@ -331,7 +331,7 @@ class ExecutorSession:
             logger.info("the executor's virtual sessions moved to another process", extra={"exe_id": self.exe_id})
             return self._let_go()
         if isinstance(event, Drain):
-            await self._perform(self.mux.drain(event.code, event.reason))
+            await self._perform(self.mux.drain(CLOSE_SERVICE_RESTART, "gateway restarting: reconnect"))
             # Their frames first, so the stored progress is exact and nothing repeats after resume.
             closing = [link.drained() for link in self._progress.closing_links()]
             with contextlib.suppress(TimeoutError):

@@ -87,8 +87,6 @@ class Moved:
 
 @dataclass(frozen=True)
 class Drain:
-    code: int
-    reason: str
     done: asyncio.Future[None]
 
 

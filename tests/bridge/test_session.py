@@ -74,7 +74,7 @@ async def ready_session() -> Any:
     await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
     assert await async_wait_for(lambda: len(executor.sent) == 2, 5)  # initialized
     yield session, executor
-    await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+    await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 @pytest.mark.django_db
@@ -126,7 +126,7 @@ async def test_the_handshake_records_the_version_and_os_the_executor_reports():
             await asyncio.sleep(0.05)
         assert await row() == {"codex_version": "0.171.0", "client_os": "linux"}
     finally:
-        await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+        await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 def _stored_progress(exe_id: str) -> dict[str, int]:
@@ -202,7 +202,7 @@ async def far() -> Any:
         assert json.loads((await layer.receive("far-channel"))["text"])["id"] == 2
         yield FarBridge(session, executor, layer, exec_pid)
     finally:
-        await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+        await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 @pytest.mark.django_db
