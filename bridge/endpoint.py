@@ -28,16 +28,15 @@ from bridge.layer_conn import LayerEnd
 from bridge.layer_frames import send_with_backpressure
 from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_UNBOUND, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
-from bridge.ws_auth import BridgeGrant, Denial, authorize_bridge
+from bridge.ws_auth import BridgeGrant, authorize_bridge
 from executors.presence import presence_store
 
 SendText = Callable[[str], Awaitable[None]]
 CloseWith = Callable[[int, str], Awaitable[None]]
 
 
-async def authorize(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Denial:
-    """``bridge.ws_auth.authorize_bridge`` off the event loop (database and Redis lookups)."""
-    return await database_sync_to_async(authorize_bridge)(exe_id, headers)
+# ``bridge.ws_auth.authorize_bridge`` off the event loop (database and Redis lookups).
+authorize = database_sync_to_async(authorize_bridge)
 
 
 class BridgeEndpoint:
