@@ -259,7 +259,7 @@ class BridgeConsumer(GatewayConsumer):
         if isinstance(grant, Denial):
             await self.deny(grant)
             return
-        self.endpoint = BridgeEndpoint(self.exe_id, self.channel_layer, self.channel_name, self._send_text, self._close)
+        self.endpoint = BridgeEndpoint(self.exe_id, self.channel_layer, self.channel_name, self.send, self.close)
         logcontext.bind(connection_id=self.endpoint.conn_id)
         await self.accept()
         await self.endpoint.attach(grant)
@@ -281,9 +281,3 @@ class BridgeConsumer(GatewayConsumer):
     async def disconnect(self, code: int) -> None:
         if self.endpoint is not None:
             await self.endpoint.detach()
-
-    async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
-
-    async def _close(self, code: int, reason: str) -> None:
-        await self.close(code=code, reason=reason)

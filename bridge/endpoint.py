@@ -12,6 +12,7 @@ first (``authorize``): a refusal carries the HTTP status the caller acts on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,16 +28,15 @@ from bridge.layer_conn import LayerEnd
 from bridge.layer_frames import send_with_backpressure
 from bridge.outbox import BridgeOutbox
 from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_UNBOUND, CLOSE_TRY_AGAIN, CLOSE_TURN_REVOKED
-from bridge.ws_auth import BridgeGrant, Denial, authorize_bridge
+from bridge.ws_auth import BridgeGrant, authorize_bridge
 from executors.presence import presence_store
 
 SendText = Callable[[str], Awaitable[None]]
 CloseWith = Callable[[int, str], Awaitable[None]]
 
 
-async def authorize(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Denial:
-    """``bridge.ws_auth.authorize_bridge`` off the event loop (database and Redis lookups)."""
-    return await database_sync_to_async(authorize_bridge)(exe_id, headers)
+# ``bridge.ws_auth.authorize_bridge`` off the event loop (database and Redis lookups).
+authorize = database_sync_to_async(authorize_bridge)
 
 
 class BridgeEndpoint:
@@ -51,7 +51,7 @@ class BridgeEndpoint:
         self.conn_id = uuid.uuid4().hex
         self._close = close
         # Everything for the client goes through it: paced by the client's reading, bounded.
-        self.outbox = BridgeOutbox(send, context={"exe_id": exe_id, "connection_id": self.conn_id})
+        self.outbox = self.sending = BridgeOutbox(send, context={"exe_id": exe_id, "connection_id": self.conn_id})
         self.target = ""  # the inbox of the executor session this bridge talks to
         self.local: sessions.ExecutorSession | None = None
         # Frames to a session in another process: ordered, batched while a send is in flight.
@@ -73,7 +73,7 @@ class BridgeEndpoint:
             return
         self.local = sessions.local_session(self.target)
         if self.local is not None:
-            await self.local.put(session_events.BridgeOpen(self.conn_id, None, local=self))
+            await self.local.put(session_events.BridgeOpen(self.conn_id, self))
             return
         await send_with_backpressure(
             self.layer, self.target, {"type": "mux.bridge_open", "conn": self.conn_id, "reply_to": self.channel}
@@ -136,7 +136,7 @@ class BridgeEndpoint:
                     # Closing: this frame can no longer reach the client.
                     sessions.drop("bridge_gone_before_send", exe_id=self.exe_id, connection_id=self.conn_id)
         elif kind == "bridge.close":
-            self._close_after_output(int(message["code"]), str(message.get("reason", "")))
+            await self.close_from_gateway(int(message["code"]), str(message.get("reason", "")))
         elif kind == "bridge.moved":
             # Another process took the executor's sessions over: reconnect there and resume.
             if message.get("inbox") != self.target:
@@ -152,24 +152,13 @@ class BridgeEndpoint:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
         await self._close(CLOSE_TURN_REVOKED, "token expired")
 
-    # LocalBridge (the multiplexer lives in this process).
+    # BridgeLink (the multiplexer lives in this process).
     async def deliver(self, text: str) -> None:
         # Waits only while the client's outbox is full, and at most STALL_PATIENCE (bridge/outbox.py).
         if not await self.outbox.put(text):
             # Closing or gone: the session owes its events again (bridge/session.py).
             raise ConnectionError("the bridge connection is closing")
 
-    @property
-    def sending(self) -> BridgeOutbox:
-        return self.outbox
-
     async def close_from_gateway(self, code: int, reason: str) -> None:
-        self._close_after_output(code, reason)
-
-    def _close_after_output(self, code: int, reason: str) -> None:
         """The session's close comes after the frames it sent before it (still in the outbox)."""
-
-        async def close() -> None:
-            await self._close(code, reason)
-
-        self.outbox.finish(close)
+        self.outbox.finish(functools.partial(self._close, code, reason))

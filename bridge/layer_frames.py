@@ -79,23 +79,20 @@ class Reassembler:
     def __init__(self) -> None:
         self._partial: dict[tuple[str, int], list[str | None]] = {}
 
-    def add(self, sender: str, message: dict[str, Any]) -> str | None:
+    def add_all(self, sender: str, message: dict[str, Any]) -> list[str]:
+        """The whole texts a message completes, in order: a batch (``texts``), one text, or the
+        text whose last part it is (parts may come in any order)."""
+        if "texts" in message:
+            return [str(text) for text in message["texts"]]
         if "parts" not in message:
-            return str(message["text"])
+            return [str(message["text"])]
         key = (sender, int(message["msg"]))
         parts = self._partial.setdefault(key, [None] * int(message["parts"]))
         parts[int(message["part"])] = str(message["text"])
         if any(part is None for part in parts):
-            return None
+            return []
         del self._partial[key]
-        return "".join(part for part in parts if part is not None)
-
-    def add_all(self, sender: str, message: dict[str, Any]) -> list[str]:
-        """The whole texts a message completes, in order: a batch (``texts``) or one text."""
-        if "texts" in message:
-            return [str(text) for text in message["texts"]]
-        text = self.add(sender, message)
-        return [] if text is None else [text]
+        return ["".join(part for part in parts if part is not None)]
 
     def forget(self, sender: str) -> int:
         """Drop the unfinished messages of a departed sender; returns how many were lost."""
@@ -162,10 +159,6 @@ class LayerLink:
         self._on_final_lost: Callable[[], None] | None = None
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     @property
     def settled(self) -> bool:

@@ -79,20 +79,6 @@ def _event_seq(text: str) -> tuple[str, int] | None:
     return (decoded, int(seq.group(1))) if isinstance(decoded, str) else None
 
 
-def _output_seq(text: str) -> tuple[str, int] | None:
-    """(processId, seq) of a ``process/output`` notification as the multiplexer encodes it."""
-    if not text.startswith(_OUTPUT_PREFIX):
-        return None
-    try:
-        params = json.loads(text)["params"]
-        process_id, seq = params["processId"], params["seq"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if isinstance(process_id, str) and isinstance(seq, int):
-        return process_id, seq
-    return None
-
-
 class BridgeOutbox:
     def __init__(
         self,
@@ -119,7 +105,6 @@ class BridgeOutbox:
         self._open: dict[str, _Lost] = {}  # per process, the notice still queued that may grow
         self._task: asyncio.Task[None] | None = None
         self.closed = False
-        self.lost_events = 0
         self._closer: Callable[[], Awaitable[None]] | None = None
         self._seen: dict[str, int] = {}  # per process, the highest seq given to the client
         self._told: dict[str, list[tuple[int, int]]] = {}  # per process, gaps told by this outbox
@@ -143,7 +128,7 @@ class BridgeOutbox:
         if not self._check_continuity(text):
             return True
         if self.queued_chars + len(text) > self.limit and self._queue:
-            found = _output_seq(text)
+            found = _event_seq(text) if text.startswith(_OUTPUT_PREFIX) else None
             if found is not None:
                 if not self.stalled and not await self._room_for(len(text)):
                     self.stalled = True
@@ -188,7 +173,6 @@ class BridgeOutbox:
             notice = _Lost(process_id, last + 1, seq - 1)
             self._append(notice, self.queued + 1)  # stands for no frame: the one after it comes next
             self._told.setdefault(process_id, []).append((last + 1, seq - 1))
-            self.lost_events += seq - 1 - last
             metrics.DROPS.labels("output_lost_in_transit").inc()
             logger.warning(
                 "dropped: output_lost_in_transit",
@@ -218,7 +202,6 @@ class BridgeOutbox:
             notice = _Lost(process_id, seq, seq)
             self._open[process_id] = notice
             self._append(notice)
-        self.lost_events += 1
         metrics.DROPS.labels("output_lost_slow_reader").inc()
 
     def finish(self, closer: Callable[[], Awaitable[None]]) -> None:

@@ -50,10 +50,11 @@ from bridge.protocol import (
     JSON,
     MAX_FRAME_BYTES,
 )
-from bridge.sent_progress import Sending, SentProgress
+from bridge.sent_progress import SentProgress
 from bridge.session_events import (
     BridgeClosed,
     BridgeFrame,
+    BridgeLink,
     BridgeOpen,
     BridgeStuck,
     Drain,
@@ -63,7 +64,6 @@ from bridge.session_events import (
     ExecFrame,
     ExecOpen,
     ExecutorLink,
-    LocalBridge,
     Moved,
 )
 from codexgw import metrics
@@ -111,22 +111,21 @@ async def session_for(exe_id: str) -> ExecutorSession:
         return session
 
 
-async def drain_all(code: int = CLOSE_SERVICE_RESTART, reason: str = "gateway restarting: reconnect") -> int:
+async def drain_all() -> None:
     """This process is shutting down: every executor session stores its virtual-session table,
     answers every pending bridge request (retryable error), closes its bridges and its executor
-    with ``code`` (they reconnect to another process, which takes the sessions over) and ends.
+    with 1012 (they reconnect to another process, which takes the sessions over) and ends.
     Returns once the closes have been sent to bridges in other processes too; the caller bounds
-    the wait. Returns how many sessions were drained."""
+    the wait."""
     loop = asyncio.get_running_loop()
     waits: list[asyncio.Future[None]] = []
     for session in list(_sessions.values()):
         if not session.finished:
             done: asyncio.Future[None] = loop.create_future()
-            await session.put(Drain(code, reason, done))
+            await session.put(Drain(done))
             waits.append(done)
     await asyncio.gather(*waits)
     await links_drained()
-    return len(waits)
 
 
 def live_sessions() -> list[ExecutorSession]:
@@ -160,8 +159,7 @@ class ExecutorSession:
         self.executor: ExecutorLink | None = None
         self.finished = False
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._remote: dict[str, LayerLink] = {}
-        self._local: dict[str, LocalBridge] = {}
+        self._bridges: dict[str, BridgeLink] = {}
         self._parts = Reassembler()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_at: float | None = None
@@ -203,8 +201,8 @@ class ExecutorSession:
 
     async def put(self, event: Event) -> None:
         if self.finished:
-            if isinstance(event, BridgeOpen) and event.local is not None:
-                await event.local.close_from_gateway(CLOSE_EXECUTOR_LOST, "executor session ended")
+            if isinstance(event, BridgeOpen):
+                await event.bridge.close_from_gateway(CLOSE_EXECUTOR_LOST, "executor session ended")
             elif isinstance(event, Drain) and not event.done.done():
                 event.done.set_result(None)
             return
@@ -268,10 +266,7 @@ class ExecutorSession:
         if self._table_lost or not self.mux.has_changes:
             return
         changes = self.mux.take_changes()
-        senders: dict[str, Sending] = dict(self._remote)
-        for conn_id, local in self._local.items():
-            if local.sending is not None:
-                senders[conn_id] = local.sending
+        senders = {conn_id: bridge.sending for conn_id, bridge in self._bridges.items() if bridge.sending is not None}
         changes, unsent = self._progress.hold_back(changes, self.mux.delivery_conn, senders)
         if changes.upserts or changes.deletes or changes.urgent:
             try:
@@ -316,22 +311,18 @@ class ExecutorSession:
             self.executor = None
             return self.mux.executor_disconnected()
         if isinstance(event, BridgeOpen):
-            if event.local is not None:
-                self._local[event.conn_id] = event.local
-            elif event.reply_to is not None:
-                self._remote[event.conn_id] = self._link(event.conn_id, event.reply_to)
+            self._bridges[event.conn_id] = event.bridge
             return self.mux.bridge_attached(event.conn_id)
         if isinstance(event, BridgeClosed):
-            self._local.pop(event.conn_id, None)
-            link = self._remote.pop(event.conn_id, None)
-            unsent = link.abandon() if link is not None else []
+            bridge = self._bridges.pop(event.conn_id, None)
+            unsent = bridge.link.abandon() if isinstance(bridge, FarBridge) else []
             self._owe_again(event.conn_id, unsent)
             lost = self._parts.forget(event.conn_id)
             actions = [Dropped("partial_frame_of_departed_bridge")] * lost
             actions += [Dropped("bridge_gone_before_send")] * len(unsent)
             return actions + self.mux.bridge_detached(event.conn_id)
         if isinstance(event, BridgeStuck):
-            if self._remote.get(event.conn_id) is not event.link:
+            if self._bridges.get(event.conn_id) is not event.bridge:
                 return []  # already closed (or already given up on from _to_bridge)
             return await self._give_up_on(event.conn_id)
         if isinstance(event, Moved):
@@ -340,7 +331,7 @@ class ExecutorSession:
             logger.info("the executor's virtual sessions moved to another process", extra={"exe_id": self.exe_id})
             return self._let_go()
         if isinstance(event, Drain):
-            await self._perform(self.mux.drain(event.code, event.reason))
+            await self._perform(self.mux.drain(CLOSE_SERVICE_RESTART, "gateway restarting: reconnect"))
             # Their frames first, so the stored progress is exact and nothing repeats after resume.
             closing = [link.drained() for link in self._progress.closing_links()]
             with contextlib.suppress(TimeoutError):
@@ -410,46 +401,30 @@ class ExecutorSession:
             logger.warning("could not record the executor's version", extra={"exe_id": self.exe_id}, exc_info=True)
 
     async def _to_bridge(self, conn_id: str, text: str) -> None:
-        local = self._local.get(conn_id)
-        if local is not None:
-            try:
-                await local.deliver(text)
-            except Exception:
-                # Its socket closed under us (its departure is on the way): one bridge leaving
-                # must never end the session every other client shares.
-                drop("bridge_gone_before_send", exe_id=self.exe_id, connection_id=conn_id)
-                self._owe_again(conn_id, [text])
-            return
-        link = self._remote.get(conn_id)
-        if link is None:
+        bridge = self._bridges.get(conn_id)
+        if bridge is None:
             drop("bridge_gone_before_send", exe_id=self.exe_id)
             self._owe_again(conn_id, [text])
             return
         try:
-            # Queued on the link (waits only while its outbox is full); the link's pump batches
-            # what queues up while a layer send is in flight.
-            await link.send(text)
+            await bridge.deliver(text)
         except ReceiverStuck:
             self._owe_again(conn_id, [text])
-            if self._remote.get(conn_id) is link:
+            if self._bridges.get(conn_id) is bridge:
                 await self._perform(await self._give_up_on(conn_id))
-
-    def _link(self, conn_id: str, channel: str) -> LayerLink:
-        link: LayerLink
-
-        async def on_stuck() -> None:
-            await self.put(BridgeStuck(conn_id, link))
-
-        link = LayerLink(self.layer, channel, "bridge.frame", on_stuck=on_stuck)
-        return link
+        except Exception:
+            # Its socket closed under us (its departure is on the way): one bridge leaving
+            # must never end the session every other client shares.
+            drop("bridge_gone_before_send", exe_id=self.exe_id, connection_id=conn_id)
+            self._owe_again(conn_id, [text])
 
     async def _give_up_on(self, conn_id: str) -> list[Action]:
         """A remote bridge's channel stayed full: close it with 1013 and detach it; what its
         link discarded is owed to its session again."""
         drop("bridge_channel_full", exe_id=self.exe_id, connection_id=conn_id)
-        link = self._remote.get(conn_id)
-        if link is not None:
-            self._owe_again(conn_id, link.discarded)
+        bridge = self._bridges.get(conn_id)
+        if isinstance(bridge, FarBridge):
+            self._owe_again(conn_id, bridge.link.discarded)
         await self._close_bridge(conn_id, CLOSE_TRY_AGAIN, "bridge could not keep up")
         return self.mux.bridge_detached(conn_id)
 
@@ -460,18 +435,13 @@ class ExecutorSession:
             logger.info("events owed again", extra={"exe_id": self.exe_id, "connection_id": conn_id, "events": owed})
 
     async def _close_bridge(self, conn_id: str, code: int, reason: str) -> None:
-        local = self._local.pop(conn_id, None)
-        if local is not None:
-            with contextlib.suppress(Exception):  # already closed: nothing left to tell it
-                await local.close_from_gateway(code, reason)
-            if local.sending is not None:
-                self._progress.closing(conn_id, local.sending)
+        bridge = self._bridges.pop(conn_id, None)
+        if bridge is None:
             return
-        link = self._remote.pop(conn_id, None)
-        if link is not None:
-            # After the link's queued frames, in order; does not wait for them.
-            link.finish({"type": "bridge.close", "code": code, "reason": reason})
-            self._progress.closing(conn_id, link)
+        with contextlib.suppress(Exception):  # already closed: nothing left to tell it
+            await bridge.close_from_gateway(code, reason)
+        if bridge.sending is not None:
+            self._progress.closing(conn_id, bridge.sending)
 
     # --- bridges in other processes ---------------------------------------------------------
 
@@ -484,7 +454,7 @@ class ExecutorSession:
                 for text in self._parts.add_all(conn_id, message):
                     await self.put(BridgeFrame(conn_id, text))
             elif kind == "mux.bridge_open":
-                await self.put(BridgeOpen(conn_id, str(message["reply_to"])))
+                await self.put(BridgeOpen(conn_id, FarBridge(self, conn_id, str(message["reply_to"]))))
             elif kind == "mux.bridge_closed":
                 await self.put(BridgeClosed(conn_id))
             elif kind == "mux.evict":
@@ -502,6 +472,26 @@ class ExecutorSession:
         if _sessions.get(self.exe_id) is self:
             del _sessions[self.exe_id]
         _by_inbox.pop(self.inbox, None)
+
+
+class FarBridge:
+    """A bridge in another process (``BridgeLink``): its frames, then its close, go out in order
+    on a ``LayerLink`` to its channel (``sending``)."""
+
+    def __init__(self, session: ExecutorSession, conn_id: str, channel: str) -> None:
+        async def on_stuck() -> None:
+            await session.put(BridgeStuck(conn_id, self))
+
+        self.link = self.sending = LayerLink(session.layer, channel, "bridge.frame", on_stuck=on_stuck)
+
+    async def deliver(self, text: str) -> None:
+        # Queued on the link (waits only while its outbox is full; ReceiverStuck once it gave
+        # up); the link's pump batches what queues up while a layer send is in flight.
+        await self.link.send(text)
+
+    async def close_from_gateway(self, code: int, reason: str) -> None:
+        # After the link's queued frames, in order; does not wait for them.
+        self.link.finish({"type": "bridge.close", "code": code, "reason": reason})
 
 
 def _oversize(text: str) -> int:

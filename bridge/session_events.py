@@ -1,7 +1,7 @@
 """What goes into an executor session's queue (``bridge.session``): one event per executor
 connection change or frame, bridge open/frame/close (from this process or another), and the
 session's own signals (evict, stuck link, moved, drain); and what the session talks back to
-(``ExecutorLink``, ``LocalBridge``)."""
+(``ExecutorLink``, ``BridgeLink``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.layer_frames import LayerLink
 from bridge.sent_progress import Sending
 
 
@@ -21,7 +20,9 @@ class ExecutorLink(Protocol):
     async def close_executor(self, code: int) -> None: ...
 
 
-class LocalBridge(Protocol):
+class BridgeLink(Protocol):
+    """A bridge in this process (``bridge.endpoint``) or another (``bridge.session.FarBridge``)."""
+
     async def deliver(self, text: str) -> None: ...
 
     @property
@@ -50,8 +51,7 @@ class ExecClosed:
 @dataclass(frozen=True)
 class BridgeOpen:
     conn_id: str
-    reply_to: str | None  # channel of a bridge in another process; None for a local bridge
-    local: LocalBridge | None = None
+    bridge: BridgeLink
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class BridgeStuck:
     """The layer link to a bridge in another process gave up on its full channel."""
 
     conn_id: str
-    link: LayerLink
+    bridge: BridgeLink
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,6 @@ class Moved:
 
 @dataclass(frozen=True)
 class Drain:
-    code: int
-    reason: str
     done: asyncio.Future[None]
 
 

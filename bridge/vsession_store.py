@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -127,10 +128,7 @@ def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
     upserts = {_SESSION_FIELD + vsid: json.dumps(data, separators=(",", ":")) for vsid, data in changes.upserts.items()}
     deletes = [_SESSION_FIELD + vsid for vsid in changes.deletes]
     client = gwredis.sync_client()
-    args: list[Any] = [owner, KEEP_SECONDS, changes.next_handle, len(upserts)]
-    for name, raw in upserts.items():
-        args += [name, raw]
-    args += deletes
+    args: list[Any] = [owner, KEEP_SECONDS, changes.next_handle, len(upserts), *chain.from_iterable(upserts.items())]
     with _copies_lock:
         copy = _copies.get(exe_id)
         if copy is not None and copy[0] == owner:
@@ -138,7 +136,7 @@ def _write(exe_id: str, owner: str, changes: TableChanges) -> bool:
             for name in deletes:
                 copy[1].pop(name, None)
             copy[1]["next_handle"] = str(changes.next_handle)
-    written = int(client.eval(_WRITE, 1, _key(exe_id), *args))
+    written = int(client.eval(_WRITE, 1, _key(exe_id), *args, *deletes))
     if written == -1:
         written = _restore(client, exe_id, owner)
     if written != 1:
@@ -155,10 +153,7 @@ def _restore(client: Any, exe_id: str, owner: str) -> int:
         fields = dict(copy[1]) if copy is not None and copy[0] == owner else None
     if fields is None:
         return 0  # no copy (this process never claimed it): not ours to recreate
-    args: list[Any] = [owner, KEEP_SECONDS]
-    for name, value in fields.items():
-        args += [name, value]
-    written = int(client.eval(_RESTORE, 1, _key(exe_id), *args))
+    written = int(client.eval(_RESTORE, 1, _key(exe_id), owner, KEEP_SECONDS, *chain.from_iterable(fields.items())))
     if written == 1:
         exec_session_store.restore(exe_id)
         logger.warning(

@@ -122,52 +122,49 @@ def authorize_bridge(exe_id: str, headers: dict[str, str]) -> BridgeGrant | Deni
     presented = bearer_token(headers.get("authorization"))
     if presented is None or not exe_id:
         return Denial(401, "missing Bearer")
-    if presented.startswith(tokens.TOKEN_PREFIX):
-        return _authorize_access_token(exe_id, presented)
+    try:
+        if presented.startswith(tokens.TOKEN_PREFIX):
+            credential = _access_token(exe_id, presented)
+        else:
+            credential = _capability(exe_id, presented)
+        if isinstance(credential, Denial):
+            return credential
+        revocation_group, workspace_id, expires_at = credential
+        if not WorkspaceExecutor.objects.filter(workspace_id=workspace_id, executor_id=exe_id).exists():
+            return Denial(403, "exe_id not in workspace")
+        holder = presence_store().get(exe_id)
+    except OUTAGES as exc:
+        logger.warning("bridge: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
+        return Denial(503, "service unavailable, retry later")
+    if holder is None:
+        return Denial(503, "executor not connected")
+    return BridgeGrant(revocation_group, holder, binding_group(workspace_id, exe_id), expires_at)
+
+
+# A credential's revocation group, its workspace, and when the bridge it opens must close (if ever).
+Credential = tuple[str, str, float | None]
+
+
+def _capability(exe_id: str, presented: str) -> Credential | Denial:
     if not settings.CXG_CAPTOKEN_HMAC_SECRET:
         logger.error("CXG_CAPTOKEN_HMAC_SECRET is not set: refusing every bridge")
         return Denial(503, "bridge disabled: capability token secret not configured")
     try:
         token = services.verified_capability(presented)
-        if not token.allows_exe_id(exe_id):
-            return Denial(403, "exe_id not in token allow set")
-        if not WorkspaceExecutor.objects.filter(workspace_id=token.workspace_id, executor_id=exe_id).exists():
-            return Denial(403, "exe_id not in workspace")
-        holder = presence_store().get(exe_id)
     except captoken.CapTokenError as exc:
         return Denial(401, str(exc))  # bad, expired or turn revoked
-    except OUTAGES as exc:
-        logger.warning("bridge: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
-        return Denial(503, "service unavailable, retry later")
-    if holder is None:
-        return Denial(503, "executor not connected")
-    return BridgeGrant(
-        revocation_group=turn_group(token.turn_id),
-        holder=holder,
-        binding_group=binding_group(token.workspace_id, exe_id),
-    )
+    if not token.allows_exe_id(exe_id):
+        return Denial(403, "exe_id not in token allow set")
+    return turn_group(token.turn_id), token.workspace_id, None
 
 
-def _authorize_access_token(exe_id: str, bearer: str) -> BridgeGrant | Denial:
+def _access_token(exe_id: str, bearer: str) -> Credential | Denial:
     if not identity.builtin():
         return Denial(401, "access tokens need the built-in control plane (CODEXGW_IDENTITY_BACKEND=builtin)")
     try:
         grant = tokens.check(bearer, ENVIRONMENTS)
-        if not WorkspaceExecutor.objects.filter(workspace_id=grant.workspace_id, executor_id=exe_id).exists():
-            return Denial(403, "exe_id not in workspace")
-        holder = presence_store().get(exe_id)
     except IdentityError as exc:
         logger.info("bridge refused an access token", extra={"exe_id": exe_id, "reason": exc.reason})
         return Denial(exc.status, exc.reason)
-    except OUTAGES as exc:
-        logger.warning("bridge: dependency unavailable", extra={"exe_id": exe_id, "error": str(exc)})
-        return Denial(503, "service unavailable, retry later")
-    if holder is None:
-        return Denial(503, "executor not connected")
     expires = grant.expires_at.timestamp() if grant.expires_at is not None else None
-    return BridgeGrant(
-        revocation_group=access_token_group(grant.token_id),
-        holder=holder,
-        binding_group=binding_group(grant.workspace_id, exe_id),
-        expires_at=expires,
-    )
+    return access_token_group(grant.token_id), grant.workspace_id, expires

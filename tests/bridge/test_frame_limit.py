@@ -30,7 +30,7 @@ def exactly(message: dict[str, Any], size: int, pad: Callable[[int], dict[str, A
 
 async def attached(session: sessions.ExecutorSession) -> Bridge:
     bridge = Bridge()
-    await session.put(session_events.BridgeOpen("big", None, local=bridge))
+    await session.put(session_events.BridgeOpen("big", bridge))
     await session.put(session_events.BridgeFrame("big", initialize(1)))
     await session.put(session_events.BridgeFrame("big", json.dumps({"method": "initialized"})))
     assert await async_wait_for(lambda: bridge.received, 5)

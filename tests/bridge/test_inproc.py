@@ -75,7 +75,7 @@ async def held(fresh_channel_layer: None) -> AsyncIterator[Held]:
     assert await async_wait_for(lambda: len(executor.sent) == 2, 5)  # initialized
     await database_sync_to_async(presence_store().claim)(exe_id, Holder(session.inbox, "conn-1", time.time()))
     yield Held(exe_id, session, executor, [])
-    await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+    await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 async def test_calls_and_events_reach_a_session_of_this_process(held: Held):
@@ -122,7 +122,7 @@ async def test_a_move_closes_with_4002_and_the_pool_redials_and_resumes(held: He
     await held.reply(await held.forwarded(3), {"status": "ready"})
     assert await pending == {"status": "ready"}
     drained = asyncio.get_running_loop().create_future()
-    await held.session.put(session_events.Drain(CLOSE_SERVICE_RESTART, "draining", drained))
+    await held.session.put(session_events.Drain(drained))
     assert (await asyncio.wait_for(third.wait_closed(), 5)).code == CLOSE_SERVICE_RESTART
     await pool.close()
 

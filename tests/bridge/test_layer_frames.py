@@ -20,16 +20,16 @@ async def test_large_text_is_split_and_reassembled_exactly():
     text = "".join(random.choices(string.ascii_letters + "é€😀", k=3 * LAYER_CHUNK_CHARS + 17))
     await send_text(layer, channel, "bridge.frame", text, conn="c1")
     reassembler = Reassembler()
-    received = None
+    received: list[str] = []
     parts = 0
-    while received is None:
+    while not received:
         message = await asyncio.wait_for(layer.receive(channel), 5)
         assert len(message["text"]) <= LAYER_CHUNK_CHARS
         assert message["conn"] == "c1"
         parts += 1
-        received = reassembler.add("sender", message)
+        received = reassembler.add_all("sender", message)
     assert parts == 4
-    assert received == text
+    assert received == [text]
     await layer.flush()
 
 
@@ -45,10 +45,10 @@ async def test_small_text_is_one_message():
 def test_reassembler_accepts_parts_in_any_order_and_forgets_departed_senders():
     reassembler = Reassembler()
     parts = [{"text": t, "msg": 7, "part": i, "parts": 3} for i, t in enumerate(["ab", "cd", "ef"])]
-    assert reassembler.add("s", parts[2]) is None
-    assert reassembler.add("s", parts[0]) is None
-    assert reassembler.add("s", parts[1]) == "abcdef"
-    assert reassembler.add("s", {"text": "x", "msg": 8, "part": 0, "parts": 2}) is None
+    assert reassembler.add_all("s", parts[2]) == []
+    assert reassembler.add_all("s", parts[0]) == []
+    assert reassembler.add_all("s", parts[1]) == ["abcdef"]
+    assert reassembler.add_all("s", {"text": "x", "msg": 8, "part": 0, "parts": 2}) == []
     assert reassembler.forget("s") == 1
     assert reassembler.forget("s") == 0
 
@@ -107,7 +107,7 @@ async def test_link_batches_frames_queued_behind_a_send_in_order_and_closes_last
     assert received == texts  # exact order, nothing lost, close after everything
     assert messages < 20  # batched: not one layer message per frame
     await link.drained()
-    assert link.pending == 0
+    assert link.sent == link.queued == len(texts)  # settled: nothing left behind
     await layer.flush()
 
 

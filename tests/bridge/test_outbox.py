@@ -47,7 +47,6 @@ async def test_a_stalled_client_is_told_exactly_what_it_will_not_get_in_seq_orde
     lost = [m["params"] for m in gate.sent if m.get("method") == "gateway/outputLost"]
     # One notice per process, from its first seq that did not fit to its last.
     assert sorted((n["processId"], n["toSeq"]) for n in lost) == [("a", 30), ("b", 30)]
-    assert outbox.lost_events == sum(n["toSeq"] - n["fromSeq"] + 1 for n in lost)
     assert gate.sent[-1] == {"id": 7, "result": {}}
 
 
@@ -59,8 +58,7 @@ async def test_a_client_that_keeps_reading_loses_nothing_and_paces_the_sender():
         await outbox.put(output("a", seq))
         assert outbox.queued_chars <= 1000
     await outbox.drained()
-    assert [m["params"]["seq"] for m in gate.sent] == list(range(1, 201))
-    assert outbox.lost_events == 0
+    assert [m["params"]["seq"] for m in gate.sent] == list(range(1, 201))  # no outputLost notice among them
 
 
 async def test_a_stalled_client_that_reads_again_gets_output_again():

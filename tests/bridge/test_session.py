@@ -74,16 +74,16 @@ async def ready_session() -> Any:
     await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
     assert await async_wait_for(lambda: len(executor.sent) == 2, 5)  # initialized
     yield session, executor
-    await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+    await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 @pytest.mark.django_db
 async def test_a_bridge_whose_socket_closed_under_the_session_does_not_end_it(ready_session):
     session, executor = ready_session
     gone, alive = Bridge(gone=True), Bridge()
-    await session.put(session_events.BridgeOpen("gone", None, local=gone))
+    await session.put(session_events.BridgeOpen("gone", gone))
     await session.put(session_events.BridgeFrame("gone", initialize(1)))
-    await session.put(session_events.BridgeOpen("alive", None, local=alive))
+    await session.put(session_events.BridgeOpen("alive", alive))
     await session.put(session_events.BridgeFrame("alive", initialize(7)))
     assert await async_wait_for(lambda: alive.received, 5)
     assert alive.received[0]["id"] == 7
@@ -97,7 +97,7 @@ async def test_a_session_whose_table_another_process_claimed_lets_go(ready_sessi
     session, executor = ready_session
     await vsession_store.claim(session.exe_id, "inbox-of-another-process")
     bridge = Bridge()
-    await session.put(session_events.BridgeOpen("late", None, local=bridge))
+    await session.put(session_events.BridgeOpen("late", bridge))
     await session.put(session_events.BridgeFrame("late", initialize(3)))  # a new session: stored first, refused
     assert await async_wait_for(lambda: session.finished, 5)
     assert bridge.received == []  # no session id that no process could take over
@@ -126,7 +126,7 @@ async def test_the_handshake_records_the_version_and_os_the_executor_reports():
             await asyncio.sleep(0.05)
         assert await row() == {"codex_version": "0.171.0", "client_os": "linux"}
     finally:
-        await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+        await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 def _stored_progress(exe_id: str) -> dict[str, int]:
@@ -186,7 +186,7 @@ async def far() -> Any:
         await session.put(session_events.ExecFrame(executor, json.dumps(answer)))
         assert await async_wait_for(lambda: len(executor.sent) == 2, 5)
 
-        await session.put(session_events.BridgeOpen("far", "far-channel"))
+        await session.put(session_events.BridgeOpen("far", sessions.FarBridge(session, "far", "far-channel")))
         await session.put(session_events.BridgeFrame("far", initialize(1)))
         assert "sessionId" in json.loads((await layer.receive("far-channel"))["text"])["result"]
         await session.put(session_events.BridgeFrame("far", json.dumps({"method": "initialized"})))
@@ -202,7 +202,7 @@ async def far() -> Any:
         assert json.loads((await layer.receive("far-channel"))["text"])["id"] == 2
         yield FarBridge(session, executor, layer, exec_pid)
     finally:
-        await session.put(session_events.Drain(1012, "test over", asyncio.get_running_loop().create_future()))
+        await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
 
 
 @pytest.mark.django_db
@@ -263,7 +263,7 @@ async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_sessio
     assert len(left) < 11
 
     near = Bridge()
-    await far.session.put(session_events.BridgeOpen("near", None, local=near))
+    await far.session.put(session_events.BridgeOpen("near", near))
     vsid = _stored_session_id(far.session.exe_id)
     resume = {"clientName": "test", "resumeSessionId": vsid}
     await far.session.put(
@@ -304,7 +304,7 @@ async def test_stored_progress_never_runs_ahead_of_a_local_bridges_outbox(ready_
     session, executor = ready_session
     near = SlowLocalBridge()
     near.reading.set()
-    await session.put(session_events.BridgeOpen("near", None, local=near))
+    await session.put(session_events.BridgeOpen("near", near))
     await session.put(session_events.BridgeFrame("near", initialize(1)))
     await session.put(session_events.BridgeFrame("near", json.dumps({"method": "initialized"})))
     start = {"processId": "p1", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False}
