@@ -335,10 +335,11 @@ class Multiplexer:
         self._by_prefix: dict[str, VirtualSession] = {}
         self._int_owners: dict[tuple[str, int], tuple[VirtualSession, int]] = {}
         self._held_reads: list[HeldRead] = []
-        # (when, vsid, process id or ""): detach expiries and process timers, so that finding
-        # the next deadline does not walk every session. Entries are checked when they surface
-        # (a timer cleared or moved meanwhile leaves a stale one behind).
-        self._timeline: list[tuple[float, str, str]] = []
+        # (when, order, vsid, process id or None): detach expiries and process timers, so that
+        # finding the next deadline does not walk every session. Entries are checked when they
+        # surface (a timer cleared or moved meanwhile leaves a stale one behind).
+        self._timeline: list[tuple[float, int, str, str | None]] = []
+        self._timeline_order = itertools.count()
         self._backlog: list[tuple[str, Any]] = []  # bridge messages waiting for the handshake
         self._resuming = False
         self._handshake_deadline = 0.0
@@ -1139,27 +1140,28 @@ class Multiplexer:
         # The timeline fires only while the executor is ready: a read and a process/terminate
         # both need it. A disconnect cancels the process timers; expiries wait for it to be back.
         while self.state is ExecutorState.READY and self._timeline and self._timeline[0][0] <= now:
-            at, vsid, process_id = heapq.heappop(self._timeline)
-            if not self._due(at, vsid, process_id):
+            at, order, vsid, process_id = heapq.heappop(self._timeline)
+            if not self._due(at, order, vsid, process_id):
                 continue  # the timer was cleared or moved, or the session resumed or is gone
             vsession = self._vsessions[vsid]
-            if process_id:
+            if process_id is not None:
                 actions.extend(self._read_again(vsession, process_id, vsession.processes[process_id]))
             else:
                 actions.extend(self._expire_vsession(vsession))
         return actions
 
-    def _schedule(self, at: float, vsid: str, process_id: str = "") -> float:
-        """Put a session's detach expiry (no ``process_id``) or a process timer on the timeline."""
-        heapq.heappush(self._timeline, (at, vsid, process_id))
+    def _schedule(self, at: float, vsid: str, process_id: str | None = None) -> float:
+        """Put a session's detach expiry (no ``process_id``: a client may name a process "") or a
+        process timer on the timeline; entries of the same time go in order, never compared further."""
+        heapq.heappush(self._timeline, (at, next(self._timeline_order), vsid, process_id))
         return at
 
-    def _due(self, at: float, vsid: str, process_id: str) -> bool:
+    def _due(self, at: float, _order: int, vsid: str, process_id: str | None) -> bool:
         """Whether a timeline entry still stands for a timer that is set."""
         vsession = self._vsessions.get(vsid)
         if vsession is None:
             return False
-        if not process_id:
+        if process_id is None:
             return vsession.detached_at is not None and vsession.detached_at + self.resume_window == at
         process = vsession.processes.get(process_id)
         return process is not None and at in (process.retry_at, process.reorder_at)

@@ -1671,6 +1671,29 @@ def test_tick_fires_each_due_timer_once_and_none_that_was_cleared_or_moved():
     assert rig.mux.take_changes().deletes == [vsid]  # B's, not A's
 
 
+def test_the_timers_of_a_process_a_client_named_empty_fire():
+    """A client may name a process "" (exec-server takes any string). Its timers were once
+    taken for its session's detach expiry, found stale and dropped: a gap was never read and a
+    failed recovery read never tried again, so all the process's output stayed held."""
+    rig = ready_rig()
+    rig.attach("A")
+    pid = rig.start("A", "")
+    rig.deliver(output(pid, 1), "A", output("", 1))
+    assert rig.push(output(pid, 3)) == []  # a gap
+    process = rig.mux._vsessions[rig.vsids["A"]].processes[""]
+    assert rig.mux.next_deadline() == process.reorder_at
+    rig.clock.now = process.reorder_at
+    assert recovery_read(read := only(to_executor(rig.mux.tick())), pid, 1) == read
+
+    rig.mux.executor_disconnected()
+    read = only(reads(rig.connect()))
+    rig.fail(read, -32000, "busy")
+    assert process.recovering and process.retry_at is not None
+    assert rig.mux.next_deadline() == process.retry_at
+    rig.clock.now = process.retry_at
+    assert reads(rig.mux.tick())
+
+
 def test_events_before_the_start_response_are_kept():
     """exec-server may push a fast process's events before the process/start result. Before
     the fix the result reset the (already closed) process, so the next reconnect re-read it and
