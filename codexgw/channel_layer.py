@@ -169,17 +169,20 @@ class RedisInboxChannelLayer(BaseChannelLayer):
         assert isinstance(message, dict), "message is not a dict"
         payload = channel.encode() + b"\n" + msgpack.packb(message, use_bin_type=True)
         direct = self._state()[2]
+        if await self._try_send(direct, channel, payload, again=False):
+            return
+        # The wait starts at the first "full": a slow first answer (a loaded Redis, an outage
+        # ridden out) must not use it up.
         deadline = time.monotonic() + FULL_WAIT
         delay = FULL_POLL_FIRST
-        again = False
-        while not await self._try_send(direct, channel, payload, again):
-            if time.monotonic() >= deadline:
-                raise ChannelFull(channel)
+        while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, FULL_POLL_MAX)
-            again = True
+            if await self._try_send(direct, channel, payload, again=True):
+                return
+        raise ChannelFull(channel)
 
-    async def _try_send(self, direct: DirectPath | None, channel: str, payload: bytes, again: bool) -> bool:
+    async def _try_send(self, direct: DirectPath | None, channel: str, payload: bytes, *, again: bool) -> bool:
         """One attempt: True if sent, False if the channel is full. Asking again is cheap on the
         direct path (the message again); on the Redis path a cheap read (not the message again)
         comes first."""

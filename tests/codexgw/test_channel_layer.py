@@ -13,7 +13,7 @@ from channels.exceptions import ChannelFull
 from django.conf import settings
 
 from codexgw import channel_layer, metrics
-from codexgw.channel_layer import RedisInboxChannelLayer
+from codexgw.channel_layer import FULL_WAIT, RedisInboxChannelLayer
 from codexgw.layer_pipe import SendCall
 
 
@@ -54,6 +54,26 @@ async def test_a_full_channel_refuses_while_its_neighbour_on_the_same_inbox_flow
     assert [(await receiver.receive(full))["n"] for _ in range(2)] == [1, 2]
     await sender.flush()
     await receiver.flush()
+
+
+async def test_a_slow_first_full_answer_still_leaves_the_whole_wait_for_room(monkeypatch):
+    sender, calls = layer(), []
+
+    async def push(channel: str, payload: bytes) -> bool:
+        calls.append("push")
+        if len(calls) == 1:
+            await asyncio.sleep(FULL_WAIT * 1.5)  # a loaded Redis answers late: full
+            return False
+        return True
+
+    async def has_room(channel: str, size: int) -> bool:
+        calls.append("room")
+        return True  # the receiver gave credit back meanwhile
+
+    monkeypatch.setattr(sender, "_push", push)
+    monkeypatch.setattr(sender, "_has_room", has_room)
+    await sender.send("specific.abc!def", {"type": "t"})
+    assert calls == ["push", "room", "push"]
 
 
 async def test_byte_capacity_bounds_a_channel_but_a_lone_message_of_any_size_goes():
