@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final, Protocol, TypeVar
 
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -150,11 +151,12 @@ class TuiSink(Protocol):
     async def close_tui(self, code: int, reason: str) -> None: ...
 
 
-async def _read_to_end(reading: Awaitable[Close | None], tui: TuiSink, workspace_id: str, what: str) -> None:
+async def _read_to_end(read: Callable[[], Awaitable[Close | None]], tui: TuiSink, workspace_id: str, what: str) -> None:
     """A client's reader (``what``: the leg or the relay): tell ``tui`` once how the app-server
-    side ended, when ``reading`` returns (None: the owning process went silent) or fails."""
+    side ended, when ``read()`` returns (None: the owning process went silent) or fails. Called
+    here, in the task: a task cancelled before its first step leaves no coroutine unawaited."""
     try:
-        end = await reading
+        end = await read()
     except Exception:
         logger.exception("%s failed", what, extra={"workspace_id": workspace_id})
         end = CLOSE_UNAVAILABLE
@@ -169,7 +171,7 @@ class LocalClient:
 
     def __init__(self, leg: AppServerLeg, tui: TuiSink) -> None:
         self.leg = leg
-        reading = _read_to_end(leg.pump(tui.deliver), tui, leg.workspace_id, "app-server leg")
+        reading = _read_to_end(partial(leg.pump, tui.deliver), tui, leg.workspace_id, "app-server leg")
         self._reader = asyncio.create_task(reading, name=f"app-server leg {leg.workspace_id}")
 
     async def send(self, frame: Frame) -> None:
@@ -290,7 +292,7 @@ class RelayClient:
             self.owner_channel,
             {"type": RELAY_OPEN, "conn": self.conn, "reply_to": owner.inbox, "workspace_id": self.workspace_id},
         )
-        reading = _read_to_end(owner.run(self.tui.deliver), self.tui, self.workspace_id, "relay")
+        reading = _read_to_end(partial(owner.run, self.tui.deliver), self.tui, self.workspace_id, "relay")
         self._reader = asyncio.create_task(reading, name=f"relay reader {self.conn}")
 
     async def send(self, frame: Frame) -> None:

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 AFTER_START_TIMEOUT = 15.0  # SpawnConfig.after_start
 REAPER_MAX_TICK = 5.0  # cheap (no I/O unless a child is idle); bounds how late a reap can be
+TASK_CLEANUP = 10.0  # shutdown_all: what a cancelled task's clean-up may take before it is cancelled again
 
 
 class OwnedElsewhere(RuntimeError):
@@ -266,7 +267,8 @@ class Supervisor:
                     await self._shutdown_locked(state, workspace_id, reason)
             except Exception:
                 logger.exception("shutdown failed", extra={"workspace_id": workspace_id})
-        await cancel_and_wait(state.tasks)
+        # A task stopped in a shutdown of its own still removes the home and releases the lease.
+        await cancel_and_wait(state.tasks, patience=TASK_CLEANUP)
         await state.leases.store.close()
         self._state = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -12,13 +13,14 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 
-from appgateway import codexhome, persistence, process_messages
+from appgateway import codexhome, leases, persistence, process_messages, relay
 from appgateway.app_server_process import SpawnError
 from appgateway.codexhome import McpServer
 from appgateway.supervisor import OwnedElsewhere, SpawnConfig
@@ -542,3 +544,52 @@ async def test_shutdown_requested_from_another_process_reaches_the_owner(sup, ap
     assert await async_wait_for(lambda: not pid_alive(handle.pid), 15), "the owner never stopped its child"
     assert await async_wait_for(lambda: sup.live_sessions() == [], 10)
     assert persistence.storage().exists(persistence.archive_name("ws-remote-stop"))
+
+
+async def test_an_exit_during_a_shutdown_still_releases_the_lease_and_removes_the_home(sup, appgw, monkeypatch):
+    """The gateway exits (shutdown_all) while a shutdown of its own is persisting a workspace: the
+    task is cancelled there, and its clean-up (the home removed, the lease released) runs to its
+    end. Cancelled again every 0.2 s, a slow clean-up was cut short and the lease of a gone
+    process stayed in Redis until its TTL, with other processes relaying to it."""
+    handle = await sup.ensure_app_server("ws-exiting")
+    persisting = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    remove_home = codexhome.remove_home
+
+    def slow_persist(*args: Any) -> None:
+        loop.call_soon_threadsafe(persisting.set)
+        time.sleep(1.0)
+
+    def slow_remove(home: Path) -> None:
+        time.sleep(0.5)  # a large CODEX_HOME
+        remove_home(home)
+
+    monkeypatch.setattr(persistence, "persist", slow_persist)
+    monkeypatch.setattr(codexhome, "remove_home", slow_remove)
+    sup.in_background(sup.shutdown("ws-exiting", "asked by another process"), "shutdown ws-exiting")
+    await asyncio.wait_for(persisting.wait(), 30)
+    await sup.shutdown_all("gateway exit")
+    assert await asyncio.to_thread(leases.lease_of, "ws-exiting") is None
+    assert not handle.codex_home.exists()
+
+
+async def test_a_client_stopped_before_its_reader_ran_leaves_nothing_unawaited(sup, appgw):
+    """The TUI or a broker dial leaves in the same loop step that attached it: the reader task
+    is cancelled before its first step. It once held the leg's pump coroutine already made, never
+    awaited (a RuntimeWarning, an error under this suite's warning filters)."""
+    await sup.ensure_app_server("ws-quick")
+
+    class Tui:
+        async def deliver(self, frame: Any) -> None:
+            pass
+
+        async def close_tui(self, code: int, reason: str) -> None:
+            pass
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client = await relay.attach("ws-quick", "conn-quick", Tui())
+        await client.stop()
+        del client
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
