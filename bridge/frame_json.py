@@ -72,11 +72,16 @@ def decode_executor_frame(text: str) -> Any:
 
 
 def encode(message: Any) -> str:
+    """``message`` as a frame; ``ValueError`` if it is nested too deep to write (only a client's
+    request can be: decoding takes more levels than writing)."""
     try:
         return orjson.dumps(message, default=_fragment).decode()
     except TypeError:
-        # Integers beyond 64 bits: the standard library writes them exactly.
+        pass  # integers beyond 64 bits, or nested past orjson's 254 levels: the standard library
+    try:
         return json.dumps(_materialised(message), separators=(",", ":"))
+    except RecursionError:
+        raise ValueError("nested too deep to write") from None
 
 
 def _fragment(value: Any) -> orjson.Fragment:

@@ -351,7 +351,12 @@ class ExecutorSession:
                 if text is not None:
                     await self._to_bridge(action.conn_id, text)
             elif isinstance(action, ToExecutor):
-                text = frame_json.encode(action.message)
+                try:
+                    text = frame_json.encode(action.message)
+                except ValueError:  # a client's request nested past what can be written
+                    refusal = rpc_error(action.message.get("id"), INVALID_REQUEST, "request nested too deep")
+                    await self._perform(self.mux.executor_message(refusal))
+                    continue
                 if size := _oversize(text):
                     # Grown past the limit by the rewriting (id, handles): exec-server would drop the
                     # connection every client shares. Refused instead, as if by the executor.

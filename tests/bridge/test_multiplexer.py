@@ -1681,6 +1681,7 @@ def test_the_timers_of_a_process_a_client_named_empty_fire():
     rig.deliver(output(pid, 1), "A", output("", 1))
     assert rig.push(output(pid, 3)) == []  # a gap
     process = rig.mux._vsessions[rig.vsids["A"]].processes[""]
+    assert process.reorder_at is not None
     assert rig.mux.next_deadline() == process.reorder_at
     rig.clock.now = process.reorder_at
     assert recovery_read(read := only(to_executor(rig.mux.tick())), pid, 1) == read
@@ -1688,7 +1689,8 @@ def test_the_timers_of_a_process_a_client_named_empty_fire():
     rig.mux.executor_disconnected()
     read = only(reads(rig.connect()))
     rig.fail(read, -32000, "busy")
-    assert process.recovering and process.retry_at is not None
+    assert process.recovering
+    assert process.retry_at is not None
     assert rig.mux.next_deadline() == process.retry_at
     rig.clock.now = process.retry_at
     assert reads(rig.mux.tick())

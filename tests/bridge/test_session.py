@@ -330,3 +330,26 @@ async def test_stored_progress_never_runs_ahead_of_a_local_bridges_outbox(ready_
     near.reading.set()
     assert await async_wait_for(lambda: _stored_progress(session.exe_id)["p1"] == 5, 5)
     assert [m["params"]["seq"] for m in near.received if m.get("method") == "process/output"] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.django_db
+async def test_a_request_nested_too_deep_to_write_is_refused_and_the_session_goes_on(ready_session):
+    """A client's request nested 600 levels deep decodes, but cannot be written again for the
+    executor (past orjson's depth, then past Python's recursion limit): it once raised out of the
+    session and ended it for every client of the executor. exec-server refuses such frames too."""
+    session, executor = ready_session
+    bridge, other = Bridge(), Bridge()
+    for conn_id, peer in (("deep", bridge), ("other", other)):
+        await session.put(session_events.BridgeOpen(conn_id, peer))
+        await session.put(session_events.BridgeFrame(conn_id, initialize(1)))
+        await session.put(session_events.BridgeFrame(conn_id, json.dumps({"method": "initialized"})))
+    deep = '{"id":2,"method":"fs/getMetadata","params":{"path":"/","x":' + "[" * 600 + "]" * 600 + "}}"
+    await session.put(session_events.BridgeFrame("deep", deep))
+    assert await async_wait_for(lambda: len(bridge.received) == 2, 5)
+    assert bridge.received[1]["id"] == 2
+    assert bridge.received[1]["error"]["code"] == -32600
+    assert "nested too deep" in bridge.received[1]["error"]["message"]
+    await session.put(session_events.BridgeFrame("other", json.dumps({"id": 3, "method": "fs/getMetadata"})))
+    assert await async_wait_for(lambda: executor.sent[-1].get("method") == "fs/getMetadata", 5)
+    assert not session.finished
+    assert executor.closed is None
