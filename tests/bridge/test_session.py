@@ -15,8 +15,10 @@ from channels.layers import InMemoryChannelLayer
 
 from bridge import session as sessions
 from bridge import session_events, vsession_store
+from bridge.layer_frames import LayerLink
 from bridge.outbox import BridgeOutbox
-from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED
+from bridge.protocol import CLOSE_EXECUTOR_LOST, CLOSE_EXECUTOR_REPLACED, CLOSE_TRY_AGAIN
+from codexgw import metrics
 from codexgw import redis as gwredis
 from executors import services
 from executors.models import Executor
@@ -274,6 +276,49 @@ async def test_frames_a_departed_bridge_never_got_are_read_again_when_its_sessio
     read = far.executor.sent[-1]
     assert read["params"]["processId"] == far.exec_pid
     assert read["params"]["afterSeq"] == left[-1]  # everything after it is read again
+
+
+@pytest.fixture
+def short_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links made from now on give up on a full channel after 0.3 s, not 30 s."""
+    defaults = LayerLink.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "patience", 0.3)
+
+
+@pytest.mark.django_db
+async def test_a_bridge_in_another_process_that_stops_reading_is_let_go_and_owed_its_frames(short_patience, far):
+    """Its channel stays full past the link's patience: the drop is counted once, the bridge is
+    let go (and told 1013 when its channel has room), and the frames it never got are read again
+    when its session resumes elsewhere."""
+    before = metrics.DROPS.labels("bridge_channel_full")._value.get()
+    for seq in range(1, 4):  # one message each (frames that queue up together share one)
+        await far.session.put(far.push(seq))
+        await asyncio.sleep(sessions.FLUSH_DELAY)
+    assert await async_wait_for(lambda: "far" not in far.session._bridges, 5)
+    assert metrics.DROPS.labels("bridge_channel_full")._value.get() == before + 1
+    received: list[int] = []
+    closes: list[int] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            message = await asyncio.wait_for(far.receive(), 1.0)
+            if message["type"] == "bridge.close":
+                closes.append(message["code"])
+            else:
+                received += _seqs(message)
+    assert received == list(range(1, len(received) + 1))
+    assert len(received) < 3
+    assert closes in ([], [CLOSE_TRY_AGAIN])
+
+    near = Bridge()
+    await far.session.put(session_events.BridgeOpen("near", near))
+    resume = {"clientName": "test", "resumeSessionId": _stored_session_id(far.session.exe_id)}
+    await far.session.put(
+        session_events.BridgeFrame("near", json.dumps({"id": 1, "method": "initialize", "params": resume}))
+    )
+    await far.session.put(session_events.BridgeFrame("near", json.dumps({"method": "initialized"})))
+    assert await async_wait_for(lambda: far.executor.sent[-1].get("method") == "process/read", 5)
+    assert far.executor.sent[-1]["params"]["afterSeq"] == received[-1]
 
 
 class SlowLocalBridge(Bridge):
