@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import json.decoder
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -73,21 +74,37 @@ def decode_executor_frame(text: str) -> Any:
 
 def encode(message: Any) -> str:
     """``message`` as a frame; ``ValueError`` if it is nested too deep to write (only a client's
-    request can be: decoding takes more levels than writing)."""
+    request can be: decoding takes more levels than writing).
+
+    A ``RawJSON`` is written as a placeholder string and its text joined in after: the bulk is
+    copied once, into the frame, instead of into orjson's bytes and again into a str."""
+    raw: list[str] = []
+
+    def placeholder(value: Any) -> str:
+        if isinstance(value, RawJSON):
+            raw.append(value.text)
+            return _SLOT
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
     try:
-        return orjson.dumps(message, default=_fragment).decode()
+        text = orjson.dumps(message, default=placeholder).decode()
     except TypeError:
         pass  # integers beyond 64 bits, or nested past orjson's 254 levels: the standard library
+    else:
+        if not raw:
+            return text
+        parts = text.split(_SLOT_JSON)
+        if len(parts) == len(raw) + 1:
+            return "".join([part for pair in zip(parts, raw, strict=False) for part in pair] + [parts[-1]])
     try:
         return json.dumps(_materialised(message), separators=(",", ":"))
     except RecursionError:
         raise ValueError("nested too deep to write") from None
 
 
-def _fragment(value: Any) -> orjson.Fragment:
-    if isinstance(value, RawJSON):
-        return orjson.Fragment(value.text)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+# Written by orjson as it is (no escapes); the random part keeps it out of any frame's own text.
+_SLOT = f"\ue000codexgw-raw-{secrets.token_hex(8)}\ue000"
+_SLOT_JSON = f'"{_SLOT}"'
 
 
 def _materialised(value: Any) -> Any:

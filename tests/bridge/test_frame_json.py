@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -55,6 +56,22 @@ def test_a_large_executor_response_keeps_its_bulk_string_as_text():
     # A 64-bit-overflowing integer elsewhere takes the standard library's path, which still works.
     decoded["result"]["big"] = 1 << 70
     assert json.loads(frame_json.encode(decoded)) == {"id": 123, "result": {"dataBase64": data, "big": 1 << 70}}
+
+
+def test_bulk_strings_are_joined_into_the_envelope_in_their_places():
+    first, second = RawJSON(json.dumps("a" * 100)), RawJSON(json.dumps("b\u00e9" * 50))
+    result: dict[str, Any] = {"x": first, "n": 2, "y": second, "name": "caf\u00e9"}
+    message = {"id": 1, "result": result}
+    expected = '{"id":1,"result":{"x":' + first.text + ',"n":2,"y":' + second.text + ',"name":"caf\u00e9"}}'
+    assert frame_json.encode(message) == expected
+    # A frame that happens to hold the placeholder's text is still written exactly (the slower way).
+    result["name"] = frame_json._SLOT
+    assert json.loads(frame_json.encode(message))["result"] == {
+        "x": "a" * 100,
+        "n": 2,
+        "y": "b\u00e9" * 50,
+        "name": frame_json._SLOT,
+    }
 
 
 def test_the_multiplexer_rewrites_the_id_of_a_large_read_without_touching_the_data():
