@@ -15,6 +15,7 @@ the executor every client shares.
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.decoder
 import re
@@ -95,7 +96,7 @@ def encode(message: Any) -> str:
             return text
         parts = text.split(_SLOT_JSON)
         if len(parts) == len(raw) + 1:
-            return "".join([part for pair in zip(parts, raw, strict=False) for part in pair] + [parts[-1]])
+            return "".join(itertools.chain.from_iterable(zip(parts, [*raw, ""], strict=True)))
     try:
         return json.dumps(_materialised(message), separators=(",", ":"))
     except RecursionError:
