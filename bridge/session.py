@@ -351,16 +351,8 @@ class ExecutorSession:
                 if text is not None:
                     await self._to_bridge(action.conn_id, text)
             elif isinstance(action, ToExecutor):
-                try:
-                    text = frame_json.encode(action.message)
-                except ValueError:  # a client's request nested past what can be written
-                    refusal = rpc_error(action.message.get("id"), INVALID_REQUEST, "request nested too deep")
-                    await self._perform(self.mux.executor_message(refusal))
-                    continue
-                if size := _oversize(text):
-                    # Grown past the limit by the rewriting (id, handles): exec-server would drop the
-                    # connection every client shares. Refused instead, as if by the executor.
-                    refusal = _too_large(action.message.get("id"), "request", size)
+                text, refusal = _for_executor(action.message)
+                if refusal is not None:
                     await self._perform(self.mux.executor_message(refusal))
                 elif self.executor is None:
                     drop("executor_gone_before_send", exe_id=self.exe_id)
@@ -506,6 +498,19 @@ def _oversize(text: str) -> int:
         return 0
     size = len(text) if text.isascii() else len(text.encode())
     return size if size > MAX_FRAME_BYTES else 0
+
+
+def _for_executor(message: JSON) -> tuple[str, JSON | None]:
+    """``message`` as a frame for the executor, or the error that refuses it instead, as if by
+    the executor: a client's request nested past what can be written, or one grown past the
+    frame limit by the rewriting (id, handles), on which exec-server would drop the connection
+    every client shares."""
+    try:
+        text = frame_json.encode(message)
+    except ValueError:
+        return "", rpc_error(message.get("id"), INVALID_REQUEST, "request nested too deep")
+    size = _oversize(text)
+    return text, _too_large(message.get("id"), "request", size) if size else None
 
 
 def _too_large(request_id: Any, what: str, size: int) -> JSON:
