@@ -16,7 +16,12 @@ import uuid
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from asgiref.typing import WebSocketConnectEvent, WebSocketDisconnectEvent, WebSocketReceiveEvent
+from asgiref.typing import (
+    WebSocketConnectEvent,
+    WebSocketDisconnectEvent,
+    WebSocketReceiveEvent,
+    WebSocketSendEvent,
+)
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -61,6 +66,9 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         try:
             while True:
                 message = await receive()
+                if listener is None:
+                    await self.dispatch(message)  # the only handler: nothing to take turns with
+                    continue
                 async with one_at_a_time:
                     await self.dispatch(message)
         except StopConsumer:
@@ -134,6 +142,11 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
     ) -> None:
         metrics.ws_frame(self.role, "out", text_data, bytes_data)
+        if text_data is not None and not close:
+            # A frame straight to the server: Channels' two send layers only build this message.
+            frame: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": text_data}
+            await self.base_send(frame)
+            return
         await super().send(text_data, bytes_data, close)
 
     async def websocket_disconnect(self, message: WebSocketDisconnectEvent) -> None:
