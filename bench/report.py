@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,21 @@ class Row:
         if value is None or not self.a:
             return ""
         return f"{value / self.a:.2f}"
+
+
+def median_row(what: str, unit: str, rounds: Sequence[Sequence[float | None]], note: str) -> Row:
+    """One row from rounds of (a), (b), (c) measured in turn: each cell is the median of its
+    rounds, and with more than one round the note gives the range of each round's own ratios
+    (the ratios stay within one round, the noise of a shared machine shows as their spread)."""
+    cells = [None if None in column else statistics.median(column) for column in zip(*rounds, strict=True)]
+    if len(rounds) > 1:
+        spreads = []
+        for label, index in (("b/a", 1), ("c/a", 2)):
+            ratios = [value / a for a, value in ((r[0], r[index]) for r in rounds) if a and value is not None]
+            if ratios:
+                spreads.append(f"{label} {min(ratios):.2f} to {max(ratios):.2f}")
+        note += f"; median of {len(rounds)} rounds" + (f", per round {', '.join(spreads)}" if spreads else "")
+    return Row(what, unit, cells, note)
 
 
 @dataclass

@@ -20,17 +20,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from bench.environment import BenchEnv, bench_environment
-from bench.report import Fact, Row, comparison_table, facts_table, machine
+from bench.report import Fact, Row, comparison_table, facts_table, machine, median_row
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = "ws-bench"
 MiB = 1024 * 1024
+T = TypeVar("T")
 SECTIONS = ("latency", "throughput", "concurrency", "relay", "idle", "app", "native")
 
 
@@ -46,6 +48,7 @@ class Sizes:
     relay_mib: int = 256
     app_calls: int = 2000
     native_calls: int = 100
+    rounds: int = 1
 
 
 TINY = Sizes(
@@ -151,71 +154,62 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
         c = rpc.Target("cross", f"{cluster[1].ws_base_url}/bridge/{creds.exe_id}", bearer)
         gateways = [g.pid for g in cluster]
 
+        def in_rounds(
+            name: str, measure: Callable[[rpc.Target], T], spied: Callable[[rpc.Target], list[int]]
+        ) -> list[list[T]]:
+            """``measure`` on (a), (b), (c) in turn, ``sizes.rounds`` times: [a, b, c] per round."""
+            rounds = []
+            for number in range(sizes.rounds):
+                tag = f"-{number + 1}" if sizes.rounds > 1 else ""
+                measured = []
+                for target in (a, b, c):
+                    with profiled(profile_dir, f"{name}-{target.label}{tag}", spied(target)):
+                        measured.append(measure(target))
+                rounds.append(measured)
+            return rounds
+
+        def bridges(target: rpc.Target) -> list[int]:
+            return gateways if target is not a else []
+
         if "latency" in sections:
-            lat = {}
-            for target in (a, b, c):
-                with profiled(profile_dir, f"latency-{target.label}", gateways if target is not a else []):
-                    lat[target.label] = asyncio.run(rpc.latency(target, small, sizes.calls))
+            lat = in_rounds("latency", lambda t: asyncio.run(rpc.latency(t, small, sizes.calls)), bridges)
             note = f"{sizes.calls} sequential calls, one connection"
-            results.rows.append(Row("fs/getMetadata p50", "ms", [lat[t.label].p50_ms for t in (a, b, c)], note))
-            results.rows.append(Row("fs/getMetadata p99", "ms", [lat[t.label].p99_ms for t in (a, b, c)], note))
+            results.rows.append(median_row("fs/getMetadata p50", "ms", [[x.p50_ms for x in r] for r in lat], note))
+            results.rows.append(median_row("fs/getMetadata p99", "ms", [[x.p99_ms for x in r] for r in lat], note))
 
         if "throughput" in sections:
-            read = {}
-            stream = {}
-            for target in (a, b, c):
-                with profiled(profile_dir, f"read-{target.label}", gateways if target is not a else []):
-                    read[target.label] = asyncio.run(
-                        rpc.read_file_mb_s(target, big, sizes.read_mib * MiB, sizes.read_repeats)
-                    )
-                with profiled(profile_dir, f"stream-{target.label}", gateways if target is not a else []):
-                    stream[target.label] = asyncio.run(rpc.stream_mb_s(target, sizes.stream_mib * MiB))
-            results.rows.append(
-                Row(
-                    f"fs/readFile {sizes.read_mib} MiB",
-                    "MB/s",
-                    [read[t.label] for t in (a, b, c)],
-                    f"{sizes.read_repeats} reads in a row, decoded bytes",
-                )
+            read = in_rounds(
+                "read",
+                lambda t: asyncio.run(rpc.read_file_mb_s(t, big, sizes.read_mib * MiB, sizes.read_repeats)),
+                bridges,
             )
-            results.rows.append(
-                Row(
-                    f"process/output {sizes.stream_mib} MiB",
-                    "MB/s",
-                    [stream[t.label] for t in (a, b, c)],
-                    "head -c N /dev/zero, start → process/closed, decoded bytes",
-                )
-            )
+            note = f"{sizes.read_repeats} reads in a row, decoded bytes"
+            results.rows.append(median_row(f"fs/readFile {sizes.read_mib} MiB", "MB/s", read, note))
+            stream = in_rounds("stream", lambda t: asyncio.run(rpc.stream_mb_s(t, sizes.stream_mib * MiB)), bridges)
+            note = "head -c N /dev/zero, start → process/closed, decoded bytes"
+            results.rows.append(median_row(f"process/output {sizes.stream_mib} MiB", "MB/s", stream, note))
 
         if "concurrency" in sections:
-            conc = {}
-            for target in (a, b, c):
-                pids = [direct.process.pid] if target is a else [remote.process.pid, *gateways]
-                with profiled(profile_dir, f"concurrency-{target.label}", pids[1:]):
-                    conc[target.label] = asyncio.run(
-                        rpc.concurrency(target, small, sizes.clients, sizes.calls_each, pids)
-                    )
-            note = f"{sizes.clients} clients x {sizes.calls_each} sequential fs/getMetadata"
-            results.rows.append(
-                Row("concurrent requests/s", "req/s", [conc[t.label].requests_per_s for t in (a, b, c)], note)
+            # CPU is read for exec-server and the gateways; the profile is of the gateways.
+            def metered(target: rpc.Target) -> list[int]:
+                return [direct.process.pid] if target is a else [remote.process.pid, *gateways]
+
+            conc = in_rounds(
+                "concurrency",
+                lambda t: asyncio.run(rpc.concurrency(t, small, sizes.clients, sizes.calls_each, metered(t))),
+                lambda t: metered(t)[1:],
             )
-            results.rows.append(Row("concurrent p99", "ms", [conc[t.label].p99_ms for t in (a, b, c)], note))
-            exec_cpu = [
-                conc[a.label].cpu_us_per_request[direct.process.pid],
-                conc[b.label].cpu_us_per_request[remote.process.pid],
-                conc[c.label].cpu_us_per_request[remote.process.pid],
-            ]
-            results.rows.append(Row("exec-server CPU per request", "µs", exec_cpu, "utime+stime from /proc"))
+            note = f"{sizes.clients} clients x {sizes.calls_each} sequential fs/getMetadata"
+            rate = [[x.requests_per_s for x in r] for r in conc]
+            results.rows.append(median_row("concurrent requests/s", "req/s", rate, note))
+            results.rows.append(median_row("concurrent p99", "ms", [[x.p99_ms for x in r] for r in conc], note))
+            execs = [direct.process.pid, remote.process.pid, remote.process.pid]
+            exec_cpu = [[x.cpu_us_per_request[pid] for x, pid in zip(r, execs, strict=True)] for r in conc]
+            results.rows.append(median_row("exec-server CPU per request", "µs", exec_cpu, "utime+stime from /proc"))
             for index, pid in enumerate(gateways):
                 role = "executor + bridges in (b)" if index == 0 else "bridges in (c)"
-                results.rows.append(
-                    Row(
-                        f"gateway process {index} CPU per request",
-                        "µs",
-                        [None, conc[b.label].cpu_us_per_request[pid], conc[c.label].cpu_us_per_request[pid]],
-                        role,
-                    )
-                )
+                cpu = [[None, r[1].cpu_us_per_request[pid], r[2].cpu_us_per_request[pid]] for r in conc]
+                results.rows.append(median_row(f"gateway process {index} CPU per request", "µs", cpu, role))
 
         if "relay" in sections:
             pair = relay.bound_pair(WORKSPACE)
@@ -322,6 +316,9 @@ def parse(argv: list[str] | None) -> tuple[Sizes, set[str], Path | None, Path | 
     parser.add_argument("--relay-mib", type=int, default=defaults.relay_mib)
     parser.add_argument("--app-calls", type=int, default=defaults.app_calls)
     parser.add_argument("--native-calls", type=int, default=defaults.native_calls)
+    parser.add_argument(
+        "--rounds", type=int, default=defaults.rounds, help="latency, throughput, concurrency: medians of N rounds"
+    )
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR", help="py-spy profiles go here")
     parser.add_argument("--output", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
