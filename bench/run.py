@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -324,7 +324,9 @@ def parse(argv: list[str] | None) -> tuple[Sizes, set[str], Path | None, Path | 
     args = parser.parse_args(argv)
     # Every size has an option of the same name (``--read-mib`` → read_mib); idle is a list.
     counts = {f.name: getattr(args, f.name) for f in fields(Sizes) if f.name != "idle"}
-    sizes = TINY if args.tiny else Sizes(**counts, idle=[int(n) for n in args.idle.split(",") if n.strip()])
+    sizes = Sizes(**counts, idle=[int(n) for n in args.idle.split(",") if n.strip()])
+    if args.tiny:
+        sizes = replace(TINY, rounds=args.rounds)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = sections - set(SECTIONS)
     if unknown:

@@ -21,7 +21,7 @@ def test_the_bench_runs_with_tiny_sizes_and_prints_a_table() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST", "DJANGO_", "DATABASE_"))}
     env.pop("CODEXGW_REDIS_PREFIX", None)
     run = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--tiny"],
+        [sys.executable, "-m", "bench.run", "--tiny", "--rounds", "2"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -42,5 +42,6 @@ def test_the_bench_runs_with_tiny_sizes_and_prints_a_table() -> None:
         "idle executors: presence online | 5/5",
         "app gateway: TUI connect",
         "exec_command round trip p50",
+        "median of 2 rounds, per round b/a",
     ):
         assert measurement in out, out
