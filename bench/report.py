@@ -21,36 +21,41 @@ def percentile(samples: list[float], fraction: float) -> float:
 @dataclass
 class Row:
     """One measurement for (a) direct, (b) gateway with bridge and executor in one process and
-    (c) in two processes; ratios b/a and c/a are computed from the same run."""
+    (c) in two processes; ratios b/a and c/a are computed from the same run (from the same round:
+    ``ratios`` when the row comes from several)."""
 
     what: str
     unit: str
     values: Sequence[float | None]  # (a), (b), (c)
     note: str = ""
+    ratios: Sequence[float | None] | None = None  # b/a, c/a when not values[1:] / values[0]
 
-    @property
-    def a(self) -> float | None:
-        return self.values[0]
-
-    def ratio(self, value: float | None) -> str:
-        if value is None or not self.a:
+    def ratio(self, index: int) -> str:
+        a, value = self.values[0], self.values[index]
+        if self.ratios is not None:
+            found = self.ratios[index - 1]
+            return "" if found is None else f"{found:.2f}"
+        if value is None or not a:
             return ""
-        return f"{value / self.a:.2f}"
+        return f"{value / a:.2f}"
 
 
 def median_row(what: str, unit: str, rounds: Sequence[Sequence[float | None]], note: str) -> Row:
-    """One row from rounds of (a), (b), (c) measured in turn: each cell is the median of its
-    rounds, and with more than one round the note gives the range of each round's own ratios
-    (the ratios stay within one round, the noise of a shared machine shows as their spread)."""
+    """One row from rounds of (a), (b), (c) measured in turn: each cell and each ratio is the
+    median over the rounds, a ratio being taken within its round (the noise of a shared machine
+    then shows as the spread of the rounds' ratios, which the note gives)."""
     cells = [None if None in column else statistics.median(column) for column in zip(*rounds, strict=True)]
-    if len(rounds) > 1:
-        spreads = []
-        for label, index in (("b/a", 1), ("c/a", 2)):
-            ratios = [value / a for a, value in ((r[0], r[index]) for r in rounds) if a and value is not None]
-            if ratios:
-                spreads.append(f"{label} {min(ratios):.2f} to {max(ratios):.2f}")
-        note += f"; median of {len(rounds)} rounds" + (f", per round {', '.join(spreads)}" if spreads else "")
-    return Row(what, unit, cells, note)
+    if len(rounds) == 1:
+        return Row(what, unit, cells, note)
+    medians: list[float | None] = []
+    spreads = []
+    for label, index in (("b/a", 1), ("c/a", 2)):
+        ratios = [value / a for a, value in ((r[0], r[index]) for r in rounds) if a and value is not None]
+        medians.append(statistics.median(ratios) if ratios else None)
+        if ratios:
+            spreads.append(f"{label} {min(ratios):.2f} to {max(ratios):.2f}")
+    note += f"; median of {len(rounds)} rounds" + (f", per round {', '.join(spreads)}" if spreads else "")
+    return Row(what, unit, cells, note, medians)
 
 
 @dataclass
@@ -79,7 +84,7 @@ def comparison_table(rows: list[Row]) -> str:
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         a, b, c = row.values
-        cells = [row.what, row.unit, _fmt(a), _fmt(b), _fmt(c), row.ratio(b), row.ratio(c)]
+        cells = [row.what, row.unit, _fmt(a), _fmt(b), _fmt(c), row.ratio(1), row.ratio(2)]
         lines.append("| " + " | ".join([*cells, row.note]) + " |")
     return "\n".join(lines)
 
