@@ -25,8 +25,12 @@ from typing import Any
 
 import orjson
 
-LAZY_FRAME_CHARS = 256 * 1024  # frames shorter than this are decoded in full (it is as fast)
-RAW_STRING_CHARS = 64 * 1024
+# Frames shorter than this are decoded in full, and strings this long are kept raw. Measured
+# (decode + encode, a frame with one base64 string): 22 K characters cost 21 µs either way; at
+# 44 K full 42 µs, lazy 22 µs; at 175 K 150 µs and 32 µs. The lazy parser's own cost (~18 µs,
+# in Python) makes a full decode faster below that: exec-server's process/output frames are 11 K.
+LAZY_FRAME_CHARS = 32 * 1024
+RAW_STRING_CHARS = LAZY_FRAME_CHARS
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
