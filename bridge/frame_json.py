@@ -65,9 +65,17 @@ def decode(text: str) -> Any:
 
 
 def decode_executor_frame(text: str) -> Any:
-    """An executor's frame, its bulk strings kept as ``RawJSON``; ``None`` if it is not JSON."""
+    """An executor's frame, its bulk strings kept as ``RawJSON``; ``None`` if it is not JSON.
+
+    A short one is read by orjson (an 11 K process/output frame: 3.8 µs, the standard library
+    10 µs), which reads an integer past 64 bits as a float: exec-server (serde_json) writes none,
+    its integers are Rust's 64-bit ones. What orjson refuses (NaN, a lone surrogate, nesting past
+    its limit) gets the standard library's answer."""
     if len(text) < LAZY_FRAME_CHARS:
-        return decode(text)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return decode(text)
     try:
         value, end = _object(text, _skip(text, 0), depth=2)
         if _skip(text, end) != len(text):

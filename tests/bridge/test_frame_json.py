@@ -130,3 +130,32 @@ def test_decoding_two_levels_deep_gives_what_full_decoding_gives(value):
     decoded = frame_json.decode_executor_frame(text)
     assert json.loads(frame_json.encode(decoded)) == frame
     assert isinstance(decoded["result"]["pad"], RawJSON)
+
+
+_EXEC_SERVER_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)  # serde_json's integers
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    st.recursive(
+        _EXEC_SERVER_SCALARS,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )
+)
+def test_a_short_executor_frame_reads_as_the_standard_library_reads_it(value: Any) -> None:
+    text = json.dumps({"method": "process/output", "params": {"value": value}}, ensure_ascii=False)
+    assert len(text) < frame_json.LAZY_FRAME_CHARS
+    assert frame_json.decode_executor_frame(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ['{"id":1,"result":"\\ud800"}', '{"id":1,"result":[NaN,-Infinity]}'])
+def test_what_orjson_refuses_in_an_executor_frame_gets_the_standard_librarys_answer(text: str) -> None:
+    # Compared as text: NaN is not equal to itself.
+    assert json.dumps(frame_json.decode_executor_frame(text)) == json.dumps(json.loads(text))
