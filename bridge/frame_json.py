@@ -115,6 +115,23 @@ def encode(message: Any) -> str:
         raise ValueError("nested too deep to write") from None
 
 
+def nested_deeper_than(limit: int, text: str, value: Any) -> bool:
+    """Whether ``value`` (written as ``text``) nests objects and arrays more than ``limit`` levels
+    deep, the frame's own object being the first. Walked only when ``text`` holds more than
+    ``limit`` brackets (those in strings too), so a usual frame costs two counts."""
+    if text.count("{") + text.count("[") <= limit:
+        return False
+
+    def deeper(item: Any, room: int) -> bool:
+        if isinstance(item, dict):
+            return room == 0 or any(deeper(child, room - 1) for child in item.values())
+        if isinstance(item, list):
+            return room == 0 or any(deeper(child, room - 1) for child in item)
+        return False
+
+    return deeper(value, limit)
+
+
 # Written by orjson as it is (no escapes); the random part keeps it out of any frame's own text.
 _SLOT = f"\ue000codexgw-raw-{secrets.token_hex(8)}\ue000"
 _SLOT_JSON = f'"{_SLOT}"'

@@ -81,6 +81,8 @@ FLUSH_RETRY = 1.0
 # On a drain, how long the closing bridges' queued frames may take to leave before the table is
 # stored (what is still queued then is stored as not delivered: repeated after the resume).
 DRAIN_SEND_WAIT = 5.0
+# exec-server 0.171.0 reads a frame nested 127 levels deep and refuses one of 128 (measured).
+EXEC_SERVER_DEPTH = 127
 
 
 def executor_group(exe_id: str) -> str:
@@ -502,12 +504,15 @@ def _oversize(text: str) -> int:
 
 def _for_executor(message: JSON) -> tuple[str, JSON | None]:
     """``message`` as a frame for the executor, or the error that refuses it instead, as if by
-    the executor: a client's request nested past what can be written, or one grown past the
-    frame limit by the rewriting (id, handles), on which exec-server would drop the connection
-    every client shares."""
+    the executor: a client's request nested deeper than exec-server reads (its refusal has id
+    -1, so the client would wait for ever) or than can be written, or one grown past the frame
+    limit by the rewriting (id, handles), on which exec-server would drop the connection every
+    client shares."""
     try:
         text = frame_json.encode(message)
-    except ValueError:
+    except ValueError:  # nested past what can be written
+        text = ""
+    if not text or frame_json.nested_deeper_than(EXEC_SERVER_DEPTH, text, message):
         return "", rpc_error(message.get("id"), INVALID_REQUEST, "request nested too deep")
     size = _oversize(text)
     return text, _too_large(message.get("id"), "request", size) if size else None

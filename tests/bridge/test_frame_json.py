@@ -159,3 +159,18 @@ def test_a_short_executor_frame_reads_as_the_standard_library_reads_it(value: An
 def test_what_orjson_refuses_in_an_executor_frame_gets_the_standard_librarys_answer(text: str) -> None:
     # Compared as text: NaN is not equal to itself.
     assert json.dumps(frame_json.decode_executor_frame(text)) == json.dumps(json.loads(text))
+
+
+def test_nesting_is_counted_in_objects_and_arrays_not_in_strings() -> None:
+    def frame(levels: int) -> dict[str, Any]:
+        value: Any = {}
+        for _ in range(levels - 1):
+            value = [value]
+        return {"id": 1, "params": value}  # the frame's object, then levels of arrays and objects
+
+    for levels in (3, 126, 127):  # the frame nests levels + 1 deep
+        message = frame(levels)
+        text = json.dumps(message)
+        assert frame_json.nested_deeper_than(127, text, message) is (levels + 1 > 127)
+    flat = {"id": 1, "params": {"code": "[" * 500 + "{" * 500}}
+    assert frame_json.nested_deeper_than(127, json.dumps(flat), flat) is False

@@ -246,6 +246,30 @@ async def test_unknown_client_notification_does_not_disturb_another_session(onli
     assert online_executor.server.alive()
 
 
+def nested_params(levels: int) -> dict[str, Any]:
+    """``fs/getMetadata`` params whose request frame nests ``levels`` deep (the frame's object is
+    the first level, ``params`` the second, then arrays)."""
+    value: list[Any] = []
+    for _ in range(levels - 3):
+        value = [value]
+    return {"path": "file:///tmp", "x": value}
+
+
+async def test_a_request_nested_deeper_than_exec_server_reads_is_refused_with_its_own_id(
+    online_executor: OnlineExecutor,
+):
+    """exec-server reads a frame nested 127 levels deep and refuses one of 128 with id -1, which
+    no client's request owns: the client would wait for ever. The gateway refuses it first."""
+    async with await online_executor.bridge(1) as client:
+        await client.initialize("deep")
+        assert (await client.call("fs/getMetadata", nested_params(127)))["result"]["isDirectory"] is True
+        refused = await client.call("fs/getMetadata", nested_params(128))
+        assert refused["error"]["code"] == -32600
+        assert "nested too deep" in refused["error"]["message"]
+        assert (await client.call("fs/getMetadata", {"path": "file:///tmp"}))["result"]["isDirectory"] is True
+    assert online_executor.server.alive()
+
+
 async def revoke(gateway: GatewayProcess, turn_id: str) -> int:
     url = f"{gateway.base_url}/api/exec-gateway/revoke-turn"
     status, _ = await asyncio.to_thread(http_json, "POST", url, {"turn_id": turn_id}, headers=shared_secret_headers())
