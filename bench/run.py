@@ -322,6 +322,8 @@ def parse(argv: list[str] | None) -> tuple[Sizes, set[str], Path | None, Path | 
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR", help="py-spy profiles go here")
     parser.add_argument("--output", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     # Every size has an option of the same name (``--read-mib`` → read_mib); idle is a list.
     counts = {f.name: getattr(args, f.name) for f in fields(Sizes) if f.name != "idle"}
     sizes = Sizes(**counts, idle=[int(n) for n in args.idle.split(",") if n.strip()])

@@ -3,10 +3,12 @@
 The multiplexer rewrites a frame's envelope (``id``, the handles among ``params``/``result``
 members) and never looks inside bulk data: an ``fs/readFile`` result's ``dataBase64`` is 11 MB of
 text for 8 MiB. So an executor's large frame is decoded two levels deep only: the envelope and the
-members of its ``params``/``result`` object are parsed, and a string value over
-``RAW_STRING_CHARS`` there is kept as its JSON text (``RawJSON``), which ``encode`` writes back
-as it is. Measured on an 8 MiB read: decoding 7.7 ms and encoding 7.6 ms become a search for the
-string's closing quote and one copy.
+members of its ``params``/``result`` object are parsed, and a bulk member there (``dataBase64``,
+``chunk``) over ``RAW_STRING_CHARS`` is kept as its JSON text (``RawJSON``), which ``encode``
+writes back as it is. Any other string is decoded, however long: the multiplexer reads handles
+(a client may name a process with 40 K characters) and error messages. Measured on an 8 MiB
+read: decoding 7.7 ms and encoding 7.6 ms become a search for the string's closing quote and one
+copy.
 
 Only executor frames are decoded so: exec-server writes them with a JSON serialiser. A client's
 frame is decoded in full (checked), so nothing malformed inside a string is ever passed on to
@@ -31,6 +33,8 @@ import orjson
 # in Python) makes a full decode faster below that: exec-server's process/output frames are 11 K.
 LAZY_FRAME_CHARS = 32 * 1024
 RAW_STRING_CHARS = LAZY_FRAME_CHARS
+# The members that hold bulk data (base64): an fs/readFile result's, a process/output's.
+_BULK_KEYS = frozenset({"dataBase64", "chunk"})
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -115,11 +119,15 @@ def encode(message: Any) -> str:
         raise ValueError("nested too deep to write") from None
 
 
+_COUNTED_BELOW = 4096
+
+
 def nested_deeper_than(limit: int, text: str, value: Any) -> bool:
     """Whether ``value`` (written as ``text``) nests objects and arrays more than ``limit`` levels
-    deep, the frame's own object being the first. Walked only when ``text`` holds more than
-    ``limit`` brackets (those in strings too), so a usual frame costs two counts."""
-    if text.count("{") + text.count("[") <= limit:
+    deep, the frame's own object being the first. A short frame with no more than ``limit``
+    brackets (those in strings too) is not walked; a long one is (counting the brackets of an
+    11 MB write takes longer than walking its three objects)."""
+    if len(text) < _COUNTED_BELOW and text.count("{") + text.count("[") <= limit:
         return False
 
     def deeper(item: Any, room: int) -> bool:
@@ -153,10 +161,11 @@ def _skip(text: str, index: int) -> int:
     return match.end()
 
 
-def _object(text: str, index: int, depth: int) -> tuple[Any, int]:
-    """The value at ``index`` (an object decoded ``depth`` levels deep) and where it ends."""
+def _object(text: str, index: int, depth: int, bulk: bool = False) -> tuple[Any, int]:
+    """The value at ``index`` (an object decoded ``depth`` levels deep) and where it ends; a long
+    string is kept raw if it is ``bulk``."""
     if text[index] != "{" or depth == 0:
-        if text[index] == '"':
+        if text[index] == '"' and bulk:
             return _string(text, index)
         value, end = _DECODER.raw_decode(text, index)
         return value, end
@@ -171,7 +180,7 @@ def _object(text: str, index: int, depth: int) -> tuple[Any, int]:
         index = _skip(text, index)
         if text[index] != ":":
             raise ValueError("':' expected")
-        result[key], index = _object(text, _skip(text, index + 1), depth - 1)
+        result[key], index = _object(text, _skip(text, index + 1), depth - 1, key in _BULK_KEYS)
         index = _skip(text, index)
         if text[index] == "}":
             return result, index + 1
@@ -181,7 +190,7 @@ def _object(text: str, index: int, depth: int) -> tuple[Any, int]:
 
 
 def _string(text: str, start: int) -> tuple[Any, int]:
-    """A string value: decoded if short, else kept as its text up to its closing quote."""
+    """A bulk string: decoded if short, else kept as its text up to its closing quote."""
     end = text.find('"', start + 1)
     while end != -1 and _escaped(text, end):
         end = text.find('"', end + 1)

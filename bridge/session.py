@@ -379,12 +379,20 @@ class ExecutorSession:
 
     def _fitting(self, message: JSON) -> str | None:
         """``message`` as a frame codex accepts. Only a response can outgrow the executor's frame
-        it came from (the client chose its id): one too large becomes an error."""
-        text = frame_json.encode(message)
+        it came from (the client chose its id): one too large becomes an error. One nested too
+        deep to write (only an executor gone wrong sends it) becomes an error too."""
+        response = "id" in message and "method" not in message
+        try:
+            text = frame_json.encode(message)
+        except ValueError:
+            drop("frame_nested_too_deep", exe_id=self.exe_id)
+            if response:
+                return frame_json.encode(rpc_error(message["id"], INVALID_REQUEST, "response nested too deep"))
+            return None
         size = _oversize(text)
         if not size:
             return text
-        if "id" in message and "method" not in message:
+        if response:
             text = frame_json.encode(_too_large(message["id"], "response", size))
             if not _oversize(text):
                 return text

@@ -87,12 +87,12 @@ def test_the_multiplexer_rewrites_the_id_of_a_large_read_without_touching_the_da
 
 def test_escaped_quotes_whitespace_and_short_strings_decode_exactly():
     bulk = 'a\\"b\\\\' * (RAW_STRING_CHARS // 4)  # escaped quotes and backslashes inside
-    text = '{ "id" : 1 ,\n "result" : { "text" : "' + bulk + '" , "n": [1, {"k": "v"}], "s": "é" } }'
+    text = '{ "id" : 1 ,\n "result" : { "dataBase64" : "' + bulk + '" , "n": [1, {"k": "v"}], "s": "é" } }'
     text += " " * frame_json.LAZY_FRAME_CHARS
     decoded = frame_json.decode_executor_frame(text)
     assert decoded["result"]["n"] == [1, {"k": "v"}]
     assert decoded["result"]["s"] == "é"
-    assert isinstance(decoded["result"]["text"], RawJSON)
+    assert isinstance(decoded["result"]["dataBase64"], RawJSON)
     assert json.loads(frame_json.encode(decoded)) == json.loads(text)
 
 
@@ -125,11 +125,11 @@ def test_malformed_large_executor_frames_are_refused(broken):
     )
 )
 def test_decoding_two_levels_deep_gives_what_full_decoding_gives(value):
-    frame = {"id": 1, "result": {"value": value, "pad": "x" * frame_json.LAZY_FRAME_CHARS}}
+    frame = {"id": 1, "result": {"value": value, "dataBase64": "x" * frame_json.LAZY_FRAME_CHARS}}
     text = json.dumps(frame, ensure_ascii=False)
     decoded = frame_json.decode_executor_frame(text)
     assert json.loads(frame_json.encode(decoded)) == frame
-    assert isinstance(decoded["result"]["pad"], RawJSON)
+    assert isinstance(decoded["result"]["dataBase64"], RawJSON)
 
 
 _EXEC_SERVER_SCALARS = (
@@ -174,3 +174,18 @@ def test_nesting_is_counted_in_objects_and_arrays_not_in_strings() -> None:
         assert frame_json.nested_deeper_than(127, text, message) is (levels + 1 > 127)
     flat = {"id": 1, "params": {"code": "[" * 500 + "{" * 500}}
     assert frame_json.nested_deeper_than(127, json.dumps(flat), flat) is False
+
+
+def test_only_bulk_members_are_kept_raw_however_long_another_string_is() -> None:
+    """The multiplexer reads handles and messages: a client may name a process with 40 K
+    characters, and its events must still find their way back to it."""
+    long_id = "v1." + "p" * 40_000
+    exited = json.dumps({"method": "process/exited", "params": {"processId": long_id, "seq": 3}})
+    assert frame_json.decode_executor_frame(exited) == {
+        "method": "process/exited",
+        "params": {"processId": long_id, "seq": 3},
+    }
+    output = {"processId": long_id, "seq": 4, "stream": "stdout", "chunk": "QQ==" * 10_000}
+    decoded = frame_json.decode_executor_frame(json.dumps({"method": "process/output", "params": output}))
+    assert decoded["params"]["processId"] == long_id
+    assert decoded["params"]["chunk"] == RawJSON(json.dumps(output["chunk"]))

@@ -398,3 +398,26 @@ async def test_a_request_nested_too_deep_to_write_is_refused_and_the_session_goe
     assert await async_wait_for(lambda: executor.sent[-1].get("method") == "fs/getMetadata", 5)
     assert not session.finished
     assert executor.closed is None
+
+
+@pytest.mark.django_db
+async def test_a_response_nested_too_deep_to_write_becomes_an_error_and_the_session_goes_on(ready_session):
+    """An executor gone wrong answers with a result nested 700 levels deep: it decodes, but cannot
+    be written again for the client. The client gets an error for its request, not silence, and
+    the session every client shares goes on."""
+    session, executor = ready_session
+    bridge = Bridge()
+    await session.put(session_events.BridgeOpen("c", bridge))
+    await session.put(session_events.BridgeFrame("c", initialize(1)))
+    await session.put(session_events.BridgeFrame("c", json.dumps({"method": "initialized"})))
+    await session.put(session_events.BridgeFrame("c", json.dumps({"id": 2, "method": "fs/getMetadata"})))
+    assert await async_wait_for(lambda: executor.sent[-1].get("method") == "fs/getMetadata", 5)
+    deep = f'{{"id":{executor.sent[-1]["id"]},"result":{{"x":{"[" * 700 + "]" * 700}}}}}'
+    await session.put(session_events.ExecFrame(executor, deep))
+    assert await async_wait_for(lambda: len(bridge.received) == 2, 5)
+    assert bridge.received[1] == {
+        "id": 2,
+        "error": {"code": -32600, "message": "response nested too deep"},
+    }
+    assert not session.finished
+    assert executor.closed is None
