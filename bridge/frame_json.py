@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-# Frames shorter than this are decoded in full, and strings this long are kept raw. Measured
+# Frames shorter than this are decoded in full, and bulk strings this long are kept raw. Measured
 # (decode + encode, a frame with one base64 string): 22 K characters cost 21 µs either way; at
 # 44 K full 42 µs, lazy 22 µs; at 175 K 150 µs and 32 µs. The lazy parser's own cost (~18 µs,
 # in Python) makes a full decode faster below that: exec-server's process/output frames are 11 K.
@@ -73,8 +73,8 @@ def decode_executor_frame(text: str) -> Any:
 
     A short one is read by orjson (an 11 K process/output frame: 3.8 µs, the standard library
     10 µs), which reads an integer past 64 bits as a float: exec-server (serde_json) writes none,
-    its integers are Rust's 64-bit ones. What orjson refuses (NaN, a lone surrogate, nesting past
-    its limit) gets the standard library's answer."""
+    its integers are Rust's 64-bit ones. What orjson refuses (NaN, a lone surrogate) gets the
+    standard library's answer."""
     if len(text) < LAZY_FRAME_CHARS:
         try:
             return orjson.loads(text)
