@@ -123,6 +123,20 @@ async def test_seqs_skipped_on_the_way_are_told_once_and_repeats_or_a_new_series
     assert outputs == [1, 2, 5, 5, 3, 6, 9, 1, 2, 414]
 
 
+async def test_a_gap_is_told_with_the_exact_process_id_escaped_or_not():
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send)
+    for process_id in ('q"uo\\te', "plain", "é"):
+        await outbox.put(output(process_id, 1))
+        await outbox.put(output(process_id, 3))
+    await outbox.drained()
+    told = [
+        (m["params"]["processId"], m["params"]["fromSeq"]) for m in gate.sent if m["method"] == "gateway/outputLost"
+    ]
+    assert told == [('q"uo\\te', 2), ("plain", 2), ("é", 2)]
+
+
 async def test_sent_counts_only_frames_handed_to_the_connection():
     """What ``bridge/sent_progress.py`` reads: a frame counts as sent once the pump wrote it, and
     a lost notice that grows keeps the frames after its first one unsent until it is written."""
