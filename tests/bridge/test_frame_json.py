@@ -189,3 +189,11 @@ def test_only_bulk_members_are_kept_raw_however_long_another_string_is() -> None
     decoded = frame_json.decode_executor_frame(json.dumps({"method": "process/output", "params": output}))
     assert decoded["params"]["processId"] == long_id
     assert decoded["params"]["chunk"] == RawJSON(json.dumps(output["chunk"]))
+
+
+def test_a_long_frame_with_no_bulk_member_is_read_whole() -> None:
+    listing = {"id": 7, "result": {"entries": [{"fileName": f"f-{n}.txt", "isFile": True} for n in range(3000)]}}
+    text = json.dumps(listing, separators=(",", ":"))
+    assert len(text) > frame_json.LAZY_FRAME_CHARS
+    assert frame_json.decode_executor_frame(text) == listing
+    assert frame_json.encode(frame_json.decode_executor_frame(text)) == text
