@@ -92,8 +92,9 @@ def decode_executor_frame(text: str) -> Any:
 
 
 def encode(message: Any) -> str:
-    """``message`` as a frame; ``ValueError`` if it is nested too deep to write (only a client's
-    request can be: decoding takes more levels than writing).
+    """``message`` as a frame; ``ValueError`` if it is nested too deep to write: a client's
+    request (the standard library reads more levels than this writes), or an executor's frame
+    (orjson reads up to 1024 levels).
 
     A ``RawJSON`` is written as a placeholder string and its text joined in after: the bulk is
     copied once, into the frame, instead of into orjson's bytes and again into a str."""
