@@ -122,7 +122,7 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
     # Imported after bench_environment() configured Django.
     from django.conf import settings
 
-    from bench import appgw, idle, native_exec, relay, rpc
+    from bench import appgw, bare_relay, idle, native_exec, relay, rpc
     from executors import captoken, services
     from executors.presence import presence_store
     from tests.e2e.harness import ExecServer, ExecutorCredentials, GatewayCluster, GatewayProcess, wait_for
@@ -155,27 +155,42 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
         gateways = [g.pid for g in cluster]
 
         def in_rounds(
-            name: str, measure: Callable[[rpc.Target], T], spied: Callable[[rpc.Target], list[int]]
+            name: str,
+            measure: Callable[[rpc.Target], T],
+            spied: Callable[[rpc.Target], list[int]],
+            targets: tuple[rpc.Target, ...] = (a, b, c),
         ) -> list[list[T]]:
-            """``measure`` on (a), (b), (c) in turn, ``sizes.rounds`` times: [a, b, c] per round."""
+            """``measure`` on each target in turn, ``sizes.rounds`` times: [a, b, c] per round."""
             rounds = []
             for number in range(sizes.rounds):
                 tag = f"-{number + 1}" if sizes.rounds > 1 else ""
                 measured = []
-                for target in (a, b, c):
+                for target in targets:
                     with profiled(profile_dir, f"{name}-{target.label}{tag}", spied(target)):
                         measured.append(measure(target))
                 rounds.append(measured)
             return rounds
 
         def bridges(target: rpc.Target) -> list[int]:
-            return gateways if target is not a else []
+            return gateways if target is b or target is c else []
 
         if "latency" in sections:
-            lat = in_rounds("latency", lambda t: asyncio.run(rpc.latency(t, small, sizes.calls)), bridges)
+            # In the same rounds, the floor: a bare ASGI relay served as the gateway is (bench/bare_relay.py).
+            floor = rpc.Target("floor", stack.enter_context(bare_relay.serving(direct.listen_url)), {})
+            lat = in_rounds(
+                "latency", lambda t: asyncio.run(rpc.latency(t, small, sizes.calls)), bridges, (a, b, c, floor)
+            )
             note = f"{sizes.calls} sequential calls, one connection"
-            results.rows.append(median_row("fs/getMetadata p50", "ms", [[x.p50_ms for x in r] for r in lat], note))
-            results.rows.append(median_row("fs/getMetadata p99", "ms", [[x.p99_ms for x in r] for r in lat], note))
+            results.rows.append(median_row("fs/getMetadata p50", "ms", [[x.p50_ms for x in r[:3]] for r in lat], note))
+            results.rows.append(median_row("fs/getMetadata p99", "ms", [[x.p99_ms for x in r[:3]] for r in lat], note))
+            results.rows.append(
+                median_row(
+                    "fs/getMetadata p50, floor",
+                    "ms",
+                    [[r[0].p50_ms, r[3].p50_ms, None] for r in lat],
+                    "(b) = a bare uvicorn ASGI relay, no gateway code; " + note,
+                )
+            )
 
         if "throughput" in sections:
             read = in_rounds(

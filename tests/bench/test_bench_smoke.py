@@ -35,6 +35,7 @@ def test_the_bench_runs_with_tiny_sizes_and_prints_a_table() -> None:
     for measurement in (
         "fs/getMetadata p50",
         "fs/getMetadata p99",
+        "fs/getMetadata p50, floor | ms |",
         "fs/readFile",
         "process/output",
         "concurrent requests/s",
