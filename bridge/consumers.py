@@ -233,7 +233,7 @@ class ExecutorConsumer(GatewayConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is not None:
             text = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-            await self.session.put(session_events.ExecFrame(self, text))
+            await self.session.put(session_events.ExecFrame(self, text), here=True)
 
     async def disconnect(self, code: int) -> None:
         if self._refresher is not None:
@@ -272,7 +272,9 @@ class BridgeConsumer(GatewayConsumer):
         if isinstance(grant, Denial):
             await self.deny(grant)
             return
-        self.endpoint = BridgeEndpoint(self.exe_id, self.channel_layer, self.channel_name, self.send, self.close)
+        self.endpoint = BridgeEndpoint(
+            self.exe_id, self.channel_layer, self.channel_name, self.send, self.close, reader=True
+        )
         logcontext.bind(connection_id=self.endpoint.conn_id)
         await self.accept()
         await self.endpoint.attach(grant)

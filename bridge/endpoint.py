@@ -44,8 +44,20 @@ class BridgeEndpoint:
     the client's connection with a WebSocket close code. The wrapper calls ``detach`` once the
     connection has ended, whichever side ended it."""
 
-    def __init__(self, exe_id: str, layer: BaseChannelLayer, channel: str, send: SendText, close: CloseWith) -> None:
+    def __init__(
+        self,
+        exe_id: str,
+        layer: BaseChannelLayer,
+        channel: str,
+        send: SendText,
+        close: CloseWith,
+        *,
+        reader: bool = False,
+    ) -> None:
         self.exe_id = exe_id
+        # ``receive`` is called by the connection's own reader, which may handle a frame in the
+        # session's place (bridge/session.py, ``put``); not so for an in-process caller's task.
+        self.reader = reader
         self.layer = layer
         self.channel = channel
         self.conn_id = uuid.uuid4().hex
@@ -99,7 +111,7 @@ class BridgeEndpoint:
     async def receive(self, text: str) -> None:
         """A frame from the client."""
         if self.local is not None:
-            await self.local.put(session_events.BridgeFrame(self.conn_id, text))
+            await self.local.put(session_events.BridgeFrame(self.conn_id, text), here=self.reader)
         elif self.remote.link is not None:  # else not attached: the bridge is closing
             await self.remote.send(text)
 

@@ -10,7 +10,10 @@ input — executor frames, bridge frames from this process (in-process path) or 
 processes (the channel layer, addressed to the session's ``inbox`` channel, which presence
 names) and timers — goes through one bounded queue and one task, so the multiplexer is only
 ever touched by that task. A full queue makes producers wait: backpressure, not loss. The
-events it takes are in ``bridge.session_events``.
+events it takes are in ``bridge.session_events``. One shortcut: a connection's own reader
+(``put(..., here=True)``) that finds the task idle, waiting on an empty queue, takes the turn
+itself and handles its frame in place, in order, under the same turn lock: a task switch less
+per frame each way (docs/performance.md, "A frame handled in its reader's task").
 
 A little past the 400 lines we aim for: the task's steps (flushing the table, carrying out the
 multiplexer's actions, links to other processes, drain) share its state and are one role.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -65,6 +69,7 @@ from bridge.session_events import (
     ExecOpen,
     ExecutorLink,
     Moved,
+    Wake,
 )
 from codexgw import metrics
 from executors import services
@@ -169,6 +174,12 @@ class ExecutorSession:
         self._moved_from: str | None = None
         self._progress = SentProgress()
         self._in_a_row = 0
+        # Held while an event is handled, by the session's task or by a reader taking its turn.
+        self._turn = asyncio.Lock()
+        # While the task waits on an empty queue: when it will wake (mux clock; inf: not before
+        # an event). None while it is not waiting.
+        self._parked_until: float | None = None
+        self._turn_failed: Exception | None = None
 
     async def start(self) -> None:
         self.inbox = await self.layer.new_channel()
@@ -201,30 +212,58 @@ class ExecutorSession:
             await self.layer.send(previous, {"type": "mux.moved", "owner": self.inbox})
         await self.layer.group_send(executor_group(self.exe_id), {"type": "bridge.moved", "inbox": self.inbox})
 
-    async def put(self, event: Event) -> None:
+    async def put(self, event: Event, *, here: bool = False) -> None:
+        """Queue ``event`` for the session's task. With ``here`` (a connection's reader, a task
+        that is not cancelled mid-frame) the caller handles it itself when the session's task is
+        idle: nothing queued, nothing being handled, so the order is the same."""
         if self.finished:
             if isinstance(event, BridgeOpen):
                 await event.bridge.close_from_gateway(CLOSE_EXECUTOR_LOST, "executor session ended")
             elif isinstance(event, Drain) and not event.done.done():
                 event.done.set_result(None)
             return
+        if here and self._parked_until is not None and self._queue.empty() and not self._turn.locked():
+            await self._take_turn(event, self._parked_until)
+            return
         await self._queue.put(event)
 
+    async def _take_turn(self, event: Event, parked_until: float) -> None:
+        async with self._turn:
+            try:
+                await self._step(await self._handle(event))
+            except asyncio.CancelledError:
+                # The reader's connection is ending mid-frame: what this turn had left to send is lost.
+                drop("session_turn_cancelled", exe_id=self.exe_id)
+                raise
+            except Exception as error:
+                self._turn_failed = error  # the session's task fails as if it had handled it
+        wake = self._wake_at()
+        if self._turn_failed is not None or self.mux.finished or (wake is not None and wake < parked_until):
+            with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes the task anyway
+                self._queue.put_nowait(Wake())
+
     # --- the one task that owns the multiplexer ---------------------------------------------
+
+    def _wake_at(self) -> float | None:
+        """When the task must act without an event: the multiplexer's next deadline or the flush."""
+        return min((d for d in (self.mux.next_deadline(), self._flush_at) if d is not None), default=None)
 
     async def _run(self) -> None:
         try:
             while not self.finished:
-                deadline = self.mux.next_deadline()
-                wake = min((d for d in (deadline, self._flush_at) if d is not None), default=None)
-                event = await self._next_event(None if wake is None else wake - self.mux.clock())
-                if event is not None:
-                    await self._step(await self._handle(event))
-                if deadline is not None and self.mux.clock() >= deadline:
-                    await self._step(self.mux.tick())
-                if self._flush_at is not None and self.mux.clock() >= self._flush_at:
-                    await self._flush()
-                self.finished = self.mux.finished
+                wake = self._wake_at()
+                event = await self._next_event(wake)
+                async with self._turn:  # after a reader's turn in progress
+                    if self._turn_failed is not None:
+                        raise self._turn_failed
+                    if event is not None:
+                        await self._step(await self._handle(event))
+                    deadline = self.mux.next_deadline()
+                    if deadline is not None and self.mux.clock() >= deadline:
+                        await self._step(self.mux.tick())
+                    if self._flush_at is not None and self.mux.clock() >= self._flush_at:
+                        await self._flush()
+                    self.finished = self.mux.finished
         except Exception:
             logger.exception("executor session failed", extra={"exe_id": self.exe_id})
             await self._perform(self.mux.evicted("gateway error"))
@@ -234,24 +273,29 @@ class ExecutorSession:
             while not self._queue.empty():
                 await self.put(self._queue.get_nowait())
 
-    async def _next_event(self, patience: float | None) -> Event | None:
-        """The next event, or None once ``patience`` seconds pass. A queued event is taken without
-        waiting (under Python 3.11 ``asyncio.wait_for`` runs every wait in a task of its own)."""
+    async def _next_event(self, wake: float | None) -> Event | None:
+        """The next event, or None once the mux clock reaches ``wake``. A queued event is taken
+        without waiting (under Python 3.11 ``asyncio.wait_for`` runs every wait in a task of its
+        own)."""
         if not self._queue.empty():
             self._in_a_row += 1
             if self._in_a_row % EVENTS_IN_A_ROW == 0:
                 await asyncio.sleep(0)  # a long queue does not hold up the process's other work
             return self._queue.get_nowait()
         self._in_a_row = 0
+        patience = None if wake is None else wake - self.mux.clock()
         if patience is not None and patience <= 0:
             await asyncio.sleep(0)
             return None
+        self._parked_until = math.inf if wake is None else wake
         try:
             # Cancelling Queue.get() leaves its item queued, so a timeout that races it loses nothing.
             async with asyncio.timeout(patience):
                 return await self._queue.get()
         except TimeoutError:
             return None
+        finally:
+            self._parked_until = None
 
     async def _step(self, actions: list[Action]) -> None:
         if self.mux.has_urgent_changes:
@@ -327,6 +371,8 @@ class ExecutorSession:
             if self._bridges.get(event.conn_id) is not event.bridge:
                 return []  # already closed (or already given up on from _to_bridge)
             return await self._give_up_on(event.conn_id)
+        if isinstance(event, Wake):
+            return []
         if isinstance(event, Moved):
             if event.owner == self.inbox:
                 return []

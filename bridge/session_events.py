@@ -90,6 +90,22 @@ class Drain:
     done: asyncio.Future[None]
 
 
+@dataclass(frozen=True)
+class Wake:
+    """Nothing to handle: the session's task looks at its timers and state again (after a turn
+    taken in a connection's task changed them)."""
+
+
 Event = (
-    ExecOpen | ExecFrame | ExecClosed | BridgeOpen | BridgeFrame | BridgeClosed | Evict | BridgeStuck | Moved | Drain
+    ExecOpen
+    | ExecFrame
+    | ExecClosed
+    | BridgeOpen
+    | BridgeFrame
+    | BridgeClosed
+    | Evict
+    | BridgeStuck
+    | Moved
+    | Drain
+    | Wake
 )
