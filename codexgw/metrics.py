@@ -47,18 +47,6 @@ WS_CONNECTIONS = Gauge(
 WS_OPENED = Counter(
     "codexgw_ws_connections_opened_total", "Accepted WebSocket connections, by role.", ["role"], registry=REGISTRY
 )
-WS_FRAMES = Counter(
-    "codexgw_ws_frames_total",
-    "WebSocket messages, by role and direction (in: from the peer, out: to the peer).",
-    ["role", "direction"],
-    registry=REGISTRY,
-)
-WS_BYTES = Counter(
-    "codexgw_ws_bytes_total",
-    "WebSocket payload bytes (UTF-8 for text), by role and direction.",
-    ["role", "direction"],
-    registry=REGISTRY,
-)
 DROPS = Counter(
     "codexgw_drops_total",
     "Messages or connections the bridge multiplexer dropped, by reason (each also logs a warning).",
@@ -108,7 +96,9 @@ def add_gauge(name: str, documentation: str, read: Callable[[], float]) -> None:
 
 # --- WebSocket traffic (called by bridge.consumers.GatewayConsumer) ---------------------------
 
-_frame_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+# Frames and bytes by (role, direction), as plain ints read at each scrape
+# (``WsTrafficCollector``): a Counter's inc takes a lock and checks itself, twice a frame.
+_ws_traffic: dict[tuple[str, str], list[int]] = {}
 
 
 def ws_opened(role: str) -> None:
@@ -121,10 +111,9 @@ def ws_closed(role: str) -> None:
 
 
 def ws_frame(role: str, direction: str, text: str | None, data: bytes | None) -> None:
-    children = _frame_children.get((role, direction))
-    if children is None:
-        children = (WS_FRAMES.labels(role, direction), WS_BYTES.labels(role, direction))
-        _frame_children[(role, direction)] = children
+    counts = _ws_traffic.get((role, direction))
+    if counts is None:
+        counts = _ws_traffic[(role, direction)] = [0, 0]
     if data is not None:
         size = len(data)
     elif text is None:
@@ -132,8 +121,31 @@ def ws_frame(role: str, direction: str, text: str | None, data: bytes | None) ->
     else:
         # isascii() scans without copying; only non-ASCII text pays for an encode.
         size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-    children[0].inc()
-    children[1].inc(size)
+    counts[0] += 1
+    counts[1] += size
+
+
+class WsTrafficCollector(Collector):
+    def collect(self) -> Iterable[Metric]:
+        frames = CounterMetricFamily(
+            "codexgw_ws_frames",
+            "WebSocket messages, by role and direction (in: from the peer, out: to the peer).",
+            labels=["role", "direction"],
+        )
+        data = CounterMetricFamily(
+            "codexgw_ws_bytes",
+            "WebSocket payload bytes (UTF-8 for text), by role and direction.",
+            labels=["role", "direction"],
+        )
+        # A scrape runs on a worker thread: sorted() copies the items in one step, the loop kept out.
+        for (role, direction), (count, size) in sorted(_ws_traffic.items()):
+            frames.add_metric([role, direction], count)
+            data.add_metric([role, direction], size)
+        yield frames
+        yield data
+
+
+REGISTRY.register(WsTrafficCollector())
 
 
 # --- Celery task outcomes --------------------------------------------------------------------
