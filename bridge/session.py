@@ -15,7 +15,7 @@ events it takes are in ``bridge.session_events``. One shortcut: a connection's o
 itself and handles its frame in place, in order, under the same turn lock: a task switch less
 per frame each way (docs/performance.md, "A frame handled in its reader's task").
 
-A little past the 400 lines we aim for: the task's steps (flushing the table, carrying out the
+Past the 400 lines we aim for: the task's steps (flushing the table, carrying out the
 multiplexer's actions, links to other processes, drain) share its state and are one role.
 """
 
@@ -32,7 +32,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from bridge import exec_session_store, frame_json, vsession_store
+from bridge import exec_session_store, frame_fit, frame_json, vsession_store
 from bridge.layer_frames import LayerLink, Reassembler, ReceiverStuck, links_drained
 from bridge.multiplexer import (
     Action,
@@ -43,16 +43,13 @@ from bridge.multiplexer import (
     SaveSession,
     ToBridge,
     ToExecutor,
-    rpc_error,
 )
 from bridge.protocol import (
     CLOSE_EXECUTOR_LOST,
     CLOSE_EXECUTOR_REPLACED,
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN,
-    INVALID_REQUEST,
     JSON,
-    MAX_FRAME_BYTES,
 )
 from bridge.sent_progress import SentProgress
 from bridge.session_events import (
@@ -86,8 +83,6 @@ FLUSH_RETRY = 1.0
 # On a drain, how long the closing bridges' queued frames may take to leave before the table is
 # stored (what is still queued then is stored as not delivered: repeated after the resume).
 DRAIN_SEND_WAIT = 5.0
-# exec-server 0.171.0 reads a frame nested 127 levels deep and refuses one of 128 (measured).
-EXEC_SERVER_DEPTH = 127
 
 
 def executor_group(exe_id: str) -> str:
@@ -228,19 +223,21 @@ class ExecutorSession:
         await self._queue.put(event)
 
     async def _take_turn(self, event: Event, parked_until: float) -> None:
-        async with self._turn:
-            try:
-                await self._step(await self._handle(event))
-            except asyncio.CancelledError:
-                # The reader's connection is ending mid-frame: what this turn had left to send is lost.
-                drop("session_turn_cancelled", exe_id=self.exe_id)
-                raise
-            except Exception as error:
-                self._turn_failed = error  # the session's task fails as if it had handled it
-        wake = self._wake_at()
-        if self._turn_failed is not None or self.mux.finished or (wake is not None and wake < parked_until):
-            with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes the task anyway
-                self._queue.put_nowait(Wake())
+        try:
+            async with self._turn:
+                try:
+                    await self._step(await self._handle(event))
+                except asyncio.CancelledError:
+                    # The reader's connection is ending mid-frame: what this turn had left to send is lost.
+                    drop("session_turn_cancelled", exe_id=self.exe_id)
+                    raise
+                except Exception as error:
+                    self._turn_failed = error  # the session's task fails as if it had handled it
+        finally:
+            wake = self._wake_at()
+            if self._turn_failed is not None or self.mux.finished or (wake is not None and wake < parked_until):
+                with contextlib.suppress(asyncio.QueueFull):  # a full queue wakes the task anyway
+                    self._queue.put_nowait(Wake())
 
     # --- the one task that owns the multiplexer ---------------------------------------------
 
@@ -249,15 +246,18 @@ class ExecutorSession:
         return min((d for d in (self.mux.next_deadline(), self._flush_at) if d is not None), default=None)
 
     async def _run(self) -> None:
+        event: Event | None = None  # taken from the queue, not yet handled
         try:
             while not self.finished:
-                wake = self._wake_at()
-                event = await self._next_event(wake)
+                event = await self._next_event(self._wake_at())
                 async with self._turn:  # after a reader's turn in progress
                     if self._turn_failed is not None:
                         raise self._turn_failed
+                    if self.mux.finished:
+                        break  # a reader's turn ended the session: the event is passed on below
                     if event is not None:
-                        await self._step(await self._handle(event))
+                        taken, event = event, None
+                        await self._step(await self._handle(taken))
                     deadline = self.mux.next_deadline()
                     if deadline is not None and self.mux.clock() >= deadline:
                         await self._step(self.mux.tick())
@@ -270,6 +270,8 @@ class ExecutorSession:
         finally:
             self._finish()
             # Events that raced the end (a drain request among them) are not left waiting.
+            if event is not None:
+                await self.put(event)
             while not self._queue.empty():
                 await self.put(self._queue.get_nowait())
 
@@ -317,6 +319,11 @@ class ExecutorSession:
         if changes.upserts or changes.deletes or changes.urgent:
             try:
                 still_owner = await vsession_store.write(self.exe_id, self.inbox, changes)
+            except asyncio.CancelledError:
+                # A reader's turn, cancelled: the changes are written by the next flush.
+                self.mux.requeue(changes)
+                self._flush_at = self.mux.clock() + FLUSH_DELAY
+                raise
             except Exception:
                 logger.warning("virtual-session table write failed", extra={"exe_id": self.exe_id}, exc_info=True)
                 self.mux.requeue(changes)
@@ -399,7 +406,7 @@ class ExecutorSession:
                 if text is not None:
                     await self._to_bridge(action.conn_id, text)
             elif isinstance(action, ToExecutor):
-                text, refusal = _for_executor(action.message)
+                text, refusal = frame_fit.for_executor(action.message)
                 if refusal is not None:
                     await self._perform(self.mux.executor_message(refusal))
                 elif self.executor is None:
@@ -424,26 +431,10 @@ class ExecutorSession:
                 drop(action.reason, exe_id=self.exe_id, detail=action.detail)
 
     def _fitting(self, message: JSON) -> str | None:
-        """``message`` as a frame codex accepts. Only a response can outgrow the executor's frame
-        it came from (the client chose its id): one too large becomes an error. One nested too
-        deep to write (only an executor gone wrong sends it) becomes an error too."""
-        response = "id" in message and "method" not in message
-        try:
-            text = frame_json.encode(message)
-        except ValueError:
-            drop("frame_nested_too_deep", exe_id=self.exe_id)
-            if response:
-                return frame_json.encode(rpc_error(message["id"], INVALID_REQUEST, "response nested too deep"))
-            return None
-        size = _oversize(text)
-        if not size:
-            return text
-        if response:
-            text = frame_json.encode(_too_large(message["id"], "response", size))
-            if not _oversize(text):
-                return text
-        drop("frame_too_large", exe_id=self.exe_id, detail=f"{size} bytes")
-        return None
+        text, dropped = frame_fit.for_client(message)
+        if dropped is not None:
+            drop(dropped[0], exe_id=self.exe_id, detail=dropped[1])
+        return text
 
     async def _record_environment(self, environment_info: JSON) -> None:
         """Version and OS for the executor's row: codex reports them only in its handshake."""
@@ -545,36 +536,3 @@ class FarBridge:
     async def close_from_gateway(self, code: int, reason: str) -> None:
         # After the link's queued frames, in order; does not wait for them.
         self.link.finish({"type": "bridge.close", "code": code, "reason": reason})
-
-
-def _oversize(text: str) -> int:
-    """The UTF-8 size of ``text`` if it is over the WebSocket frame limit, else 0. codex and
-    exec-server drop the connection on a larger frame (codex-wire A.9)."""
-    if len(text) <= MAX_FRAME_BYTES // 4:
-        return 0
-    size = len(text) if text.isascii() else len(text.encode())
-    return size if size > MAX_FRAME_BYTES else 0
-
-
-def _for_executor(message: JSON) -> tuple[str, JSON | None]:
-    """``message`` as a frame for the executor, or the error that refuses it instead, as if by
-    the executor: a client's request nested deeper than exec-server reads (its refusal has id
-    -1, so the client would wait for ever) or than can be written, or one grown past the frame
-    limit by the rewriting (id, handles), on which exec-server would drop the connection every
-    client shares."""
-    try:
-        text = frame_json.encode(message)
-    except ValueError:  # nested past what can be written
-        text = ""
-    if not text or frame_json.nested_deeper_than(EXEC_SERVER_DEPTH, text, message):
-        return "", rpc_error(message.get("id"), INVALID_REQUEST, "request nested too deep")
-    size = _oversize(text)
-    return text, _too_large(message.get("id"), "request", size) if size else None
-
-
-def _too_large(request_id: Any, what: str, size: int) -> JSON:
-    return rpc_error(
-        request_id,
-        INVALID_REQUEST,
-        f"{what} too large: {size} bytes, over the {MAX_FRAME_BYTES}-byte WebSocket frame limit",
-    )

@@ -137,8 +137,8 @@ class WsTrafficCollector(Collector):
             "WebSocket payload bytes (UTF-8 for text), by role and direction.",
             labels=["role", "direction"],
         )
-        # A scrape runs on a worker thread: sorted() copies the items in one step, the loop kept out.
-        for (role, direction), (count, size) in sorted(_ws_traffic.items()):
+        # A scrape runs on a worker thread: dict() copies the table in one step, the loop kept out.
+        for (role, direction), (count, size) in sorted(dict(_ws_traffic).items()):
             frames.add_metric([role, direction], count)
             data.add_metric([role, direction], size)
         yield frames

@@ -156,3 +156,43 @@ async def test_a_reader_cancelled_mid_turn_is_counted_and_the_session_goes_on():
     finally:
         executor.open.set()
         await session.put(session_events.Drain(asyncio.get_running_loop().create_future()))
+
+
+@pytest.mark.django_db
+async def test_a_frame_does_not_overtake_an_open_queued_just_before_it(ready_session):
+    session, _ = ready_session
+    await asyncio.sleep(0.05)
+    bridge = Bridge()
+    await session.put(session_events.BridgeOpen("x", bridge))  # the task is woken, has not run yet
+    await session.put(session_events.BridgeFrame("x", initialize(1)), here=True)
+    assert await async_wait_for(lambda: bridge.received, 5)  # answered: the open came first
+
+
+@pytest.mark.django_db
+async def test_events_the_task_took_while_a_turn_failed_are_not_left_waiting(ready_session, monkeypatch):
+    """The session's task takes a drain request and an open while a reader's turn is failing:
+    the session ends as on any failure, and both still get their answer."""
+    session, _ = ready_session
+    await _attached(session, "c")
+    failing = asyncio.Event()
+    handle = session._handle
+
+    async def breaking(event: Any) -> Any:
+        if isinstance(event, session_events.BridgeFrame) and "boom" in event.text:
+            await failing.wait()
+            raise RuntimeError("a bug in the multiplexer")
+        return await handle(event)
+
+    monkeypatch.setattr(session, "_handle", breaking)
+    turn = asyncio.create_task(session.put(session_events.BridgeFrame("c", _request(9, "boom")), here=True))
+    await asyncio.sleep(0.05)
+    drained = asyncio.get_running_loop().create_future()
+    await session.put(session_events.Drain(drained))
+    late = Bridge()
+    await session.put(session_events.BridgeOpen("late", late))
+    await asyncio.sleep(0.05)  # the task has taken the drain request and waits for the turn
+    failing.set()
+    await turn
+    assert await async_wait_for(lambda: session.finished, 5)
+    await asyncio.wait_for(drained, 5)
+    assert await async_wait_for(lambda: late.closed is not None, 5)
