@@ -1,11 +1,12 @@
 """The floor of any ASGI gateway on the machine at hand: a bare WebSocket relay.
 
-Served exactly as the gateway is (uvicorn, uvloop, httptools, websockets-sansio, no
-permessage-deflate), each client gets its own upstream WebSocket to a listening exec-server and
-frames pass through unchanged: no Django, no Channels, no multiplexer, no JSON. What the gateway
-costs above this relay is the gateway's own; what this relay costs above a direct connection is
-the price of a Python ASGI hop on this machine (reference/stack-notes.md §2.4b measured 2.0 to
-2.3 x direct for the round-trip p50 on another machine).
+Served exactly as the gateway is (``codexgw.server.gateway_config``: uvicorn, uvloop,
+httptools, websockets-sansio, no permessage-deflate, the same frame limit and pings), each
+client gets its own upstream WebSocket to a listening exec-server and frames pass through
+unchanged: no Django, no Channels, no multiplexer, no JSON. What the gateway costs above this
+relay is the gateway's own; what this relay costs above a direct connection is the price of a
+Python ASGI hop on this machine (reference/stack-notes.md §2.4b measured 2.0 to 2.3 x direct
+for the round-trip p50 on another machine).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
+
+from codexgw.server import gateway_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 UPSTREAM_ENV = "BENCH_RELAY_UPSTREAM"
 
@@ -52,43 +59,31 @@ async def _downstream(upstream: ClientConnection, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def serving(upstream_url: str) -> Iterator[str]:
+def serving(upstream_url: str, ping_interval: float, ping_timeout: float) -> Iterator[str]:
     """The relay in a process of its own, in front of ``upstream_url``; yields its ws:// URL."""
+    from tests.e2e.harness import reap  # here: the relay's own process needs none of the harness
+
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.bare_relay:app",
-        "--app-dir",
-        str(Path(__file__).resolve().parents[1]),
-        "--fd",
-        str(listener.fileno()),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--ws",
-        "websockets-sansio",
-        "--ws-per-message-deflate",
-        "false",
-        "--lifespan",
-        "off",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    fd = str(listener.fileno())
+    command = [sys.executable, "-m", "bench.bare_relay", fd, str(ping_interval), str(ping_timeout)]
     env = {**os.environ, UPSTREAM_ENV: upstream_url}
     # The listening socket is inherited: the relay accepts on it from its first moment.
-    relay = subprocess.Popen(command, env=env, pass_fds=[listener.fileno()])  # noqa: S603 - our own command
+    relay = subprocess.Popen(command, cwd=REPO, env=env, pass_fds=[listener.fileno()])  # noqa: S603 - our own command
     listener.close()
     try:
         yield f"ws://127.0.0.1:{port}/"
     finally:
-        relay.terminate()
-        try:
-            relay.wait(10)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait()
+        reap(relay, signal.SIGTERM, 10)
+
+
+def main(fd: str, ping_interval: str, ping_timeout: str) -> None:
+    """Serve ``app`` on the inherited listening socket ``fd`` with the gateway's own server settings."""
+    listener = socket.socket(fileno=int(fd))
+    host, port = listener.getsockname()[:2]
+    config = gateway_config(app, host, port, ping_interval=float(ping_interval), ping_timeout=float(ping_timeout))
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

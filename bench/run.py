@@ -176,7 +176,13 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
 
         if "latency" in sections:
             # In the same rounds, the floor: a bare ASGI relay served as the gateway is (bench/bare_relay.py).
-            floor = rpc.Target("floor", stack.enter_context(bare_relay.serving(direct.listen_url)), {})
+            floor = rpc.Target(
+                "floor",
+                stack.enter_context(
+                    bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
+                ),
+                {},
+            )
             lat = in_rounds(
                 "latency", lambda t: asyncio.run(rpc.latency(t, small, sizes.calls)), bridges, (a, b, c, floor)
             )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidMessage, InvalidStatus
 
-from tests.e2e.harness import ExecServer, ExecutorCredentials, wait_for
+from tests.e2e.harness import ExecServer, ExecutorCredentials, reap, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"test server listening on (\S+)")
@@ -166,12 +167,7 @@ def server_url() -> Iterator[str]:
             pytest.fail("test server did not start:\n" + "".join(lines))
         yield f"ws://{found[0]}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        reap(process, signal.SIGTERM, 10)
         reader.join(5)
         if process.stdout is not None:
             process.stdout.close()

@@ -27,7 +27,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.e2e.harness import MiB, RpcClient, RpcConnectionClosed, _free_port, _reap, wait_for
+from tests.e2e.harness import MiB, RpcClient, RpcConnectionClosed, _free_port, reap, wait_for
 
 OUTPUT_LOST = "gateway/outputLost"
 
@@ -87,11 +87,11 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL: every key, list and connection is gone at once."""
         if self.process is not None:
-            _reap(self.process, signal.SIGKILL, 5)  # type: ignore[arg-type]
+            reap(self.process, signal.SIGKILL, 5)
 
     def stop(self) -> None:
         if self.process is not None:
-            _reap(self.process, signal.SIGTERM, 5)  # type: ignore[arg-type]
+            reap(self.process, signal.SIGTERM, 5)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

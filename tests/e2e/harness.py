@@ -150,7 +150,7 @@ def shared_secret_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.CXG_INTERNAL_SHARED_SECRET}"}
 
 
-def _reap(process: subprocess.Popen[str], sig: int, timeout: float) -> int:
+def reap(process: subprocess.Popen[Any], sig: int, timeout: float) -> int:
     """Send ``sig`` (unless the process is gone) and wait; SIGKILL if it outlives ``timeout``."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -324,7 +324,7 @@ class GatewayProcess:
         return self._stop(signal.SIGTERM, timeout)
 
     def _stop(self, sig: int, timeout: float) -> int:
-        code = _reap(self.process, sig, timeout)
+        code = reap(self.process, sig, timeout)
         if self._reader is not None:
             self._reader.join(5)
         _close_pipes(self.process)
@@ -530,7 +530,7 @@ class ExecServer:
         return self._stop(signal.SIGTERM, timeout)
 
     def _stop(self, sig: int, timeout: float) -> int:
-        code = _reap(self.process, sig, timeout)
+        code = reap(self.process, sig, timeout)
         for reader in self._readers:
             reader.join(5)
         _close_pipes(self.process)
@@ -1101,7 +1101,7 @@ class Balancer:
             raise AssertionError(f"haproxy states {self.states()} != {dict(expected)} after {timeout}s:\n{self.log()}")
 
     def stop(self, timeout: float = 5.0) -> int:
-        code = _reap(self.process, signal.SIGTERM, timeout)
+        code = reap(self.process, signal.SIGTERM, timeout)
         if self._reader is not None:
             self._reader.join(5)
         _close_pipes(self.process)
