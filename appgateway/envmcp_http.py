@@ -14,8 +14,9 @@ restarted, or a shared address sent it elsewhere) gets the SDK's 404 ``Session n
 codex opens a new session and carries on (measured on 0.171.0); only a cancellation for a call
 running in another process would be lost that way.
 
-daphne runs no ASGI lifespan, so the session manager's task group is started on the first
-request, once per event loop, in a task of its own that lives as long as the loop.
+The gateway runs no ASGI lifespan (Channels' router has none: uvicorn's is off, daphne has
+none), so the session manager's task group is started on the first request, once per event
+loop, in a task of its own that lives as long as the loop.
 """
 
 from __future__ import annotations

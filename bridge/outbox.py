@@ -3,7 +3,8 @@ memory, without ever holding up the executor session every other client shares.
 
 A pump writes one frame at a time; the server's ``send`` waits while the connection's write
 buffer is full (uvicorn: about 64 KiB), so the pump goes no faster than the client reads, while
-``put`` never waits. Queued text is bounded by ``limit``
+``put`` never waits: the pump starts in the caller's task and becomes a task of its own only
+when it has to wait. Queued text is bounded by ``limit``
 characters: past it, an arriving ``process/output`` frame is not queued but counted in a
 ``gateway/outputLost {processId, fromSeq, toSeq}`` notice at its place in the queue (consecutive
 seqs of a process extend the same notice), so the client learns exactly which seqs it will not
@@ -25,6 +26,7 @@ from typing import Any
 
 from bridge.multiplexer import OUTPUT_LOST
 from codexgw import metrics
+from codexgw.tasks import start_eagerly
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +108,8 @@ class BridgeOutbox:
         self.sent = 0  # of those, how many have been handed to the connection
         self.queued_chars = 0
         self._open: dict[str, _Lost] = {}  # per process, the notice still queued that may grow
-        self._task: asyncio.Task[None] | None = None
+        self._pumping = False
+        self._task: asyncio.Task[None] | None = None  # the pump, while it waits to write
         self.closed = False
         self._closer: Callable[[], Awaitable[None]] | None = None
         self._seen: dict[str, int] = {}  # per process, the highest seq given to the client
@@ -234,8 +237,13 @@ class BridgeOutbox:
             self._task.cancel()
 
     def _kick(self) -> None:
-        if self._task is None and (self._queue or self._closer is not None):
-            self._task = asyncio.create_task(self._pump(), name="bridge outbox")
+        # Started in the caller's task: a frame that finds room in the connection's buffer is
+        # written at once, and only a pump that has to wait becomes a task (``_task``).
+        if not self._pumping and (self._queue or self._closer is not None):
+            self._pumping = True
+            task = start_eagerly(self._pump(), name="bridge outbox")
+            if task is not None:
+                self._task = task
 
     async def _pump(self) -> None:
         try:
@@ -270,10 +278,12 @@ class BridgeOutbox:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # daphne ignores sends on a closed socket: this is a bug; the client gets nothing more.
+            # The connection went away mid-send (uvicorn's ClientDisconnected) or a bug: either way
+            # the client gets nothing more.
             logger.warning("bridge outbox: send failed", extra=self.context, exc_info=True)
             self.close()
         finally:
             self._task = None
+            self._pumping = False
         if self._queue and not self.closed:
             self._kick()

@@ -154,3 +154,26 @@ async def test_sent_counts_only_frames_handed_to_the_connection():
     outbox.close()
     assert outbox.given_up
     assert not await outbox.put(output("a", 4))  # gone: the sender owes it again
+
+
+async def test_a_frame_with_room_is_written_in_place_and_one_that_must_wait_keeps_its_order():
+    """The pump starts in the putting task: a connection with room gets the frame before ``put``
+    returns, with no task; a full one makes the pump a task, and ``put`` still never waits."""
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send, limit=10_000)
+    assert await outbox.put(output("a", 1))
+    assert [m["params"]["seq"] for m in gate.sent] == [1]
+    assert outbox.settled
+    assert outbox._task is None
+    gate.open.clear()  # the client stops reading
+    for seq in (2, 3):
+        assert await outbox.put(output("a", seq))
+    assert outbox._task is not None
+    assert len(gate.sent) == 1
+    gate.open.set()
+    await outbox.drained()
+    assert await outbox.put(output("a", 4))
+    assert [m["params"]["seq"] for m in gate.sent] == [1, 2, 3, 4]
+    assert outbox.settled
+    assert outbox._task is None

@@ -120,7 +120,7 @@ async def test_a_slow_reader_gets_everything_or_is_told_and_does_not_slow_others
     assert_pieces_of(account, expected_flood())
     clock_account.check()
     assert len(latencies) == CLOCK_LINES
-    # Bounded: the outbox (8 MiB of text) and what daphne and Twisted hold, not the 40 MB sent.
+    # Bounded: the outbox (8 MiB of text) and what the server's buffers hold, not the 40 MB sent.
     for name in (gateway.name for gateway in cluster):
         assert growth[name] < 24 * MiB, (name, growth)
     # The other client's pace: no worse than with a flood that is read at once, give or take.
