@@ -174,15 +174,18 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
         def bridges(target: rpc.Target) -> list[int]:
             return gateways if target is b or target is c else []
 
+        # In the same rounds as (a), (b) and (c), the floor: a bare ASGI relay served as the gateway
+        # is (bench/bare_relay.py).
+        floor = rpc.Target(
+            "floor",
+            stack.enter_context(
+                bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
+            ),
+            {},
+        )
+        floor_note = "(b) = a bare uvicorn ASGI relay, no gateway code; "
+
         if "latency" in sections:
-            # In the same rounds, the floor: a bare ASGI relay served as the gateway is (bench/bare_relay.py).
-            floor = rpc.Target(
-                "floor",
-                stack.enter_context(
-                    bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
-                ),
-                {},
-            )
             lat = in_rounds(
                 "latency", lambda t: asyncio.run(rpc.latency(t, small, sizes.calls)), bridges, (a, b, c, floor)
             )
@@ -194,7 +197,7 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
                     "fs/getMetadata p50, floor",
                     "ms",
                     [[r[0].p50_ms, r[3].p50_ms, None] for r in lat],
-                    "(b) = a bare uvicorn ASGI relay, no gateway code; " + note,
+                    floor_note + note,
                 )
             )
 
@@ -203,12 +206,23 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
                 "read",
                 lambda t: asyncio.run(rpc.read_file_mb_s(t, big, sizes.read_mib * MiB, sizes.read_repeats)),
                 bridges,
+                (a, b, c, floor),
             )
             note = f"{sizes.read_repeats} reads in a row, decoded bytes"
-            results.rows.append(median_row(f"fs/readFile {sizes.read_mib} MiB", "MB/s", read, note))
-            stream = in_rounds("stream", lambda t: asyncio.run(rpc.stream_mb_s(t, sizes.stream_mib * MiB)), bridges)
+            name = f"fs/readFile {sizes.read_mib} MiB"
+            results.rows.append(median_row(name, "MB/s", [r[:3] for r in read], note))
+            results.rows.append(
+                median_row(f"{name}, floor", "MB/s", [[r[0], r[3], None] for r in read], floor_note + note)
+            )
+            stream = in_rounds(
+                "stream", lambda t: asyncio.run(rpc.stream_mb_s(t, sizes.stream_mib * MiB)), bridges, (a, b, c, floor)
+            )
             note = "head -c N /dev/zero, start → process/closed, decoded bytes"
-            results.rows.append(median_row(f"process/output {sizes.stream_mib} MiB", "MB/s", stream, note))
+            name = f"process/output {sizes.stream_mib} MiB"
+            results.rows.append(median_row(name, "MB/s", [r[:3] for r in stream], note))
+            results.rows.append(
+                median_row(f"{name}, floor", "MB/s", [[r[0], r[3], None] for r in stream], floor_note + note)
+            )
 
         if "concurrency" in sections:
             # CPU is read for exec-server and the gateways; the profile is of the gateways.
