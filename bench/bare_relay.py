@@ -1,12 +1,13 @@
 """The floor of any ASGI gateway on the machine at hand: a bare WebSocket relay.
 
 Served exactly as the gateway is (``codexgw.server.gateway_config``: uvicorn, uvloop,
-httptools, websockets-sansio, no permessage-deflate, the same frame limit and pings), each
-client gets its own upstream WebSocket to a listening exec-server and frames pass through
-unchanged: no Django, no Channels, no multiplexer, no JSON. What the gateway costs above this
-relay is the gateway's own; what this relay costs above a direct connection is the price of a
-Python ASGI hop on this machine (reference/stack-notes.md §2.4b measured 2.0 to 2.3 x direct
-for the round-trip p50 on another machine).
+httptools, websockets-sansio, no permessage-deflate, the same frame limit and pings; the
+allocator tuned by ``codexgw.allocator``), each client gets its own upstream WebSocket to a
+listening exec-server and frames pass through unchanged: no Django, no Channels, no
+multiplexer, no JSON. What the gateway costs above this relay is the gateway's own; what this
+relay costs above a direct connection is the price of a Python ASGI hop on this machine
+(reference/stack-notes.md §2.4b measured 2.0 to 2.3 x direct for the round-trip p50 on another
+machine).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
+from codexgw.allocator import keep_large_buffers
 from codexgw.server import gateway_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +84,7 @@ def main(fd: str, ping_interval: str, ping_timeout: str) -> None:
     listener = socket.socket(fileno=int(fd))
     host, port = listener.getsockname()[:2]
     config = gateway_config(app, host, port, ping_interval=float(ping_interval), ping_timeout=float(ping_timeout))
+    keep_large_buffers()
     uvicorn.Server(config).run(sockets=[listener])
 
 

@@ -4,7 +4,8 @@ The server is ``codexgw.server.GatewayServer``: uvicorn on uvloop with httptools
 limits a gateway for ``codex exec-server`` needs (16 MiB frames, keepalive pings, no lifetime
 cap on a connection) and the ASGI WebSocket denial responses the executor acts on (401/403
 exit, 503 retry). SIGTERM and SIGINT drain the process (``codexgw/drain.py``) within
-``CODEXGW_DRAIN_TIMEOUT``. daphne stays the development server (``runserver``).
+``CODEXGW_DRAIN_TIMEOUT``. Large frames' buffers are kept by the C allocator
+(``codexgw/allocator.py``). daphne stays the development server (``runserver``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from codexgw import runtime
+from codexgw.allocator import keep_large_buffers
 from codexgw.model_key import model_key_problem
 from codexgw.server import GatewayServer, gateway_config
 
@@ -45,6 +47,7 @@ class Command(BaseCommand):
             ping_interval=settings.CXG_WS_PING_INTERVAL,
             ping_timeout=settings.CXG_WS_PING_TIMEOUT,
         )
+        keep_large_buffers()
         GatewayServer(config, drain_timeout=settings.CODEXGW_DRAIN_TIMEOUT, on_ready=self._announce).run()
 
     def _announce(self, addresses: list[tuple[str, int]]) -> None:
