@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.environment import BenchEnv, bench_environment
+from bench.proc import CpuMeter
 from bench.report import Fact, Row, comparison_table, facts_table, machine, median_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,18 +203,22 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
             )
 
         if "throughput" in sections:
-            read = in_rounds(
-                "read",
-                lambda t: asyncio.run(rpc.read_file_mb_s(t, big, sizes.read_mib * MiB, sizes.read_repeats)),
-                bridges,
-                (a, b, c, floor),
-            )
+
+            def read_metered(target: rpc.Target) -> tuple[float, float]:
+                """MB/s, and the gateways' CPU per read in ms."""
+                meter = CpuMeter(gateways).start()
+                rate = asyncio.run(rpc.read_file_mb_s(target, big, sizes.read_mib * MiB, sizes.read_repeats))
+                return rate, sum(meter.stop().values()) / sizes.read_repeats * 1000
+
+            read = in_rounds("read", read_metered, bridges, (a, b, c, floor))
             note = f"{sizes.read_repeats} reads in a row, decoded bytes"
             name = f"fs/readFile {sizes.read_mib} MiB"
-            results.rows.append(median_row(name, "MB/s", [r[:3] for r in read], note))
+            results.rows.append(median_row(name, "MB/s", [[x[0] for x in r[:3]] for r in read], note))
             results.rows.append(
-                median_row(f"{name}, floor", "MB/s", [[r[0], r[3], None] for r in read], floor_note + note)
+                median_row(f"{name}, floor", "MB/s", [[r[0][0], r[3][0], None] for r in read], floor_note + note)
             )
+            cpu = [[None, r[1][1], r[2][1]] for r in read]
+            results.rows.append(median_row(f"{name}: gateway CPU per read", "ms", cpu, "utime+stime, all processes"))
             stream = in_rounds(
                 "stream", lambda t: asyncio.run(rpc.stream_mb_s(t, sizes.stream_mib * MiB)), bridges, (a, b, c, floor)
             )

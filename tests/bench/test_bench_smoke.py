@@ -38,6 +38,7 @@ def test_the_bench_runs_with_tiny_sizes_and_prints_a_table() -> None:
         "fs/getMetadata p50, floor | ms |",
         "fs/readFile",
         "fs/readFile 1 MiB, floor | MB/s |",
+        "fs/readFile 1 MiB: gateway CPU per read | ms | n/a |",
         "process/output",
         "process/output 1 MiB, floor | MB/s |",
         "concurrent requests/s",

@@ -4,6 +4,9 @@ behaves as one started the usual way (results, errors and cancellations reach th
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from collections.abc import Coroutine
+from typing import Any, cast
 
 import pytest
 
@@ -94,3 +97,55 @@ async def test_a_coroutine_may_handle_a_cancellation_as_in_any_task():
     await task
     assert seen == ["cancelled", "went on"]
     assert not task.cancelled()
+
+
+async def test_a_cancellation_before_the_first_step_cancels_what_the_coroutine_waits_on():
+    """As for any task: cancelling it cancels the task it awaits, and the future it waited on
+    is left cancelled, not marked as awaited for good."""
+    inner = asyncio.create_task(asyncio.sleep(60))
+
+    async def awaits_inner() -> None:
+        await inner
+
+    task = start_eagerly(awaits_inner(), name="outer")
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(asyncio.CancelledError):
+        await inner
+    assert inner.cancelled()
+
+
+async def test_a_future_waited_on_can_be_awaited_by_others_before_the_task_takes_it():
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def waits() -> str:
+        return await gate
+
+    other = asyncio.create_task(waits())  # its first step comes before the eager task's
+    task = start_eagerly(cast(Coroutine[Any, Any, None], waits()), name="waits")
+    assert task is not None
+    await asyncio.sleep(0)
+    gate.set_result("open")
+    assert await other == "open"
+    await task
+
+
+LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="caller's")
+
+
+async def test_the_first_step_does_not_change_the_callers_context():
+    seen: list[str] = []
+
+    async def labels() -> None:
+        token = LABEL.set("its own")
+        await asyncio.sleep(0)
+        seen.append(LABEL.get())
+        LABEL.reset(token)
+
+    task = start_eagerly(labels(), name="labels")
+    assert LABEL.get() == "caller's"
+    assert task is not None
+    await task
+    assert seen == ["its own"]
