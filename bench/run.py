@@ -177,16 +177,19 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
 
         # In the same rounds as (a), (b) and (c), the floor: a bare ASGI relay served as the gateway
         # is (bench/bare_relay.py).
-        floor = rpc.Target(
-            "floor",
-            stack.enter_context(
-                bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
-            ),
-            {},
-        )
+        floor: rpc.Target | None = None
+        if sections & {"latency", "throughput"}:
+            floor = rpc.Target(
+                "floor",
+                stack.enter_context(
+                    bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
+                ),
+                {},
+            )
         floor_note = "(b) = a bare uvicorn ASGI relay, no gateway code; "
 
         if "latency" in sections:
+            assert floor is not None
             lat = in_rounds(
                 "latency", lambda t: asyncio.run(rpc.latency(t, small, sizes.calls)), bridges, (a, b, c, floor)
             )
@@ -210,6 +213,7 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
                 rate = asyncio.run(rpc.read_file_mb_s(target, big, sizes.read_mib * MiB, sizes.read_repeats))
                 return rate, sum(meter.stop().values()) / sizes.read_repeats * 1000
 
+            assert floor is not None
             read = in_rounds("read", read_metered, bridges, (a, b, c, floor))
             note = f"{sizes.read_repeats} reads in a row, decoded bytes"
             name = f"fs/readFile {sizes.read_mib} MiB"
