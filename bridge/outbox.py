@@ -111,7 +111,8 @@ class BridgeOutbox:
         self._pumping = False
         self._task: asyncio.Task[None] | None = None  # the pump, while it waits to write
         self.closed = False
-        self._closer: Callable[[], Awaitable[None]] | None = None
+        self._closer: Callable[[], Awaitable[None]] | None = None  # until the pump runs it
+        self._finishing = False  # finish() was called: nothing more is accepted
         self._seen: dict[str, int] = {}  # per process, the highest seq given to the client
         self._told: dict[str, list[tuple[int, int]]] = {}  # per process, gaps told by this outbox
 
@@ -129,7 +130,7 @@ class BridgeOutbox:
         """Queue ``text`` for the client; False if the connection is closing or gone (the frame
         never reaches it). Process output that does not fit waits up to ``patience`` for room
         (pacing the sender), unless the client is stalled; then it is counted lost instead."""
-        if self.closed or self._closer is not None:
+        if self.closed or self._finishing:
             return False
         if not self._check_continuity(text):
             return True
@@ -213,8 +214,9 @@ class BridgeOutbox:
     def finish(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Close the connection (``closer``) after everything queued has been sent; what is put
         after this is ignored. A close must not overtake output the session counts as delivered."""
-        if self.closed or self._closer is not None:
+        if self.closed or self._finishing:
             return
+        self._finishing = True
         self._closer = closer
         _closing.add(self)
         self._kick()

@@ -177,3 +177,26 @@ async def test_a_frame_with_room_is_written_in_place_and_one_that_must_wait_keep
     assert [m["params"]["seq"] for m in gate.sent] == [1, 2, 3, 4]
     assert outbox.settled
     assert outbox._task is None
+
+
+async def test_nothing_is_accepted_while_the_close_is_being_sent():
+    """A frame put, or a second close asked for, while the pump sends the close is refused: it
+    would never reach the client, so the sender must not count it as delivered."""
+    gate = Gate()
+    gate.open.set()
+    outbox = BridgeOutbox(gate.send, limit=10_000)
+    closing = asyncio.Event()
+    closes: list[str] = []
+
+    async def close(name: str) -> None:
+        closes.append(name)
+        await closing.wait()  # the server is still sending the close
+
+    outbox.finish(lambda: close("first"))
+    assert closes == ["first"]
+    assert not await outbox.put(output("a", 1))
+    outbox.finish(lambda: close("second"))
+    closing.set()
+    await outbox.drained()
+    assert closes == ["first"]
+    assert gate.sent == []
