@@ -9,6 +9,9 @@ Everything the gateway needs from the server is uvicorn's own (docs/performance.
   ``receive`` hands over the body as it arrives (the socket is paused while 64 KiB wait unread)
   and ``send`` waits while the connection's send buffer is full. Aborting a connection is the
   one thing ASGI lacks: ``codexgw/http_abort.py``.
+* WebSocket: uvicorn's ``websockets-sansio`` implementation, chosen by measurement
+  (docs/performance.md, "Server"), reading paused on a backlog rather than after every message
+  (``codexgw/ws_protocol.py``).
 * Frame limit: ``ws_max_size`` closes an over-limit message with 1009, from the frame header.
 * Keepalive: a ping every ``CXG_WS_PING_INTERVAL``; no pong within ``CXG_WS_PING_TIMEOUT``
   closes the connection (1011), so a peer that vanished without FIN or RST is noticed.
@@ -36,11 +39,10 @@ import uvicorn
 from codexgw import drain
 from codexgw.http_abort import AbortableHttpProtocol
 from codexgw.websocket import MAX_FRAME_BYTES
+from codexgw.ws_protocol import BacklogPausingProtocol
 
 logger = logging.getLogger(__name__)
 
-# Chosen by measurement (docs/performance.md, "Server").
-WS_IMPLEMENTATION = "websockets-sansio"
 # After a drain, how long stopping the server may take before the process is cut off.
 STOP_GRACE = 3.0
 # Of that, seconds uvicorn waits for the requests still open before it cancels them.
@@ -55,7 +57,7 @@ def gateway_config(app: Any, host: str, port: int, *, ping_interval: float, ping
         loop="uvloop",
         # httptools, with connections the relay can abort (codexgw/http_abort.py).
         http=AbortableHttpProtocol,
-        ws=WS_IMPLEMENTATION,
+        ws=BacklogPausingProtocol,
         # exec-server accepts 16 MiB frames (and 64 MiB messages, but no peer fragments one):
         # a larger frame is closed with 1009 as soon as its header arrives.
         ws_max_size=MAX_FRAME_BYTES,
