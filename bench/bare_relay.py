@@ -61,8 +61,9 @@ async def _downstream(upstream: ClientConnection, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def serving(upstream_url: str, ping_interval: float, ping_timeout: float) -> Iterator[str]:
-    """The relay in a process of its own, in front of ``upstream_url``; yields its ws:// URL."""
+def serving(upstream_url: str, ping_interval: float, ping_timeout: float) -> Iterator[tuple[str, int]]:
+    """The relay in a process of its own, in front of ``upstream_url``; yields its ws:// URL and
+    its process id."""
     from tests.e2e.harness import reap  # here: the relay's own process needs none of the harness
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -74,7 +75,7 @@ def serving(upstream_url: str, ping_interval: float, ping_timeout: float) -> Ite
     relay = subprocess.Popen(command, cwd=REPO, env=env, pass_fds=[listener.fileno()])  # noqa: S603 - our own command
     listener.close()
     try:
-        yield f"ws://127.0.0.1:{port}/"
+        yield f"ws://127.0.0.1:{port}/", relay.pid
     finally:
         reap(relay, signal.SIGTERM, 10)
 

@@ -178,14 +178,12 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
         # In the same rounds as (a), (b) and (c), the floor: a bare ASGI relay served as the gateway
         # is (bench/bare_relay.py).
         floor: rpc.Target | None = None
+        floor_pids: list[int] = []
         if sections & {"latency", "throughput"}:
-            floor = rpc.Target(
-                "floor",
-                stack.enter_context(
-                    bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
-                ),
-                {},
+            floor_url, floor_pid = stack.enter_context(
+                bare_relay.serving(direct.listen_url, settings.CXG_WS_PING_INTERVAL, settings.CXG_WS_PING_TIMEOUT)
             )
+            floor, floor_pids = rpc.Target("floor", floor_url, {}), [floor_pid]
         floor_note = "(b) = a bare uvicorn ASGI relay, no gateway code; "
 
         if "latency" in sections:
@@ -223,15 +221,24 @@ def run(sizes: Sizes, sections: set[str], profile_dir: Path | None, results: Res
             )
             cpu = [[None, r[1][1], r[2][1]] for r in read]
             results.rows.append(median_row(f"{name}: gateway CPU per read", "ms", cpu, "utime+stime, all processes"))
-            stream = in_rounds(
-                "stream", lambda t: asyncio.run(rpc.stream_mb_s(t, sizes.stream_mib * MiB)), bridges, (a, b, c, floor)
-            )
+
+            def stream_metered(target: rpc.Target) -> tuple[float, float]:
+                """MB/s, and the CPU per MiB of the processes between client and exec-server in ms."""
+                meter = CpuMeter(floor_pids if target is floor else bridges(target)).start()
+                rate = asyncio.run(rpc.stream_mb_s(target, sizes.stream_mib * MiB))
+                return rate, sum(meter.stop().values()) / sizes.stream_mib * 1000
+
+            stream = in_rounds("stream", stream_metered, bridges, (a, b, c, floor))
             note = "head -c N /dev/zero, start → process/closed, decoded bytes"
             name = f"process/output {sizes.stream_mib} MiB"
-            results.rows.append(median_row(name, "MB/s", [r[:3] for r in stream], note))
+            results.rows.append(median_row(name, "MB/s", [[x[0] for x in r[:3]] for r in stream], note))
             results.rows.append(
-                median_row(f"{name}, floor", "MB/s", [[r[0], r[3], None] for r in stream], floor_note + note)
+                median_row(f"{name}, floor", "MB/s", [[r[0][0], r[3][0], None] for r in stream], floor_note + note)
             )
+            cpu = [[None, r[1][1], r[2][1]] for r in stream]
+            results.rows.append(median_row(f"{name}: gateway CPU per MiB", "ms", cpu, "utime+stime, all processes"))
+            cpu = [[None, r[3][1], None] for r in stream]
+            results.rows.append(median_row(f"{name}: floor CPU per MiB", "ms", cpu, floor_note + "utime+stime"))
 
         if "concurrency" in sections:
             # CPU is read for exec-server and the gateways; the profile is of the gateways.

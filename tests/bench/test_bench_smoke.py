@@ -41,6 +41,8 @@ def test_the_bench_runs_with_tiny_sizes_and_prints_a_table() -> None:
         "fs/readFile 1 MiB: gateway CPU per read | ms | n/a |",
         "process/output",
         "process/output 1 MiB, floor | MB/s |",
+        "process/output 1 MiB: gateway CPU per MiB | ms | n/a |",
+        "process/output 1 MiB: floor CPU per MiB | ms | n/a |",
         "concurrent requests/s",
         "relay",
         "idle executors: presence online | 5/5",
