@@ -1108,6 +1108,8 @@ class Multiplexer:
     def next_deadline(self) -> float | None:
         # Only deadlines tick() can act on now: a past one it must postpone would make the driver
         # spin. Expiry needs a ready executor; the executor's window runs only while it is away.
+        if self.state is ExecutorState.READY and not self._timeline and not self._held_reads:
+            return None  # the common case, asked after every event
         deadlines = [h.deadline for h in self._held_reads]
         if self.state is ExecutorState.READY:
             while self._timeline and not self._due(*self._timeline[0]):

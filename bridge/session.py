@@ -243,13 +243,16 @@ class ExecutorSession:
 
     def _wake_at(self) -> float | None:
         """When the task must act without an event: the multiplexer's next deadline or the flush."""
-        return min((d for d in (self.mux.next_deadline(), self._flush_at) if d is not None), default=None)
+        deadline, flush_at = self.mux.next_deadline(), self._flush_at
+        if deadline is None or flush_at is None:
+            return flush_at if deadline is None else deadline
+        return min(deadline, flush_at)
 
     async def _run(self) -> None:
         event: Event | None = None  # taken from the queue, not yet handled
         try:
             while not self.finished:
-                event = await self._next_event(self._wake_at())
+                event = await self._next_event()
                 async with self._turn:  # after a reader's turn in progress
                     if self._turn_failed is not None:
                         raise self._turn_failed
@@ -275,16 +278,17 @@ class ExecutorSession:
             while not self._queue.empty():
                 await self.put(self._queue.get_nowait())
 
-    async def _next_event(self, wake: float | None) -> Event | None:
-        """The next event, or None once the mux clock reaches ``wake``. A queued event is taken
-        without waiting (under Python 3.11 ``asyncio.wait_for`` runs every wait in a task of its
-        own)."""
+    async def _next_event(self) -> Event | None:
+        """The next event, or None once the mux clock reaches ``_wake_at()``. A queued event is
+        taken without waiting (under Python 3.11 ``asyncio.wait_for`` runs every wait in a task of
+        its own); the deadlines are looked at only when there is none."""
         if not self._queue.empty():
             self._in_a_row += 1
             if self._in_a_row % EVENTS_IN_A_ROW == 0:
                 await asyncio.sleep(0)  # a long queue does not hold up the process's other work
             return self._queue.get_nowait()
         self._in_a_row = 0
+        wake = self._wake_at()
         patience = None if wake is None else wake - self.mux.clock()
         if patience is not None and patience <= 0:
             await asyncio.sleep(0)

@@ -25,7 +25,8 @@ class BacklogPausingProtocol(WebSocketsSansIOProtocol):
     _waiting_bytes = 0
 
     def send_receive_event_to_app(self) -> None:
-        size = sum(len(frame) for frame in self.frames)
+        frames = self.frames
+        size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
         queued = self.queue.qsize()
         paused = self.read_paused
         # uvicorn pauses whenever it is not paused yet: tell it it is, and decide below.
@@ -34,9 +35,10 @@ class BacklogPausingProtocol(WebSocketsSansIOProtocol):
             super().send_receive_event_to_app()
         finally:
             self.read_paused = paused
-        if self.queue.qsize() > queued:
+        waiting = self.queue.qsize()
+        if waiting > queued:
             self._waiting_bytes += size
-        backlog = self.queue.qsize() >= PAUSE_MESSAGES or self._waiting_bytes >= PAUSE_BYTES
+        backlog = waiting >= PAUSE_MESSAGES or self._waiting_bytes >= PAUSE_BYTES
         if backlog and not self.read_paused and not self.transport.is_closing():
             self.read_paused = True
             self.transport.pause_reading()
