@@ -36,8 +36,11 @@ class BacklogPausingProtocol(WebSocketsSansIOProtocol):
         finally:
             self.read_paused = paused
         waiting = self.queue.qsize()
-        if waiting > queued:
-            self._waiting_bytes += size
+        if waiting == queued:
+            # Not queued: after the application's close uvicorn discards what comes and keeps
+            # reading until the peer's close reply, which must not wait behind the backlog.
+            return
+        self._waiting_bytes += size
         backlog = waiting >= PAUSE_MESSAGES or self._waiting_bytes >= PAUSE_BYTES
         if backlog and not self.read_paused and not self.transport.is_closing():
             self.read_paused = True

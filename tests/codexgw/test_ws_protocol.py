@@ -1,8 +1,8 @@
 """``codexgw.ws_protocol``: reading pauses on a backlog, not after every message.
 
 A real uvicorn server in this process (so the connection's protocol and transport can be looked
-at) serves an app that accepts and then reads only when told to; the client is the real
-``websockets`` library.
+at) serves an app that accepts and then reads (or closes) only when told to; the client is the
+real ``websockets`` library (its sans-I/O protocol where the test must order frames itself).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from codexgw.server import gateway_config
 from codexgw.ws_protocol import PAUSE_BYTES, PAUSE_MESSAGES, BacklogPausingProtocol
@@ -26,6 +29,8 @@ from codexgw.ws_protocol import PAUSE_BYTES, PAUSE_MESSAGES, BacklogPausingProto
 class _App:
     reading: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[str] = field(default_factory=list)
+    closes: bool = False  # once reading is set: close without reading, then wait for finished
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
@@ -33,6 +38,10 @@ class _App:
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
         await self.reading.wait()
+        if self.closes:
+            await send({"type": "websocket.close", "code": 1000})
+            await self.finished.wait()
+            return
         while (message := await receive())["type"] == "websocket.receive":
             self.received.append(message["text"])
 
@@ -61,6 +70,7 @@ async def served() -> AsyncIterator[_Served]:
         yield _Served(app, server, "ws://{}:{}/".format(*sock.getsockname()))
     finally:
         app.reading.set()
+        app.finished.set()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
@@ -120,3 +130,32 @@ async def test_a_backlog_of_bytes_pauses_reading(served):
         await _until(lambda: len(served.app.received) == 2)
         assert served.app.received == [big, "after"]
         assert protocol.transport.is_reading()
+
+
+async def test_after_the_apps_close_the_peers_close_reply_is_read_past_a_backlog(served):
+    served.app.closes = True
+    host, port = served.url.removeprefix("ws://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    client = ClientProtocol(parse_uri(served.url))
+    client.send_request(client.connect())
+    writer.write(b"".join(client.data_to_send()))
+    while client.state is State.CONNECTING:
+        client.receive_data(await reader.read(65536))
+    for number in range(PAUSE_MESSAGES):
+        client.send_text(f"m{number}".encode())
+    writer.write(b"".join(client.data_to_send()))
+    await _until(lambda: served.protocol().read_paused)
+    served.app.reading.set()  # the app closes, leaving the backlog unread
+    await _until(lambda: served.protocol().close_sent)
+    # A message in flight before the client sees the close: uvicorn reads and discards it.
+    client.send_text(b"late")
+    writer.write(b"".join(client.data_to_send()))
+    await asyncio.sleep(0.2)  # read on its own, before the close reply below
+    client.receive_data(await reader.read(65536))  # the server's close: the client answers it
+    writer.write(b"".join(client.data_to_send()))
+    # The reply is read and the connection ends cleanly (uvicorn's close timer would reset it
+    # after 10 s had reading stayed paused).
+    async with asyncio.timeout(5):
+        while await reader.read(65536):
+            pass
+    writer.close()
