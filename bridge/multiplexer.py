@@ -700,7 +700,10 @@ class Multiplexer:
         for chunk in chunks:
             if exit_pending and chunk["seq"] == previous + 2 and not (previous == after and trimmed):
                 # One seq missing between retained output: the exit, which came before the last
-                # output (codex-wire.md §C.10). Placed now, so everything goes out in seq order.
+                # output (codex-wire.md §C.10). Placed now, so everything goes out in seq order;
+                # what is still owed below it is then known to be lost output, told first.
+                below = [seq for seq in process.missing if seq <= previous]
+                actions += self._give_up(vsession, process_id, process, below)
                 actions += self._deliver_event(vsession, process, self._exited_event(process_id, previous + 1, result))
                 exit_pending = False
             previous = chunk["seq"]

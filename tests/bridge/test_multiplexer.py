@@ -1151,6 +1151,24 @@ def test_exit_before_the_last_output_while_away_is_placed_in_seq_order():
     assert actions == [ToBridge("A", closed("p1", 6))]
 
 
+def test_exit_placed_between_retained_chunks_comes_after_the_loss_before_it():
+    """Before the fix the exit went out at its seq and the loss at the end of the recovery: the
+    client got process/exited before gateway/outputLost (tests/e2e/test_fault_output_lost.py)."""
+    rig, _, read = recovering_rig()
+    # 3..39 fell out of the retention; 40 and 42 are output, 41 the exit (before the last output).
+    actions = rig.answer(read, read_result([chunk(40), chunk(42)], 43, exited=True, exit_code=0, closed=True))
+    page = only(reads(actions))
+    assert to_bridge(actions, "A") == [
+        output("p1", 40),
+        output_lost("p1", 3, 39),
+        exited("p1", 41, 0),
+        output("p1", 42),
+    ]
+    assert Dropped("output_lost_beyond_retention", "p1: 37 event(s), seq 3-39") in actions
+    actions = rig.answer(page, read_result([], 44, exited=True, exit_code=0, closed=True))
+    assert actions == [ToBridge("A", closed("p1", 43))]
+
+
 def test_exit_right_after_what_the_client_had_is_placed_in_seq_order():
     rig, _, read = recovering_rig()
     # The client had 1..2; 3 is the exit, 4 the last output: a small answer cannot have been trimmed.
