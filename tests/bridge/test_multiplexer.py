@@ -12,6 +12,7 @@ import pytest
 
 from bridge import multiplexer
 from bridge.multiplexer import (
+    EXEC_RETENTION_BYTES,
     RECOVERY_READ_BYTES,
     Action,
     CloseBridge,
@@ -1167,6 +1168,26 @@ def test_exit_placed_between_retained_chunks_comes_after_the_loss_before_it():
     assert Dropped("output_lost_beyond_retention", "p1: 37 event(s), seq 3-39") in actions
     actions = rig.answer(page, read_result([], 44, exited=True, exit_code=0, closed=True))
     assert actions == [ToBridge("A", closed("p1", 43))]
+
+
+def test_exit_found_on_a_later_page_comes_after_the_loss_on_the_first():
+    rig, _, read = recovering_rig()
+    # A first page large enough to have been trimmed: the gap 3..39 is lost output or the exit.
+    big = "A" * (EXEC_RETENTION_BYTES // 2)
+    actions = rig.answer(read, read_result([chunk(40, big), chunk(41, big)], 42, exited=True, exit_code=0))
+    page = only(reads(actions))
+    assert to_bridge(actions, "A") == [output("p1", 40, big), output("p1", 41, big)]
+    # The next page places the exit at 43, between 42 and 44: 3..39 were output, told first.
+    actions = rig.answer(page, read_result([chunk(42), chunk(44)], 45, exited=True, exit_code=0, closed=True))
+    page = only(reads(actions))
+    assert to_bridge(actions, "A") == [
+        output("p1", 42),
+        output_lost("p1", 3, 39),
+        exited("p1", 43, 0),
+        output("p1", 44),
+    ]
+    actions = rig.answer(page, read_result([], 46, exited=True, exit_code=0, closed=True))
+    assert actions == [ToBridge("A", closed("p1", 45))]
 
 
 def test_exit_right_after_what_the_client_had_is_placed_in_seq_order():
