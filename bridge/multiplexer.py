@@ -785,7 +785,25 @@ class Multiplexer:
     ) -> list[Action]:
         """The executor cannot give back ``seqs``: tell the owner which ones it will never get
         (one ``gateway/outputLost`` per contiguous range) and count the loss. Seqs already
-        delivered are left out; the rest are no longer owed."""
+        delivered are left out; the rest are no longer owed. A seq whose live push is held
+        here is delivered instead, where that keeps seq order (it was pushed, then fell out of
+        the executor's retention before the recovery read it)."""
+        held = {e["params"]["seq"]: e for e in process.held if isinstance(e["params"].get("seq"), int)}
+        actions: list[Action] = []
+        run: list[int] = []
+        for seq in sorted(set(seqs)):
+            event = held.get(seq)
+            if event is None or seq <= process.last_seq:
+                run.append(seq)
+                continue
+            actions += self._tell_lost(vsession, process_id, process, run, reason)
+            run = []
+            actions += self._deliver_event(vsession, process, event)
+        return actions + self._tell_lost(vsession, process_id, process, run, reason)
+
+    def _tell_lost(
+        self, vsession: VirtualSession, process_id: str, process: ProcessState, seqs: list[int], reason: str
+    ) -> list[Action]:
         lost = sorted({s for s in seqs if s > process.last_seq or s in process.missing})
         if not lost:
             return []

@@ -953,6 +953,24 @@ def test_output_beyond_retention_is_told_to_the_client_and_counted():
     assert rig.answer(page, read_result([], 43)) == []
 
 
+def test_a_held_push_that_fell_out_of_the_retention_is_delivered_not_told_lost():
+    """Found in review: seq 3, pushed while the recovery read was in flight, was told lost with
+    3..39 (its held copy then dropped as delivered) although the gateway had it."""
+    rig, pid, read = recovering_rig()
+    assert rig.push(output(pid, 3, "Yw==")) == []  # held: the read may owe something before it
+    actions = rig.answer(read, read_result([chunk(40), chunk(41)], 42))
+    page = only(reads(actions))
+    assert to_bridge(actions, "A") == [
+        output("p1", 3, "Yw=="),
+        output_lost("p1", 4, 39),
+        output("p1", 40),
+        output("p1", 41),
+    ]
+    assert Dropped("output_lost_beyond_retention", "p1: 36 event(s), seq 4-39") in actions
+    assert rig.answer(page, read_result([], 42)) == []
+    rig.deliver(output(pid, 42), "A", output("p1", 42))
+
+
 def test_output_beyond_retention_of_a_closed_process_keeps_exit_and_close():
     rig, _, read = recovering_rig()
     # The process has exited: the gap before 40 might hold its exit, so the loss is told once the
